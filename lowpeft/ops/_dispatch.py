@@ -1,0 +1,116 @@
+# Backend selection shared by every op: which backends exist, which can run on a device and why not.
+#
+# Backends: "triton" (lowpeft/kernels, CUDA GPUs; on the CPU only under TRITON_INTERPRET=1), "cuda" and
+# "cpu" (the compiled extension lowpeft._C), "torch" (plain PyTorch, the reference). "auto" resolves per
+# device. Trade-off: resolution happens in Python before the torch.library op is called (the op receives
+# a concrete backend name as a string argument), so torch.compile sees one opaque op per call and the
+# choice costs one dict lookup; an explicitly requested backend that cannot run is an error, never a
+# silent fall-back.
+from __future__ import annotations
+
+import importlib.util
+import os
+import warnings
+
+import torch
+
+from .. import _extension
+
+BACKENDS = ("triton", "cuda", "cpu", "torch")
+CHOICES = ("auto",) + BACKENDS
+
+_global_backend = {"name": None}
+_warned_auto = set()
+
+
+def _check_name(name, argument="backend"):
+    if not isinstance(name, str) or name not in CHOICES:
+        raise ValueError(f"{argument}: expected one of {CHOICES}, got {name!r}")
+    return name
+
+
+def set_backend(name: str) -> None:
+    """Choose the backend for every lowpeft op whose module or call says backend="auto"."""
+    _global_backend["name"] = _check_name(name)
+
+
+def get_backend() -> str:
+    """The global backend: set_backend()'s choice, else $LOWPEFT_BACKEND, else "auto"."""
+    if _global_backend["name"] is not None:
+        return _global_backend["name"]
+    return _check_name(os.environ.get("LOWPEFT_BACKEND", "auto"), "LOWPEFT_BACKEND")
+
+
+def triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def unavailable_reason(backend: str, device_type: str) -> str | None:
+    """None when `backend` can run on tensors of `device_type`, else why it cannot."""
+    if backend == "torch":
+        return None
+    if backend == "triton":
+        if importlib.util.find_spec("triton") is None:
+            return "triton is not installed (pip install triton)"
+        if device_type == "cuda":
+            return None
+        if device_type == "cpu" and triton_interpreting():
+            return None
+        if device_type == "cpu":
+            return "triton runs on CUDA GPUs; on the CPU only under TRITON_INTERPRET=1 (for tests)"
+        return f"triton kernels do not run on {device_type} tensors"
+    if backend in ("cpu", "cuda"):
+        if device_type != backend:
+            return f"the {backend} backend runs on {backend} tensors, not {device_type} ones"
+        reason = _extension.unavailable_reason()
+        if reason is not None:
+            return reason
+        if backend == "cuda" and not _extension.has_cuda_kernels():
+            return "lowpeft._C was built without its CUDA sources (no CUDA torch or no nvcc at build time)"
+        return None
+    raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+
+
+def _auto_order(device_type: str) -> tuple[str, ...]:
+    if device_type == "cuda":
+        return ("triton", "cuda", "torch")
+    if device_type == "cpu":
+        return ("cpu", "torch")
+    return ("torch",)
+
+
+def resolve(backend: str, device: torch.device) -> str:
+    """The concrete backend to run for a call on `device` ("auto" and the global choice resolved)."""
+    name = _check_name(backend)
+    if name == "auto":
+        name = get_backend()
+    if name != "auto":
+        reason = unavailable_reason(name, device.type)
+        if reason is not None:
+            raise ValueError(f"backend: {name!r} was requested but cannot run on {device.type}: {reason}")
+        return name
+    order = _auto_order(device.type)
+    for candidate in order:
+        if unavailable_reason(candidate, device.type) is None:
+            if candidate != order[0] and device.type not in _warned_auto:
+                _warned_auto.add(device.type)
+                warnings.warn(
+                    f"lowpeft: backend 'auto' on {device.type} uses {candidate!r} because {order[0]!r} is "
+                    f"unavailable: {unavailable_reason(order[0], device.type)}",
+                    stacklevel=3,
+                )
+            return candidate
+    raise AssertionError("the torch backend is always available")
+
+
+def backends(device_type: str | None = None) -> dict[str, dict[str, object]]:
+    """For each backend: whether it runs on the given device type (default: cuda if present, else cpu)
+    and, where it does not, why."""
+    if device_type is None:
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    report = {}
+    for name in BACKENDS:
+        reason = unavailable_reason(name, device_type)
+        report[name] = {"available": reason is None, "reason": reason}
+    report["auto"] = {"available": True, "picks": resolve("auto", torch.device(device_type))}
+    return report
