@@ -1,0 +1,1 @@
+# lowpeft.bench: the benchmark harnesses behind `lowpeft bench` and benchmarks/*.py.

@@ -1,0 +1,105 @@
+# Shared benchmark plumbing: timing (do_bench medians on CUDA, perf_counter medians on the CPU), peak
+# memory, the environment header every result file carries, and JSON / CSV / markdown writers.
+#
+# Trade-off: one small module used by every benchmark (lora, adapter, model, cpu) so that every committed
+# result carries the same provenance (device, versions, date) and every ratio is taken inside one run.
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+__all__ = ["environment", "time_ms", "peak_memory_mib", "write_results", "markdown_table"]
+
+
+def environment(device: torch.device | str | None = None) -> dict:
+    """Where and with what a result was measured."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    env = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+    for package in ("triton", "peft", "transformers"):
+        try:
+            env[package] = __import__(package).__version__
+        except ImportError:
+            env[package] = None
+    return env
+
+
+def time_ms(fn, device: torch.device | str, *, warmup_ms: float = 25, rep_ms: float = 100, min_reps: int = 5) -> float:
+    """Median wall time of fn() in milliseconds: triton.testing.do_bench on CUDA, perf_counter on the CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        from triton.testing import do_bench
+
+        return float(do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
+    fn()
+    start = time.perf_counter()
+    fn()
+    once = max(time.perf_counter() - start, 1e-6)
+    for _ in range(max(0, int(warmup_ms / 1e3 / once) - 1)):
+        fn()
+    samples = []
+    for _ in range(max(min_reps, int(rep_ms / 1e3 / once))):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(samples)
+
+
+def peak_memory_mib(fn, device: torch.device | str) -> float | None:
+    """Peak CUDA memory allocated during fn() above what was allocated before it (None on the CPU)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
+    def cell(value):
+        if isinstance(value, float):
+            return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
+        return "" if value is None else str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
+    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_results(rows: list[dict], columns: list[str], title: str, env: dict, *, json_path=None, md_path=None,
+                  csv_path=None, notes: str = "") -> str:
+    """Write rows as JSON (with the environment), markdown (title, environment, table, notes) and CSV; return the
+    markdown text."""
+    text = f"# {title}\n\n" + "\n".join(f"- {k}: {v}" for k, v in env.items()) + "\n\n" + markdown_table(rows, columns)
+    if notes:
+        text += "\n\n" + notes.strip() + "\n"
+    for path in (json_path, md_path, csv_path):
+        if path:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if json_path:
+        with open(json_path, "w") as handle:
+            json.dump({"title": title, "environment": env, "rows": rows}, handle, indent=2)
+    if md_path:
+        with open(md_path, "w") as handle:
+            handle.write(text + "\n")
+    if csv_path:
+        with open(csv_path, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+    return text
