@@ -1,0 +1,4 @@
+# lowpeft.nn: drop-in modules built on lowpeft.ops.
+from .lora_linear import LoRALinear
+
+__all__ = ["LoRALinear"]
