@@ -81,6 +81,13 @@ def _auto_order(device_type: str) -> tuple[str, ...]:
 
 def resolve(backend: str, device: torch.device) -> str:
     """The concrete backend to run for a call on `device` ("auto" and the global choice resolved)."""
+    return _resolve_for_device_type(backend, device.type)
+
+
+@torch.compiler.assume_constant_result
+def _resolve_for_device_type(backend: str, device_type: str) -> str:
+    # Evaluated once at trace time under torch.compile (a constant in the graph, no graph break).
+    device = torch.device(device_type)
     name = _check_name(backend)
     if name == "auto":
         name = get_backend()

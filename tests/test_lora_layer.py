@@ -1,0 +1,185 @@
+# Tests of the drop-in module lowpeft.LoRALinear: nn.Linear compatibility (constructor, state dict,
+# outputs), from_linear / from_conv1d sharing the base, PEFT's initialisations, rsLoRA, merge / unmerge,
+# dropout under activation checkpointing, torch.compile without graph breaks or per-shape recompiles,
+# and named errors for bad hyperparameters; the layer is checked against the float64 oracle on every
+# backend available here.
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import lowpeft
+from lowpeft import reference
+from tests.backends_under_test import DEVICE, backend_params, examples_for
+from tests.tolerance import assert_matches_oracle
+
+
+@pytest.mark.parametrize("backend,device,dtype", backend_params())
+def test_layer_matches_oracle(backend, device, dtype):
+    @settings(max_examples=examples_for(backend, device, base=10))
+    @given(
+        shape=st.sampled_from([(0, 8), (1, 1), (2, 7), (3, 5)]),
+        features=st.sampled_from([(16, 16), (7, 33), (64, 5)]),
+        rank=st.sampled_from([1, 5, 16]),
+        rslora=st.booleans(),
+        bias=st.booleans(),
+    )
+    def run(shape, features, rank, rslora, bias):
+        torch.manual_seed(sum(shape) + rank)
+        layer = lowpeft.LoRALinear(*features, r=rank, alpha=16, bias=bias, use_rslora=rslora, backend=backend,
+                                   device=device, dtype=dtype)
+        nn.init.normal_(layer.lora_B, std=0.1)
+        x = torch.randn(*shape, features[0], device=device, dtype=dtype, requires_grad=True)
+        y = layer(x)
+        y.backward(torch.ones_like(y))
+        args64 = [None if t is None else t.detach().double() for t in (x, layer.weight, layer.bias, layer.lora_A, layer.lora_B)]
+        args_same = [None if t is None else t.detach() for t in (x, layer.weight, layer.bias, layer.lora_A, layer.lora_B)]
+        expected_scaling = 16 / (math.sqrt(rank) if rslora else rank)
+        assert layer.scaling == pytest.approx(expected_scaling)
+        assert_matches_oracle(y, reference.lora_linear(*args_same, expected_scaling),
+                              reference.lora_linear(*args64, expected_scaling), name="y")
+        grads64 = reference.lora_linear_backward(torch.ones_like(y).double(), *[args64[i] for i in (0, 1, 3, 4)], expected_scaling)
+        grads_same = reference.lora_linear_backward(torch.ones_like(y), *[args_same[i] for i in (0, 1, 3, 4)], expected_scaling)
+        for name, ours, i in (("dx", x.grad, 0), ("dA", layer.lora_A.grad, 1), ("dB", layer.lora_B.grad, 2)):
+            assert_matches_oracle(ours, grads_same[i], grads64[i], name=name)
+
+    run()
+
+
+def test_constructor_is_nn_linear_compatible_and_starts_as_the_identity_adapter():
+    torch.manual_seed(0)
+    layer = lowpeft.LoRALinear(10, 6, bias=False)
+    assert layer.bias is None and layer.weight.shape == (6, 10) and not layer.weight.requires_grad
+    x = torch.randn(4, 10)
+    torch.testing.assert_close(layer(x), nn.functional.linear(x, layer.weight))
+    assert set(layer.state_dict()) == {"weight", "lora_A", "lora_B"}
+
+
+def test_from_linear_shares_the_weight_and_loads_the_original_checkpoint():
+    linear = nn.Linear(12, 8)
+    layer = lowpeft.LoRALinear.from_linear(linear, r=4, alpha=8)
+    assert layer.weight is linear.weight and layer.bias is linear.bias
+    assert layer.weight.data_ptr() == linear.weight.data_ptr()
+    assert not linear.weight.requires_grad
+    checkpoint = nn.Linear(12, 8).state_dict()
+    missing, unexpected = layer.load_state_dict(checkpoint, strict=False)
+    assert sorted(missing) == ["lora_A", "lora_B"] and unexpected == []
+    torch.testing.assert_close(layer.weight, checkpoint["weight"])
+
+
+def test_from_conv1d_keeps_the_conv1d_layout():
+    pytest.importorskip("transformers")
+    from transformers.pytorch_utils import Conv1D
+
+    conv = Conv1D(8, 12)  # nf=8 outputs, nx=12 inputs; weight [12, 8]
+    layer = lowpeft.LoRALinear.from_conv1d(conv, r=4)
+    nn.init.normal_(layer.lora_B)
+    assert layer.weight is conv.weight and layer.fan_in_fan_out
+    x = torch.randn(3, 12)
+    expected = conv(x) + layer.scaling * (x @ layer.lora_A.t()) @ layer.lora_B.t()
+    torch.testing.assert_close(layer(x), expected)
+    back = layer.to_conv1d()
+    torch.testing.assert_close(back(x), layer(x))
+
+
+def test_initialisations_follow_peft():
+    torch.manual_seed(0)
+    default = lowpeft.LoRALinear(256, 64, r=32)
+    bound = 1 / math.sqrt(256)  # kaiming_uniform(a=sqrt(5)) on [r, in]
+    assert default.lora_A.abs().max() <= bound and default.lora_A.abs().max() > 0.9 * bound
+    assert torch.all(default.lora_B == 0)
+    gaussian = lowpeft.LoRALinear(256, 64, r=32, init="gaussian")
+    assert gaussian.lora_A.std().item() == pytest.approx(1 / 32, rel=0.1)
+    assert torch.all(gaussian.lora_B == 0)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.float64, 1e-12), (torch.bfloat16, 2e-2)])
+def test_merge_then_unmerge(dtype, tol):
+    torch.manual_seed(1)
+    layer = lowpeft.LoRALinear(32, 16, r=4, dtype=dtype).eval()
+    nn.init.normal_(layer.lora_B)
+    original = layer.weight.detach().clone()
+    x = torch.randn(5, 32, dtype=dtype)
+    before = layer(x)
+    layer.merge()
+    assert layer.merged
+    torch.testing.assert_close(layer(x), before, rtol=tol * 10, atol=tol * 10)
+    layer.unmerge()
+    assert not layer.merged
+    torch.testing.assert_close(layer.weight, original, rtol=tol, atol=tol * original.abs().max().item())
+    torch.testing.assert_close(layer.to_linear()(x), before, rtol=tol * 10, atol=tol * 10)
+
+
+def test_adapter_in_float32_on_a_bfloat16_base():
+    layer = lowpeft.LoRALinear.from_linear(nn.Linear(16, 8, dtype=torch.bfloat16), r=4, adapter_dtype=torch.float32)
+    assert layer.lora_A.dtype == torch.float32 and layer.weight.dtype == torch.bfloat16
+    y = layer(torch.randn(3, 16, dtype=torch.bfloat16))
+    y.float().sum().backward()
+    assert y.dtype == torch.bfloat16 and layer.lora_A.grad.dtype == torch.float32
+
+
+def test_repr_names_the_adapter():
+    text = repr(lowpeft.LoRALinear(4, 3, r=2, alpha=4, dropout=0.1, backend="torch"))
+    for word in ("r=2", "alpha=4", "dropout=0.1", "backend='torch'"):
+        assert word in text
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,words",
+    [
+        (dict(r=0), ValueError, ["r", "positive", "0"]),
+        (dict(r=2.5), TypeError, ["r", "int", "2.5"]),
+        (dict(dropout=1.0), ValueError, ["dropout", "[0, 1)"]),
+        (dict(init="xavier"), ValueError, ["init", "'xavier'"]),
+        (dict(backend="gpu"), ValueError, ["backend", "'gpu'"]),
+        (dict(alpha=float("inf")), TypeError, ["alpha", "finite"]),
+    ],
+)
+def test_bad_hyperparameters_are_named_errors(kwargs, error, words):
+    with pytest.raises(error) as info:
+        lowpeft.LoRALinear(8, 4, **kwargs)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_from_linear_rejects_other_modules():
+    with pytest.raises(TypeError, match="linear: expected a torch.nn.Linear, got Conv2d"):
+        lowpeft.LoRALinear.from_linear(nn.Conv2d(1, 1, 1))
+
+
+@pytest.mark.parametrize("use_reentrant", [True, False])
+def test_activation_checkpointing_replays_the_dropout_mask(use_reentrant):
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    layer = lowpeft.LoRALinear(16, 16, r=4, dropout=0.5)
+    nn.init.normal_(layer.lora_B)
+    x = torch.randn(6, 16, requires_grad=True)
+
+    torch.manual_seed(7)
+    layer(x).square().sum().backward()
+    plain = [x.grad.clone(), layer.lora_A.grad.clone(), layer.lora_B.grad.clone()]
+    x.grad = layer.lora_A.grad = layer.lora_B.grad = None
+
+    torch.manual_seed(7)
+    checkpoint(lambda t: layer(t).square(), x, use_reentrant=use_reentrant).sum().backward()
+    for a, b in zip(plain, [x.grad, layer.lora_A.grad, layer.lora_B.grad]):
+        torch.testing.assert_close(a, b)
+
+
+def test_torch_compile_fullgraph_without_recompiling_per_token_count():
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = nn.Sequential(lowpeft.LoRALinear(16, 32, r=4, dropout=0.1, backend="torch"), nn.GELU(),
+                          lowpeft.LoRALinear(32, 8, r=4, backend="torch"))
+    compiled = torch.compile(model, fullgraph=True)
+    for tokens in (4, 5, 9, 17, 33, 64):
+        x = torch.randn(tokens, 16, requires_grad=True)
+        compiled(x).sum().backward()
+    assert counters["stats"]["unique_graphs"] <= 2  # one static, then one dynamic graph for every later size

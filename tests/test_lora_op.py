@@ -1,0 +1,225 @@
+# Property tests of lowpeft.ops.lora_linear on every backend available here, against the float64 oracle
+# (lowpeft.reference) with the suite's tolerance rule: forward and all five gradients, ragged shapes, 2-D /
+# 3-D / non-contiguous inputs, bias on/off, dropout with the mask every backend must reproduce from the
+# seed, empty batches, NaN propagation; plus opcheck, gradcheck and bad-input errors.
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lowpeft import reference
+from lowpeft.ops import lora_linear
+from tests.backends_under_test import DEVICE, backend_params, examples_for
+from tests.tolerance import assert_matches_oracle
+
+SIZES = st.sampled_from([1, 7, 16, 33, 64, 123])
+TOKENS = st.sampled_from([0, 1, 7, 32, 123])
+RANKS = st.sampled_from([1, 3, 8, 16, 40])
+
+
+def _make_inputs(tokens, in_features, out_features, rank, dtype, device, *, layout, with_bias, seed):
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(device=device, dtype=dtype)
+
+    if layout == "3d":
+        x = rand(1, tokens, in_features)
+    elif layout == "transposed":
+        x = rand(in_features, tokens).t()  # [T, K] with strides (1, T)
+    elif layout == "sliced":
+        x = rand(tokens, in_features + 5)[:, 2 : 2 + in_features]
+    else:
+        x = rand(tokens, in_features)
+    weight = rand(out_features, in_features, scale=in_features**-0.5)
+    bias = rand(out_features) if with_bias else None
+    lora_A = rand(rank, in_features, scale=in_features**-0.5)
+    lora_B = rand(out_features, rank, scale=rank**-0.5)
+    return x, weight, bias, lora_A, lora_B
+
+
+def _check_against_oracle(backend, device, dtype, tokens, in_features, out_features, rank, layout, with_bias,
+                          dropout_p, seed):
+    x, weight, bias, lora_A, lora_B = _make_inputs(
+        tokens, in_features, out_features, rank, dtype, device, layout=layout, with_bias=with_bias, seed=seed
+    )
+    scaling = 2.0 / rank
+    leaves = [x, weight, lora_A, lora_B] + ([bias] if with_bias else [])
+    for t in leaves:
+        t.requires_grad_(True)
+    seed_tensor = torch.tensor(seed)
+    y = lora_linear(x, weight, bias, lora_A, lora_B, scaling, dropout_p, True, backend=backend, seed=seed_tensor)
+    grad_out = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+    grad_out = grad_out.to(device=device, dtype=dtype)
+    grads = torch.autograd.grad(y, leaves, grad_out)
+
+    mask = reference.dropout_keep_mask(seed, x.reshape(-1, in_features).shape[0], in_features, dropout_p, device=device)
+    mask = mask if dropout_p > 0 else None
+
+    def oracle(cast):
+        args = [None if t is None else cast(t.detach()) for t in (x, weight, bias, lora_A, lora_B)]
+        out = reference.lora_linear(*args, scaling, mask, dropout_p)
+        dx, dA, dB, dW, db = reference.lora_linear_backward(
+            cast(grad_out), args[0], args[1], args[3], args[4], scaling, mask, dropout_p
+        )
+        return [out, dx, dW, dA, dB] + ([db] if with_bias else [])
+
+    ref64 = oracle(lambda t: t.double())
+    same = oracle(lambda t: t)
+    names = ["y", "dx", "d_weight", "d_lora_A", "d_lora_B", "d_bias"]
+    for name, ours, s, r in zip(names, [y, *grads], same, ref64):
+        assert_matches_oracle(ours, s, r, name=f"{backend}/{dtype}/{name}")
+
+
+@pytest.mark.parametrize("backend,device,dtype", backend_params())
+def test_matches_oracle(backend, device, dtype):
+    @settings(max_examples=examples_for(backend, device))
+    @given(
+        tokens=TOKENS, in_features=SIZES, out_features=SIZES, rank=RANKS,
+        layout=st.sampled_from(["2d", "3d", "transposed", "sliced"]), with_bias=st.booleans(),
+        dropout_p=st.sampled_from([0.0, 0.0, 0.1, 0.5]), seed=st.integers(0, 2**31 - 2),
+    )
+    def run(**kwargs):
+        _check_against_oracle(backend, device, dtype, **kwargs)
+
+    run()
+
+
+@pytest.mark.parametrize("backend,device,dtype", backend_params())
+def test_frozen_base_gets_no_gradient_and_costs_none(backend, device, dtype):
+    x, weight, bias, lora_A, lora_B = _make_inputs(9, 16, 12, 4, dtype, device, layout="2d", with_bias=True, seed=3)
+    x.requires_grad_(True)
+    lora_A.requires_grad_(True)
+    lora_B.requires_grad_(True)
+    y = lora_linear(x, weight, bias, lora_A, lora_B, 0.5, backend=backend)
+    y.sum().backward()
+    assert weight.grad is None and bias.grad is None
+    assert x.grad is not None and lora_A.grad is not None and lora_B.grad is not None
+
+
+@pytest.mark.parametrize("backend,device,dtype", backend_params())
+def test_nan_and_inf_propagate_like_the_oracle(backend, device, dtype):
+    x, weight, bias, lora_A, lora_B = _make_inputs(7, 16, 12, 4, dtype, device, layout="2d", with_bias=True, seed=5)
+    x[2, 3] = float("nan")
+    x[4, 0] = float("inf")
+    y = lora_linear(x, weight, bias, lora_A, lora_B, 0.5, backend=backend)
+    ref = reference.lora_linear(x.double(), weight.double(), bias.double(), lora_A.double(), lora_B.double(), 0.5)
+    assert torch.equal(torch.isfinite(y.cpu()), torch.isfinite(ref.cpu()))
+    assert torch.isfinite(y[[0, 1, 3, 5, 6]]).all()
+
+
+@pytest.mark.parametrize("backend,device,dtype", backend_params())
+def test_empty_batch(backend, device, dtype):
+    x, weight, bias, lora_A, lora_B = _make_inputs(0, 16, 12, 4, dtype, device, layout="3d", with_bias=True, seed=1)
+    for t in (x, lora_A, lora_B):
+        t.requires_grad_(True)
+    y = lora_linear(x, weight, bias, lora_A, lora_B, 0.5, 0.1, backend=backend)
+    assert y.shape == (1, 0, 12)
+    y.sum().backward()
+    assert x.grad.shape == x.shape and torch.all(lora_A.grad == 0) and torch.all(lora_B.grad == 0)
+
+
+@pytest.mark.parametrize("backend,device,dtype", backend_params())
+def test_dropout_seed_reproduces_and_masks_differ(backend, device, dtype):
+    x, weight, bias, lora_A, lora_B = _make_inputs(33, 16, 12, 4, dtype, device, layout="2d", with_bias=False, seed=2)
+    run = lambda s, training=True: lora_linear(
+        x, weight, bias, lora_A, lora_B, 1.0, 0.5, training, backend=backend, seed=torch.tensor(s)
+    )
+    assert torch.equal(run(11), run(11))
+    assert not torch.equal(run(11), run(12))
+    assert torch.equal(run(11, training=False), run(12, training=False))
+
+
+def test_dropout_seed_comes_from_torch_generator():
+    x = torch.randn(8, 16)
+    weight, lora_A, lora_B = torch.randn(12, 16), torch.randn(4, 16), torch.randn(12, 4)
+    torch.manual_seed(0)
+    first = lora_linear(x, weight, None, lora_A, lora_B, 1.0, 0.5)
+    second = lora_linear(x, weight, None, lora_A, lora_B, 1.0, 0.5)
+    torch.manual_seed(0)
+    again = lora_linear(x, weight, None, lora_A, lora_B, 1.0, 0.5)
+    assert torch.equal(first, again) and not torch.equal(first, second)
+
+
+@pytest.mark.parametrize("backend,device,dtype", [p for p in backend_params() if p.values[2] == torch.float64])
+def test_gradcheck_float64(backend, device, dtype):
+    x, weight, bias, lora_A, lora_B = _make_inputs(5, 7, 6, 3, dtype, device, layout="3d", with_bias=True, seed=4)
+    inputs = tuple(t.requires_grad_(True) for t in (x, weight, bias, lora_A, lora_B))
+    seed = torch.tensor(9)
+    fn = lambda *a: lora_linear(*a, 0.7, 0.3, True, backend=backend, seed=seed)
+    assert torch.autograd.gradcheck(fn, inputs)
+
+
+@pytest.mark.parametrize("backend,device,dtype", backend_params())
+def test_opcheck(backend, device, dtype):
+    from torch.library import opcheck
+
+    x, weight, bias, lora_A, lora_B = _make_inputs(9, 16, 12, 4, dtype, device, layout="2d", with_bias=True, seed=6)
+    for t in (x, lora_A, lora_B):
+        t.requires_grad_(True)
+    seed = torch.tensor(21)
+    opcheck(torch.ops.lowpeft.lora_linear.default, (x, weight, bias, lora_A, lora_B, 0.5, 0.2, seed, backend))
+    with torch.no_grad():
+        y, shrink = torch.ops.lowpeft.lora_linear(x, weight, bias, lora_A, lora_B, 0.5, 0.2, seed, backend)
+    grad = torch.randn_like(y)
+    opcheck(
+        torch.ops.lowpeft.lora_linear_backward.default,
+        (grad, x.detach(), weight, lora_A.detach(), lora_B.detach(), shrink, 0.5, 0.2, seed,
+         [True, True, True, False, True], backend),
+    )
+
+
+def test_autocast_behaves_like_linear():
+    x = torch.randn(4, 16)
+    weight, bias = torch.randn(12, 16), torch.randn(12)
+    lora_A, lora_B = torch.randn(4, 16), torch.randn(12, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = lora_linear(x, weight, bias, lora_A, lora_B, 0.5, backend="torch")
+        expected_dtype = torch.nn.functional.linear(x, weight, bias).dtype
+    assert y.dtype == expected_dtype == torch.bfloat16
+
+
+def _valid():
+    return dict(
+        x=torch.randn(3, 16), weight=torch.randn(12, 16), bias=torch.randn(12),
+        lora_A=torch.randn(4, 16), lora_B=torch.randn(12, 4), scaling=0.5,
+    )
+
+
+@pytest.mark.parametrize(
+    "change,error,words",
+    [
+        (dict(x=torch.randn(3, 15)), ValueError, ["x", "in_features=16", "(3, 15)"]),
+        (dict(x=torch.randn(3, 16, dtype=torch.float64)), TypeError, ["weight", "float64", "float32"]),
+        (dict(lora_A=torch.randn(4, 15)), ValueError, ["lora_A", "[r, 16]"]),
+        (dict(lora_B=torch.randn(12, 5)), ValueError, ["lora_B", "[12, 4]"]),
+        (dict(lora_A=torch.randn(0, 16), lora_B=torch.randn(12, 0)), ValueError, ["lora_A", "rank"]),
+        (dict(bias=torch.randn(11)), ValueError, ["bias", "[12]"]),
+        (dict(x=[1.0, 2.0]), TypeError, ["x", "torch.Tensor", "list"]),
+        (dict(x=torch.ones(3, 16, dtype=torch.int64)), TypeError, ["x", "floating-point", "int64"]),
+        (dict(dropout_p=1.0), ValueError, ["dropout_p", "[0, 1)", "1.0"]),
+        (dict(dropout_p=-0.1), ValueError, ["dropout_p", "[0, 1)"]),
+        (dict(scaling=float("nan")), TypeError, ["scaling", "finite"]),
+        (dict(backend="fast"), ValueError, ["backend", "'fast'"]),
+    ],
+)
+def test_bad_input_is_a_named_error(change, error, words):
+    kwargs = {**_valid(), **change}
+    with pytest.raises(error) as info:
+        lora_linear(**kwargs)
+    for word in words:
+        assert word in str(info.value), f"{word!r} not in {info.value}"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device to put tensors on two devices")
+def test_tensors_on_different_devices():
+    kwargs = _valid()
+    kwargs["weight"] = kwargs["weight"].cuda()
+    with pytest.raises(ValueError, match="weight.*cuda"):
+        lora_linear(**kwargs)
+
+
+def test_explicit_backend_that_cannot_run_is_an_error_not_a_fallback():
+    kwargs = _valid()
+    with pytest.raises(ValueError, match="backend: 'cuda' was requested"):
+        lora_linear(**kwargs, backend="cuda")
