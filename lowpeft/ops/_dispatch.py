@@ -84,9 +84,7 @@ def resolve(backend: str, device: torch.device) -> str:
     return _resolve_for_device_type(backend, device.type)
 
 
-@torch.compiler.assume_constant_result
 def _resolve_for_device_type(backend: str, device_type: str) -> str:
-    # Evaluated once at trace time under torch.compile (a constant in the graph, no graph break).
     device = torch.device(device_type)
     name = _check_name(backend)
     if name == "auto":
@@ -108,6 +106,12 @@ def _resolve_for_device_type(backend: str, device_type: str) -> str:
                 )
             return candidate
     raise AssertionError("the torch backend is always available")
+
+
+# Evaluated at trace time under torch.compile (a constant in the graph, no graph break). This is exactly what
+# torch.compiler.assume_constant_result does; it is spelled out because calling that decorator imports
+# torch._dynamo (and with it triton) at `import lowpeft`.
+_resolve_for_device_type._dynamo_marked_constant = True
 
 
 def backends(device_type: str | None = None) -> dict[str, dict[str, object]]:
