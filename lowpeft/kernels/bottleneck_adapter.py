@@ -1,0 +1,415 @@
+# Fused bottleneck-adapter kernels (Triton) and their launchers: out = h + s · (act(h W_downᵀ + b_down) W_upᵀ + b_up)
+# and its backward, with no [T, D] temporary ever reaching memory.
+#
+# Kernels (no autograd, no nn; called by lowpeft/ops/bottleneck_adapter.py):
+#   forward        one program per block of rows: pass 1 over D builds z [BT, M] in registers (saved, float32),
+#                  pass 2 over D re-reads the row block of h (an L2 hit: the block is small and was read
+#                  microseconds before) and writes out. One DRAM read of h, one write of out.
+#   backward_rows  one program per block of rows: da = s · g W_up over all of D, then dz = da ⊙ act'(z) and
+#                  a = act(z), both written as [T, M] in the dot operand dtype. One read of g.
+#   backward_cols  a (D-chunk × T-split) grid: reads g and h once, writes dh = g + dz W_down and keeps the four
+#                  weight / bias gradients of its D chunk as float32 accumulators over its T range, written
+#                  as one split-T partial; `reduce` then sums the partials in a fixed order (deterministic).
+# Trade-off: a single row-block pass cannot produce the weight gradients (they reduce over T while dz needs a
+# reduction over all of D first) without per-row-block partials as large as h itself, so the backward reads g
+# twice (≈ 6 passes over a [T, D] tensor for forward + backward against 4 for the copy floor) and keeps the
+# partials small (splits × D × M); the [T, M] tensors a and dz are re-read once per D chunk, from L2.
+# Bottleneck widths are padded to a power of two ≥ 16 with masks; all offsets along T are 64-bit.
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["bottleneck_adapter_fwd", "bottleneck_adapter_bwd", "ACTIVATION_CODES", "MAX_BOTTLENECK"]
+
+ACTIVATION_CODES = {"gelu": 0, "gelu_tanh": 1, "relu": 2, "silu": 3}
+MAX_BOTTLENECK = 256
+_SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+# ----------------------------------------------------------------------------------------------------
+# configurations
+# ----------------------------------------------------------------------------------------------------
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def row_block_configs():
+    """Candidates for the two row-block kernels (forward, backward_rows), autotuned per (bucketed T, D, padded
+    M, dtype). Chosen on an H100 (bf16, T 4096-16384, D 1024-8192, M 16-256): 32-64 rows keep the z / da
+    accumulator in registers at M = 256 and the re-read row block of h inside L2."""
+    if _interpreting():
+        return [triton.Config({"BLOCK_T": 16, "BLOCK_D": 32}, num_warps=4, num_stages=1)]
+    return [
+        triton.Config({"BLOCK_T": 32, "BLOCK_D": 128}, num_warps=4, num_stages=3),
+        triton.Config({"BLOCK_T": 64, "BLOCK_D": 128}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_T": 64, "BLOCK_D": 64}, num_warps=4, num_stages=4),
+        triton.Config({"BLOCK_T": 128, "BLOCK_D": 64}, num_warps=8, num_stages=3),
+    ]
+
+
+def column_block_config(T: int, D: int, M_pad: int):
+    """Tile of backward_cols: (BLOCK_T, BLOCK_D, num_warps, num_stages). Picked on an H100 (bf16): the two
+    [BLOCK_D, M] float32 gradient accumulators stay in registers (BLOCK_D × M_pad ≤ 8192), and BLOCK_D shrinks
+    for small D so that D chunks × T splits still fill the machine with few, small partials."""
+    if _interpreting():
+        return 16, 32, 4, 1
+    block_d = max(32, min(128, 8192 // M_pad))
+    while block_d > 32 and triton.cdiv(D, block_d) < 16:
+        block_d //= 2
+    block_t = 64 if M_pad <= 128 else 32
+    return block_t, block_d, 8, 3
+
+
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _t_splits(T: int, D: int, block_t: int, block_d: int, device: torch.device) -> int:
+    """How many T ranges backward_cols splits the rows into: enough programs to fill every multiprocessor
+    once, never more splits than row blocks (each split owns whole row blocks)."""
+    if device.type != "cuda":
+        return max(1, min(3, triton.cdiv(T, block_t)))
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    wanted = triton.cdiv(_multiprocessors(index), triton.cdiv(D, block_d))
+    return max(1, min(wanted, triton.cdiv(T, block_t)))
+
+
+def _t_bucket(T: int) -> int:
+    return 1 << max(0, (max(T, 1) - 1).bit_length())
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """tl.dot input precision: float32 follows torch's matmul precision setting as nn.Linear does
+    ("highest" → IEEE float32; "high" / "medium" → tf32); float64 is always IEEE."""
+    if dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest":
+        return "tf32"
+    return "ieee"
+
+
+# ----------------------------------------------------------------------------------------------------
+# device helpers
+# ----------------------------------------------------------------------------------------------------
+@triton.jit
+def _tanh(x):
+    return 2.0 * tl.sigmoid(2.0 * x) - 1.0
+
+
+@triton.jit
+def _activation(z, ACTIVATION: tl.constexpr):
+    if ACTIVATION == 0:
+        result = 0.5 * z * (1.0 + tl.erf(z * 0.7071067811865476))
+    elif ACTIVATION == 1:
+        result = 0.5 * z * (1.0 + _tanh(0.7978845608028654 * (z + 0.044715 * z * z * z)))
+    elif ACTIVATION == 2:
+        result = tl.where(z < 0.0, 0.0, z)
+    else:
+        result = z * tl.sigmoid(z)
+    return result
+
+
+@triton.jit
+def _activation_derivative(z, ACTIVATION: tl.constexpr):
+    if ACTIVATION == 0:
+        cdf = 0.5 * (1.0 + tl.erf(z * 0.7071067811865476))
+        result = cdf + z * tl.exp(-0.5 * z * z) * 0.3989422804014327
+    elif ACTIVATION == 1:
+        t = _tanh(0.7978845608028654 * (z + 0.044715 * z * z * z))
+        result = 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * 0.7978845608028654 * (1.0 + 0.134145 * z * z)
+    elif ACTIVATION == 2:
+        result = tl.where(z > 0.0, 1.0, 0.0)
+    else:
+        sig = tl.sigmoid(z)
+        result = sig * (1.0 + z * (1.0 - sig))
+    return result
+
+
+@triton.jit
+def _dot(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    # UPCAST: the Triton interpreter multiplies raw bf16 bits, so interpreted bf16 operands go through float32.
+    if UPCAST:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, acc, input_precision=PRECISION)
+
+
+# ----------------------------------------------------------------------------------------------------
+# kernels
+# ----------------------------------------------------------------------------------------------------
+@triton.autotune(configs=row_block_configs(), key=["T_BUCKET", "D", "BLOCK_M", "ACTIVATION"])
+@triton.jit
+def _forward_kernel(
+    h_ptr, down_w_ptr, down_b_ptr, up_w_ptr, up_b_ptr, out_ptr, z_ptr,
+    T, D, M, T_BUCKET,
+    stride_h_t, stride_h_d, stride_dw_m, stride_dw_d, stride_db, stride_uw_d, stride_uw_m, stride_ub,
+    stride_out_t, stride_z_t,
+    scale,
+    HAS_DOWN_BIAS: tl.constexpr, HAS_UP_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
+    row_mask = rows < T
+    cols_m = tl.arange(0, BLOCK_M)
+    m_mask = cols_m < M
+    z = tl.zeros([BLOCK_T, BLOCK_M], dtype=ACC)
+    for d0 in range(0, D, BLOCK_D):
+        cols_d = d0 + tl.arange(0, BLOCK_D)
+        d_mask = cols_d < D
+        h = tl.load(h_ptr + rows[:, None] * stride_h_t + cols_d[None, :] * stride_h_d,
+                    mask=row_mask[:, None] & d_mask[None, :], other=0.0)
+        down_w = tl.load(down_w_ptr + cols_m[None, :] * stride_dw_m + cols_d[:, None] * stride_dw_d,
+                         mask=m_mask[None, :] & d_mask[:, None], other=0.0)
+        z = _dot(h, down_w, z, PRECISION, UPCAST)
+    if HAS_DOWN_BIAS:
+        z += tl.load(down_b_ptr + cols_m * stride_db, mask=m_mask, other=0.0).to(z.dtype)[None, :]
+    tl.store(z_ptr + rows[:, None] * stride_z_t + cols_m[None, :], z, mask=row_mask[:, None] & m_mask[None, :])
+    a = _activation(z, ACTIVATION).to(h_ptr.dtype.element_ty)
+    for d0 in range(0, D, BLOCK_D):
+        cols_d = d0 + tl.arange(0, BLOCK_D)
+        d_mask = cols_d < D
+        up_w = tl.load(up_w_ptr + cols_d[None, :] * stride_uw_d + cols_m[:, None] * stride_uw_m,
+                       mask=d_mask[None, :] & m_mask[:, None], other=0.0)
+        up = _dot(a, up_w, tl.zeros([BLOCK_T, BLOCK_D], dtype=z.dtype), PRECISION, UPCAST)
+        if HAS_UP_BIAS:
+            up += tl.load(up_b_ptr + cols_d * stride_ub, mask=d_mask, other=0.0).to(z.dtype)[None, :]
+        tile_mask = row_mask[:, None] & d_mask[None, :]
+        h = tl.load(h_ptr + rows[:, None] * stride_h_t + cols_d[None, :] * stride_h_d, mask=tile_mask, other=0.0)
+        out = h.to(z.dtype) + scale * up
+        tl.store(out_ptr + rows[:, None] * stride_out_t + cols_d[None, :], out.to(out_ptr.dtype.element_ty),
+                 mask=tile_mask)
+
+
+@triton.autotune(configs=row_block_configs(), key=["T_BUCKET", "D", "BLOCK_M", "ACTIVATION"])
+@triton.jit
+def _backward_rows_kernel(
+    g_ptr, up_w_ptr, z_ptr, a_ptr, dz_ptr,
+    T, D, M, T_BUCKET,
+    stride_g_t, stride_g_d, stride_uw_d, stride_uw_m, stride_z_t, stride_small_t,
+    scale,
+    ACTIVATION: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
+    row_mask = rows < T
+    cols_m = tl.arange(0, BLOCK_M)
+    m_mask = cols_m < M
+    small_mask = row_mask[:, None] & m_mask[None, :]
+    z = tl.load(z_ptr + rows[:, None] * stride_z_t + cols_m[None, :], mask=small_mask, other=0.0)
+    da = tl.zeros([BLOCK_T, BLOCK_M], dtype=z.dtype)
+    for d0 in range(0, D, BLOCK_D):
+        cols_d = d0 + tl.arange(0, BLOCK_D)
+        d_mask = cols_d < D
+        g = tl.load(g_ptr + rows[:, None] * stride_g_t + cols_d[None, :] * stride_g_d,
+                    mask=row_mask[:, None] & d_mask[None, :], other=0.0)
+        up_w = tl.load(up_w_ptr + cols_d[:, None] * stride_uw_d + cols_m[None, :] * stride_uw_m,
+                       mask=d_mask[:, None] & m_mask[None, :], other=0.0)
+        da = _dot(g, up_w, da, PRECISION, UPCAST)
+    dz = scale * da * _activation_derivative(z, ACTIVATION)
+    small = rows[:, None] * stride_small_t + cols_m[None, :]
+    tl.store(dz_ptr + small, dz.to(dz_ptr.dtype.element_ty), mask=small_mask)
+    tl.store(a_ptr + small, _activation(z, ACTIVATION).to(a_ptr.dtype.element_ty), mask=small_mask)
+
+
+@triton.jit
+def _backward_cols_kernel(
+    g_ptr, h_ptr, down_w_ptr, a_ptr, dz_ptr, dh_ptr, partial_ptr,
+    T, D, M, PARTIAL_LEN,
+    stride_g_t, stride_g_d, stride_h_t, stride_h_d, stride_dw_m, stride_dw_d, stride_small_t, stride_dh_t,
+    scale,
+    NEED_DH: tl.constexpr, NEED_WEIGHT_GRADS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    # Partial layout per split (float32): [dW_down (M × D, row-major) | dW_up (D × M) | db_up (D) | db_down (M)].
+    pid_d = tl.program_id(0)
+    split = tl.program_id(1)
+    splits = tl.num_programs(1)
+    rows_per_split = tl.cdiv(tl.cdiv(T, splits), BLOCK_T) * BLOCK_T
+    row_start = split.to(tl.int64) * rows_per_split
+    row_end = tl.minimum(row_start + rows_per_split, T)
+    cols_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_mask = cols_d < D
+    cols_m = tl.arange(0, BLOCK_M)
+    m_mask = cols_m < M
+    down_w = tl.load(down_w_ptr + cols_m[:, None] * stride_dw_m + cols_d[None, :] * stride_dw_d,
+                     mask=m_mask[:, None] & d_mask[None, :], other=0.0)
+    d_up_w = tl.zeros([BLOCK_D, BLOCK_M], dtype=ACC)
+    d_down_w = tl.zeros([BLOCK_M, BLOCK_D], dtype=ACC)
+    d_up_b = tl.zeros([BLOCK_D], dtype=ACC)
+    d_down_b = tl.zeros([BLOCK_M], dtype=ACC)
+    for t0 in range(row_start, row_end, BLOCK_T):
+        rows = t0 + tl.arange(0, BLOCK_T)
+        row_mask = rows < row_end
+        tile_mask = row_mask[:, None] & d_mask[None, :]
+        small_mask = row_mask[:, None] & m_mask[None, :]
+        g = tl.load(g_ptr + rows[:, None] * stride_g_t + cols_d[None, :] * stride_g_d, mask=tile_mask, other=0.0)
+        dz = tl.load(dz_ptr + rows[:, None] * stride_small_t + cols_m[None, :], mask=small_mask, other=0.0)
+        if NEED_DH:
+            dh = _dot(dz, down_w, g.to(ACC), PRECISION, UPCAST)
+            tl.store(dh_ptr + rows[:, None] * stride_dh_t + cols_d[None, :], dh.to(dh_ptr.dtype.element_ty),
+                     mask=tile_mask)
+        if NEED_WEIGHT_GRADS:
+            h = tl.load(h_ptr + rows[:, None] * stride_h_t + cols_d[None, :] * stride_h_d, mask=tile_mask, other=0.0)
+            a = tl.load(a_ptr + rows[:, None] * stride_small_t + cols_m[None, :], mask=small_mask, other=0.0)
+            d_up_w = _dot(tl.trans(g), a, d_up_w, PRECISION, UPCAST)
+            d_down_w = _dot(tl.trans(dz), h, d_down_w, PRECISION, UPCAST)
+            d_up_b += tl.sum(g.to(ACC), axis=0)
+            d_down_b += tl.sum(dz.to(ACC), axis=0)
+    if NEED_WEIGHT_GRADS:
+        base = partial_ptr + split.to(tl.int64) * PARTIAL_LEN
+        tl.store(base + cols_m[:, None] * D + cols_d[None, :], d_down_w, mask=m_mask[:, None] & d_mask[None, :])
+        tl.store(base + M * D + cols_d[:, None] * M + cols_m[None, :], d_up_w * scale,
+                 mask=d_mask[:, None] & m_mask[None, :])
+        tl.store(base + 2 * M * D + cols_d, d_up_b * scale, mask=d_mask)
+        if pid_d == 0:
+            tl.store(base + 2 * M * D + D + cols_m, d_down_b, mask=m_mask)
+
+
+@triton.jit
+def _reduce_kernel(
+    partial_ptr, d_down_w_ptr, d_up_w_ptr, d_up_b_ptr, d_down_b_ptr,
+    SPLITS, D, M, PARTIAL_LEN,
+    BLOCK: tl.constexpr,
+):
+    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offsets < PARTIAL_LEN
+    pointers = partial_ptr + offsets
+    total = tl.load(pointers, mask=mask, other=0.0)
+    for _ in range(1, SPLITS):
+        pointers += PARTIAL_LEN
+        total += tl.load(pointers, mask=mask, other=0.0)
+    up_w_start = M * D
+    up_b_start = 2 * M * D
+    down_b_start = 2 * M * D + D
+    tl.store(d_down_w_ptr + offsets, total.to(d_down_w_ptr.dtype.element_ty), mask=offsets < up_w_start)
+    tl.store(d_up_w_ptr + (offsets - up_w_start), total.to(d_up_w_ptr.dtype.element_ty),
+             mask=(offsets >= up_w_start) & (offsets < up_b_start))
+    tl.store(d_up_b_ptr + (offsets - up_b_start), total.to(d_up_b_ptr.dtype.element_ty),
+             mask=(offsets >= up_b_start) & (offsets < down_b_start))
+    tl.store(d_down_b_ptr + (offsets - down_b_start), total.to(d_down_b_ptr.dtype.element_ty),
+             mask=(offsets >= down_b_start) & mask)
+
+
+# ----------------------------------------------------------------------------------------------------
+# launchers
+# ----------------------------------------------------------------------------------------------------
+def _check_supported(h: torch.Tensor, M: int) -> None:
+    if h.dtype not in _SUPPORTED_DTYPES:
+        raise TypeError(f"h: the triton backend takes float32, float16, bfloat16 or float64, got {h.dtype}")
+    if M > MAX_BOTTLENECK:
+        raise ValueError(f"down_weight: the triton backend takes a bottleneck of at most {MAX_BOTTLENECK} rows, got {M}")
+
+
+def _padded_bottleneck(M: int) -> int:
+    return max(16, triton.next_power_of_2(M))
+
+
+def _upcast(dtype: torch.dtype) -> bool:
+    return _interpreting() and dtype == torch.bfloat16
+
+
+def _device_context(tensor: torch.Tensor):
+    return torch.cuda.device(tensor.device) if tensor.device.type == "cuda" else contextlib.nullcontext()
+
+
+def _accumulator_dtype(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def bottleneck_adapter_fwd(h, down_weight, down_bias, up_weight, up_bias, activation, scale):
+    """(out [T, D] in h's dtype, z [T, M] float32 (float64 for float64 h)) for h [T, D] of any strides."""
+    T, D = h.shape
+    M = down_weight.shape[0]
+    _check_supported(h, M)
+    out = torch.empty((T, D), dtype=h.dtype, device=h.device)
+    z = torch.empty((T, M), dtype=torch.promote_types(h.dtype, torch.float32), device=h.device)
+    if T == 0:
+        return out, z
+    dummy = z
+    with _device_context(h):
+        _forward_kernel[lambda meta: (triton.cdiv(T, meta["BLOCK_T"]),)](
+            h, down_weight, dummy if down_bias is None else down_bias, up_weight, dummy if up_bias is None else up_bias,
+            out, z,
+            T, D, M, _t_bucket(T),
+            h.stride(0), h.stride(1), down_weight.stride(0), down_weight.stride(1),
+            0 if down_bias is None else down_bias.stride(0), up_weight.stride(0), up_weight.stride(1),
+            0 if up_bias is None else up_bias.stride(0),
+            out.stride(0), z.stride(0),
+            float(scale),
+            HAS_DOWN_BIAS=down_bias is not None, HAS_UP_BIAS=up_bias is not None,
+            ACTIVATION=ACTIVATION_CODES[activation], PRECISION=dot_precision(h.dtype), UPCAST=_upcast(h.dtype),
+            ACC=_accumulator_dtype(h.dtype), BLOCK_M=_padded_bottleneck(M),
+        )
+    return out, z
+
+
+def bottleneck_adapter_bwd(grad_out, h, down_weight, down_bias, up_weight, z, activation, scale, needs):
+    """(dh, d_down_weight, d_down_bias, d_up_weight, d_up_bias), None where `needs` (same order) is False."""
+    need_dh, need_d_down_w, need_d_down_b, need_d_up_w, need_d_up_b = needs
+    T, D = h.shape
+    M = down_weight.shape[0]
+    _check_supported(h, M)
+    need_weight_grads = need_d_down_w or need_d_down_b or need_d_up_w or need_d_up_b
+    dh = torch.empty((T, D), dtype=h.dtype, device=h.device) if need_dh else None
+    weight_grads = None
+    if need_weight_grads:
+        weight_grads = (
+            torch.empty((M, D), dtype=down_weight.dtype, device=h.device),
+            torch.empty((M,), dtype=down_weight.dtype, device=h.device),
+            torch.empty((D, M), dtype=up_weight.dtype, device=h.device),
+            torch.empty((D,), dtype=up_weight.dtype, device=h.device),
+        )
+    if T == 0:
+        if weight_grads is not None:
+            for grad in weight_grads:
+                grad.zero_()
+        return _select(dh, weight_grads, needs)
+    if not (need_dh or need_weight_grads):
+        return (None,) * 5
+    block_m = _padded_bottleneck(M)
+    precision, upcast = dot_precision(h.dtype), _upcast(h.dtype)
+    operand_dtype = h.dtype
+    a = torch.empty((T, M), dtype=operand_dtype, device=h.device)
+    dz = torch.empty((T, M), dtype=operand_dtype, device=h.device)
+    block_t, block_d, warps, stages = column_block_config(T, D, block_m)
+    splits = _t_splits(T, D, block_t, block_d, h.device)
+    partial_len = 2 * M * D + D + M
+    partials = torch.empty((splits, partial_len) if need_weight_grads else (0,), dtype=z.dtype, device=h.device)
+    with _device_context(h):
+        _backward_rows_kernel[lambda meta: (triton.cdiv(T, meta["BLOCK_T"]),)](
+            grad_out, up_weight, z, a, dz,
+            T, D, M, _t_bucket(T),
+            grad_out.stride(0), grad_out.stride(1), up_weight.stride(0), up_weight.stride(1), z.stride(0), a.stride(0),
+            float(scale),
+            ACTIVATION=ACTIVATION_CODES[activation], PRECISION=precision, UPCAST=upcast, BLOCK_M=block_m,
+        )
+        _backward_cols_kernel[(triton.cdiv(D, block_d), splits)](
+            grad_out, h, down_weight, a, dz, dh if dh is not None else a, partials,
+            T, D, M, partial_len,
+            grad_out.stride(0), grad_out.stride(1), h.stride(0), h.stride(1),
+            down_weight.stride(0), down_weight.stride(1), a.stride(0), dh.stride(0) if dh is not None else 0,
+            float(scale),
+            NEED_DH=need_dh, NEED_WEIGHT_GRADS=need_weight_grads, PRECISION=precision, UPCAST=upcast,
+            ACC=_accumulator_dtype(h.dtype), BLOCK_M=block_m, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps, num_stages=stages,
+        )
+        if need_weight_grads:
+            block = 1024
+            _reduce_kernel[(triton.cdiv(partial_len, block),)](
+                partials, *weight_grads[:1], weight_grads[2], weight_grads[3], weight_grads[1],
+                splits, D, M, partial_len, BLOCK=block,
+            )
+    return _select(dh, weight_grads, needs)
+
+
+def _select(dh, weight_grads, needs):
+    d_down_w = d_down_b = d_up_w = d_up_b = None
+    if weight_grads is not None:
+        d_down_w, d_down_b, d_up_w, d_up_b = weight_grads
+    grads = (dh, d_down_w, d_down_b, d_up_w, d_up_b)
+    return tuple(grad if need else None for grad, need in zip(grads, needs))
