@@ -1,0 +1,115 @@
+# Autotune configurations and launch-size choices for lowpeft's Triton kernels.
+#
+# Trade-off: a short, hand-picked config list per kernel family (tuned on one H100 SXM, bf16,
+# T = 2048..8192 tokens, K, N in 1024..11008, r in 8..128) instead of a wide sweep, so the first call at
+# a new shape autotunes in seconds, not minutes; the autotune key buckets the token count to the next
+# power of two, so a training run whose batch length changes every step does not retune every step.
+# Under TRITON_INTERPRET=1 (CPU tests) every family gets one small config and no benchmarking.
+# Nothing here queries the GPU at import time.
+from __future__ import annotations
+
+import functools
+import os
+
+import triton
+
+_SHARED_MEMORY_BUDGET = 200 * 1024  # bytes; Hopper allows 227 KiB per block, leave room for the epilogue
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def token_bucket(tokens: int) -> int:
+    """The autotune key for a token count: the next power of two (at least 16)."""
+    return max(16, triton.next_power_of_2(max(tokens, 1)))
+
+
+def padded_rank(rank: int) -> int:
+    """LoRA rank padded to a power of two >= 16 (tl.dot's smallest side); the kernels mask the padding."""
+    return max(16, triton.next_power_of_2(rank))
+
+
+def gemm_configs() -> list[triton.Config]:
+    """Tiles for the two big GEMMs (forward y and backward dx): output tile BLOCK_M x BLOCK_N, reduction
+    step BLOCK_K. Tuned on an H100 at 8192 x 4096 -> 4096 / 11008 and 2048..4096 x 1024..2048, bf16."""
+    if interpreting():
+        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}, num_warps=4, num_stages=1)]
+    return [
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=4),
+        triton.Config({"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=4),
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=4),
+        triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=4),
+        triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8}, num_warps=4, num_stages=4),
+    ]
+
+
+def prune_gemm_configs(configs, named_args, **kwargs):
+    """Drop tiles whose pipelined operand buffers cannot fit in shared memory for this dtype (fp32 inputs
+    need twice the bytes of 16-bit ones) and tiles far larger than a small problem."""
+    operand = named_args["x_ptr"] if "x_ptr" in named_args else named_args["g_ptr"]
+    element_bytes = operand.element_size()
+    rows = named_args["T"]
+    kept = []
+    for config in configs:
+        meta = config.kwargs
+        stage_bytes = (meta["BLOCK_M"] + meta["BLOCK_N"]) * meta["BLOCK_K"] * element_bytes
+        if stage_bytes * max(config.num_stages, 1) > _SHARED_MEMORY_BUDGET:
+            continue
+        if meta["BLOCK_M"] > 64 and rows <= 64 and len(configs) > 1:
+            continue
+        kept.append(config)
+    return kept or configs[-1:]
+
+
+def row_block_configs() -> list[triton.Config]:
+    """Tiles for the row-block kernels that read one [T, K] matrix once and multiply it by a small
+    [K, r] one (the dropout shrink S = dropout(x) Aᵀ, and dS = s g B when r is too large to fuse)."""
+    if interpreting():
+        return [triton.Config({"BLOCK_T": 32, "BLOCK_K": 32}, num_warps=4, num_stages=1)]
+    return [
+        triton.Config({"BLOCK_T": 64, "BLOCK_K": 128}, num_warps=4, num_stages=3),
+        triton.Config({"BLOCK_T": 128, "BLOCK_K": 64}, num_warps=4, num_stages=3),
+        triton.Config({"BLOCK_T": 64, "BLOCK_K": 64}, num_warps=4, num_stages=4),
+        triton.Config({"BLOCK_T": 32, "BLOCK_K": 128}, num_warps=4, num_stages=3),
+    ]
+
+
+def split_t_configs() -> list[triton.Config]:
+    """Tiles for the split-T weight-gradient partials (dA = dSᵀ x_dropped, dB = gᵀ S): a column block of
+    the big matrix, reduced over a slice of the tokens."""
+    if interpreting():
+        return [triton.Config({"BLOCK_T": 32, "BLOCK_C": 32}, num_warps=4, num_stages=1)]
+    return [
+        triton.Config({"BLOCK_T": 64, "BLOCK_C": 128}, num_warps=4, num_stages=3),
+        triton.Config({"BLOCK_T": 128, "BLOCK_C": 64}, num_warps=4, num_stages=3),
+        triton.Config({"BLOCK_T": 64, "BLOCK_C": 256}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_T": 32, "BLOCK_C": 128}, num_warps=4, num_stages=4),
+    ]
+
+
+# Largest padded rank whose [BLOCK_M, r] accumulator rides along in the big GEMMs' main loop (the fused
+# shrink in forward, dS in the dx GEMM); above it a separate one-pass kernel computes S or dS.
+FUSED_RANK_LIMIT = 64
+
+# Rank chunk for the GEMM epilogue that folds S Bᵀ (or dS A) into the accumulator ("K + r steps").
+RANK_CHUNK = 64
+
+
+@functools.lru_cache(maxsize=None)
+def multiprocessor_count(device_index: int) -> int:
+    """SMs of a CUDA device, asked once per device at the first launch (never at import)."""
+    import torch
+
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def split_count(tokens: int, column_blocks: int, device) -> int:
+    """How many token slices a split-T reduction uses: enough programs for about two waves of the GPU,
+    never more slices than there are 64-row blocks."""
+    if device.type != "cuda":
+        return max(1, min(4, triton.cdiv(tokens, 64)))
+    target_programs = 2 * multiprocessor_count(device.index if device.index is not None else 0)
+    return max(1, min(triton.cdiv(target_programs, max(column_blocks, 1)), triton.cdiv(tokens, 64)))

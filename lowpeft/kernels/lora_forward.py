@@ -1,0 +1,118 @@
+# The fused LoRA forward GEMM: y = x Wᵀ + b + s · S Bᵀ, written once, no [T, N] temporary.
+#
+# One program owns a BLOCK_M x BLOCK_N tile of y and loops over K. With FUSE_SHRINK (no dropout, small r)
+# the same x tile that feeds x Wᵀ also feeds a second, [BLOCK_M, r] accumulator S = x Aᵀ, so the shrink
+# costs no extra pass over x; the programs of column tile 0 write S (saved for backward). Otherwise S was
+# computed beforehand (lora_shrink, with the dropout mask) and the epilogue folds S Bᵀ into the same
+# accumulator in RANK_CHUNK steps ("K + r steps"). Trade-off: with FUSE_SHRINK every column tile
+# recomputes the tiny x Aᵀ product (r / BLOCK_N extra tensor-core work, ~6% at r = 16) to avoid a
+# second read of x and a launch; above FUSED_RANK_LIMIT the extra accumulator would spill, so the
+# separate shrink pass is used.
+import triton
+import triton.language as tl
+
+from ._tuning import RANK_CHUNK, gemm_configs, prune_gemm_configs, token_bucket
+from .lora_common import grouped_tile, mma
+
+
+@triton.autotune(
+    configs=gemm_configs(),
+    key=["T_BUCKET", "N", "K", "R_PAD", "HAS_BIAS", "FUSE_SHRINK"],
+    prune_configs_by={"early_config_prune": prune_gemm_configs},
+)
+@triton.heuristics({"EVEN_K": lambda meta: meta["K"] % meta["BLOCK_K"] == 0})
+@triton.jit
+def _lora_fwd_kernel(
+    x_ptr, w_ptr, bias_ptr, a_ptr, b_ptr, s_ptr, y_ptr,
+    T, N, K, R, T_BUCKET,
+    stride_xt, stride_xk, stride_wn, stride_wk, stride_ar, stride_ak, stride_bn, stride_br,
+    stride_st, stride_yt,
+    scaling,
+    HAS_BIAS: tl.constexpr, FUSE_SHRINK: tl.constexpr, R_PAD: tl.constexpr, R_CHUNK: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    EVEN_K: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    pid_m, pid_n = grouped_tile(pid, tl.cdiv(T, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows_in = rows < T
+    cols_in = cols < N
+    # Out-of-range rows / columns load a valid row instead (no mask in the main loop); never stored.
+    rows_ld = (rows % T).to(tl.int64)
+    cols_ld = (cols % N).to(tl.int64)
+    red = tl.arange(0, BLOCK_K)
+    ranks = tl.arange(0, R_PAD)
+    ranks_in = ranks < R
+    x_ptrs = x_ptr + rows_ld[:, None] * stride_xt + red[None, :] * stride_xk
+    w_ptrs = w_ptr + cols_ld[None, :] * stride_wn + red[:, None] * stride_wk
+    a_ptrs = a_ptr + ranks[None, :] * stride_ar + red[:, None] * stride_ak
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    s_acc = tl.zeros((BLOCK_M, R_PAD), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        if EVEN_K:
+            x = tl.load(x_ptrs)
+            w = tl.load(w_ptrs)
+        else:
+            red_in = red < K - k0
+            x = tl.load(x_ptrs, mask=red_in[None, :], other=0.0)
+            w = tl.load(w_ptrs, mask=red_in[:, None], other=0.0)
+        acc = mma(x, w, acc, DOT_PRECISION, DOT_UPCAST)
+        if FUSE_SHRINK:
+            if EVEN_K:
+                a = tl.load(a_ptrs, mask=ranks_in[None, :], other=0.0)
+            else:
+                a = tl.load(a_ptrs, mask=(red < K - k0)[:, None] & ranks_in[None, :], other=0.0)
+            s_acc = mma(x, a, s_acc, DOT_PRECISION, DOT_UPCAST)
+            a_ptrs += BLOCK_K * stride_ak
+        x_ptrs += BLOCK_K * stride_xk
+        w_ptrs += BLOCK_K * stride_wk
+
+    if FUSE_SHRINK:
+        if pid_n == 0:
+            s_ptrs = s_ptr + rows.to(tl.int64)[:, None] * stride_st + ranks[None, :]
+            tl.store(s_ptrs, s_acc, mask=rows_in[:, None] & ranks_in[None, :])
+        bt = tl.load(b_ptr + cols_ld[None, :] * stride_bn + ranks[:, None] * stride_br,
+                     mask=ranks_in[:, None], other=0.0)
+        acc = mma((s_acc * scaling).to(bt.dtype), bt, acc, DOT_PRECISION, DOT_UPCAST)
+    else:
+        chunk = tl.arange(0, R_CHUNK)
+        for r0 in range(0, R_PAD, R_CHUNK):
+            chunk_in = r0 + chunk < R
+            s = tl.load(s_ptr + rows_ld[:, None] * stride_st + (r0 + chunk)[None, :],
+                        mask=chunk_in[None, :], other=0.0)
+            bt = tl.load(b_ptr + cols_ld[None, :] * stride_bn + (r0 + chunk)[:, None] * stride_br,
+                         mask=chunk_in[:, None], other=0.0)
+            acc = mma((s * scaling).to(bt.dtype), bt, acc, DOT_PRECISION, DOT_UPCAST)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + cols_ld).to(tl.float32)[None, :]
+    y_ptrs = y_ptr + rows.to(tl.int64)[:, None] * stride_yt + cols[None, :]
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=rows_in[:, None] & cols_in[None, :])
+
+
+def lora_forward_gemm(x, weight, bias, lora_A, lora_B, shrink, y, *, scaling, fuse_shrink, rank_padded,
+                      dot_precision, dot_upcast):
+    """Launch the fused forward GEMM into y [T, N]. With fuse_shrink it also writes shrink [T, r]
+    (float32); otherwise it reads shrink, already holding dropout(x) Aᵀ."""
+    tokens, width = x.shape
+    out_features, rank = weight.shape[0], lora_A.shape[0]
+    if tokens == 0 or out_features == 0:
+        return y
+
+    def grid(meta):
+        return (triton.cdiv(tokens, meta["BLOCK_M"]) * triton.cdiv(out_features, meta["BLOCK_N"]),)
+
+    _lora_fwd_kernel[grid](
+        x, weight, bias if bias is not None else y, lora_A, lora_B, shrink, y,
+        tokens, out_features, width, rank, token_bucket(tokens),
+        x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), lora_A.stride(0), lora_A.stride(1),
+        lora_B.stride(0), lora_B.stride(1), shrink.stride(0), y.stride(0),
+        float(scaling),
+        HAS_BIAS=bias is not None, FUSE_SHRINK=fuse_shrink, R_PAD=rank_padded,
+        R_CHUNK=min(rank_padded, RANK_CHUNK), DOT_PRECISION=dot_precision, DOT_UPCAST=dot_upcast,
+    )
+    return y
+
+
+__all__ = ["lora_forward_gemm"]

@@ -1,0 +1,148 @@
+# Launchers of the fused LoRA linear layer on the triton backend: lora_linear_fwd and lora_linear_bwd,
+# called by lowpeft.ops.lora_linear (no autograd here).
+#
+# Forward: without dropout, one GEMM launch computes y = x Wᵀ + b + s·S Bᵀ and S = x Aᵀ together; with
+# dropout (or r above FUSED_RANK_LIMIT) a one-pass shrink kernel writes S first. Backward: one fused dx
+# GEMM (also writing dS = s·g B), split-T partial kernels for dA (one pass over x, mask regenerated) and
+# dB + db (one pass over g), and dW = gᵀ x through torch (cuBLAS) only when the frozen weight needs it.
+# Trade-off: the big GEMMs run in Triton, not cuBLAS, because folding the LoRA terms into the GEMM's
+# accumulator is what removes the [T, N] / [T, K] temporaries and their extra passes; the price is that
+# the frozen GEMM itself must be as fast as cuBLAS's (see benchmarks/NOTES_lora.md).
+from __future__ import annotations
+
+import torch
+
+from .. import reference
+from ._tuning import FUSED_RANK_LIMIT, interpreting, padded_rank
+from .lora_backward_dx import lora_dx_gemm
+from .lora_forward import lora_forward_gemm
+from .lora_grad_weights import lora_grad_A, lora_grad_B
+from .lora_shrink import lora_shrink
+
+__all__ = ["lora_linear_fwd", "lora_linear_bwd"]
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_MAX_RANK = 256
+
+
+def _check_dtypes(named):
+    dtype = named[0][1].dtype
+    for name, tensor in named:
+        if tensor is None:
+            continue
+        if tensor.dtype not in _DTYPES:
+            raise TypeError(
+                f"{name}: the triton backend takes float32, float16 or bfloat16 tensors, got {tensor.dtype} "
+                "(use backend='torch' or 'cpu' for float64)"
+            )
+        if tensor.dtype != dtype:
+            raise TypeError(f"{name}: expected dtype {dtype} (like {named[0][0]}), got {tensor.dtype}")
+        if tensor.device != named[0][1].device:
+            raise ValueError(f"{name}: expected a tensor on {named[0][1].device}, got one on {tensor.device}")
+
+
+def _check_rank(lora_A):
+    rank = lora_A.shape[0]
+    if not 1 <= rank <= _MAX_RANK:
+        raise ValueError(f"lora_A: the triton backend takes ranks 1..{_MAX_RANK}, got r={rank}")
+    return rank
+
+
+def _check_matrix(name, tensor):
+    if tensor.dim() != 2:
+        raise ValueError(f"{name}: expected a 2-D tensor, got shape {tuple(tensor.shape)}")
+
+
+def _dot_settings(dtype):
+    """(DOT_PRECISION, DOT_UPCAST): fp32 follows torch.get_float32_matmul_precision() like nn.Linear
+    ("highest" -> IEEE fp32, else tf32); the CPU interpreter multiplies 16-bit operands in fp32."""
+    if dtype == torch.float32:
+        precision = "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+    else:
+        precision = "tf32"
+    return precision, interpreting() and dtype != torch.float32
+
+
+def _dropout_args(dropout_p):
+    """(has_dropout, uint32 threshold, 1 / (1 - p)) for the kernels' regenerated mask."""
+    if dropout_p == 0.0:
+        return False, 0, 1.0
+    return True, reference.dropout_threshold(dropout_p), 1.0 / (1.0 - dropout_p)
+
+
+def lora_linear_fwd(x, weight, bias, lora_A, lora_B, scaling: float, dropout_p: float, seed: int):
+    """(y [T, N] in x's dtype, S = dropout(x) Aᵀ [T, r] in float32) for 2-D x of any strides."""
+    for name, tensor in (("x", x), ("weight", weight), ("lora_A", lora_A), ("lora_B", lora_B)):
+        _check_matrix(name, tensor)
+    _check_dtypes([("x", x), ("weight", weight), ("bias", bias), ("lora_A", lora_A), ("lora_B", lora_B)])
+    rank = _check_rank(lora_A)
+    tokens, out_features = x.shape[0], weight.shape[0]
+    y = torch.empty(tokens, out_features, dtype=x.dtype, device=x.device)
+    shrink = torch.empty(tokens, rank, dtype=torch.float32, device=x.device)
+    if tokens == 0:
+        return y, shrink
+    rank_padded = padded_rank(rank)
+    dot_precision, dot_upcast = _dot_settings(x.dtype)
+    has_dropout, threshold, inv_keep = _dropout_args(dropout_p)
+    fuse_shrink = not has_dropout and rank_padded <= FUSED_RANK_LIMIT and out_features > 0
+    if not fuse_shrink:
+        lora_shrink(x, lora_A.t(), shrink, scale=1.0, seed=seed, threshold=threshold, inv_keep=inv_keep,
+                    has_dropout=has_dropout, rank_padded=rank_padded, dot_precision=dot_precision,
+                    dot_upcast=dot_upcast)
+    lora_forward_gemm(x, weight, bias, lora_A, lora_B, shrink, y, scaling=scaling, fuse_shrink=fuse_shrink,
+                      rank_padded=rank_padded, dot_precision=dot_precision, dot_upcast=dot_upcast)
+    return y, shrink
+
+
+def lora_linear_bwd(grad_out, x, weight, lora_A, lora_B, shrink, scaling: float, dropout_p: float, seed: int,
+                    needs):
+    """(dx, dA, dB, dW, db), each None where its `needs` flag (same order) is False."""
+    for name, tensor in (("grad_out", grad_out), ("x", x), ("weight", weight), ("lora_A", lora_A),
+                         ("lora_B", lora_B), ("shrink", shrink)):
+        _check_matrix(name, tensor)
+    _check_dtypes([("x", x), ("grad_out", grad_out), ("weight", weight), ("lora_A", lora_A), ("lora_B", lora_B)])
+    if grad_out.shape[1] > 1 and grad_out.stride(1) != 1:
+        raise ValueError(f"grad_out: expected a row-major last dimension (stride 1), got strides {grad_out.stride()}")
+    if shrink.dtype != torch.float32:
+        raise TypeError(f"shrink: expected the float32 S saved by lora_linear_fwd, got {shrink.dtype}")
+    rank = _check_rank(lora_A)
+    need_dx, need_dA, need_dB, need_dW, need_db = (bool(n) for n in needs)
+    tokens, width = x.shape
+    out_features = weight.shape[0]
+    dtype, device = x.dtype, x.device
+    if tokens == 0:
+        zeros = lambda *shape: torch.zeros(*shape, dtype=dtype, device=device)  # noqa: E731
+        return (
+            torch.empty(0, width, dtype=dtype, device=device) if need_dx else None,
+            zeros(rank, width) if need_dA else None,
+            zeros(out_features, rank) if need_dB else None,
+            zeros(out_features, width) if need_dW else None,
+            zeros(out_features) if need_db else None,
+        )
+    rank_padded = padded_rank(rank)
+    dot_precision, dot_upcast = _dot_settings(dtype)
+    has_dropout, threshold, inv_keep = _dropout_args(dropout_p)
+    dropout_args = dict(seed=seed, threshold=threshold, inv_keep=inv_keep, has_dropout=has_dropout)
+    dot_args = dict(rank_padded=rank_padded, dot_precision=dot_precision, dot_upcast=dot_upcast)
+
+    dx = d_shrink = grad_A = grad_B = grad_W = grad_b = None
+    if need_dx or need_dA:
+        d_shrink = torch.empty(tokens, rank, dtype=torch.float32, device=device)
+        fuse_ds = need_dx and rank_padded <= FUSED_RANK_LIMIT and width > 0
+        if not fuse_ds:
+            lora_shrink(grad_out, lora_B, d_shrink, scale=scaling, seed=0, threshold=0, inv_keep=1.0,
+                        has_dropout=False, **dot_args)
+        if need_dx:
+            dx = torch.empty(tokens, width, dtype=dtype, device=device)
+            lora_dx_gemm(grad_out, weight, lora_A, lora_B, d_shrink, dx, scaling=scaling, fuse_ds=fuse_ds,
+                         **dropout_args, **dot_args)
+    if need_dA:
+        grad_A = lora_grad_A(x, d_shrink, **dropout_args, **dot_args).to(dtype)
+    if need_dB:
+        grad_B, grad_b = lora_grad_B(grad_out, shrink, scaling=scaling, with_bias_grad=need_db, **dot_args)
+        grad_B = grad_B.to(dtype)
+    if need_db:
+        grad_b = (grad_b if grad_b is not None else torch.sum(grad_out, 0, dtype=torch.float32)).to(dtype)
+    if need_dW:
+        grad_W = grad_out.t() @ x
+    return dx, grad_A, grad_B, grad_W, grad_b
