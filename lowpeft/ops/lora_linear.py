@@ -267,4 +267,5 @@ def lora_linear(
     y, _ = torch.ops.lowpeft.lora_linear(
         x2, weight, bias, lora_A, lora_B, float(scaling), effective_p, seed, name
     )
-    return y.reshape(*leading, weight.shape[0])
+    # A 2-D input gets the op's own output (not a view: FSDP2 warns about module outputs that are views).
+    return y if x.dim() == 2 else y.reshape(*leading, weight.shape[0])
