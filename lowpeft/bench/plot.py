@@ -1,0 +1,128 @@
+# lowpeft.bench.plot: a PNG of lowpeft's speedup against the other providers, shape by shape, from the JSON that
+# `lowpeft bench lora|adapter|model --json` writes.
+#
+# Trade-off: the reader is generic over the harnesses' rows (a "provider" column, a time column such as
+# median_ms or step_ms, and whatever shape columns are present) instead of knowing each harness's schema, so a
+# new harness or column needs no change here; matplotlib is an optional dependency, imported only when a PNG
+# is drawn, and its absence is a clear message.
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+__all__ = ["TIME_KEYS", "SHAPE_KEYS", "speedups", "plot_speedups", "main"]
+
+TIME_KEYS = ("median_ms", "ms", "time_ms", "step_ms")
+# Columns that describe a measured case, in the order they appear in a case's label.
+SHAPE_KEYS = ("preset", "tokens", "in", "out", "in_features", "out_features", "dim", "bottleneck", "rank", "r",
+              "dropout", "p", "activation", "bias", "dtype")
+
+
+def _time_key(rows: list[dict]) -> str:
+    for key in TIME_KEYS:
+        if all(isinstance(row.get(key), (int, float)) for row in rows):
+            return key
+    raise ValueError(f"rows: expected a time column named one of {TIME_KEYS} in every row, got columns {sorted(rows[0])}")
+
+
+def _case_label(row: dict, keys: list[str]) -> str:
+    values = {key: row.get(key) for key in keys}
+    parts = []
+    if values.get("tokens") is not None and values.get("in") is not None and values.get("out") is not None:
+        parts.append(f"{values.pop('tokens')}×{values.pop('in')}→{values.pop('out')}")
+    for key, value in values.items():
+        if value is not None:
+            parts.append(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}")
+    return " ".join(parts) or "all"
+
+
+def speedups(rows: list[dict], ours: str = "lowpeft") -> tuple[list[str], dict[str, list[float | None]], str]:
+    """For each measured case (rows sharing their shape columns): time_other / time_ours for every other provider.
+
+    Returns (case labels, {provider: speedups in case order, None where it was not measured}, the time column).
+    """
+    if not rows:
+        raise ValueError("rows: expected at least one result row, got none")
+    if any("provider" not in row for row in rows):
+        raise ValueError("rows: expected a 'provider' column in every row")
+    providers = list(dict.fromkeys(row["provider"] for row in rows))
+    if ours not in providers:
+        raise ValueError(f"ours: expected one of the providers in the results {providers}, got {ours!r}")
+    time_key = _time_key(rows)
+    # A shape column counts if it varies across our rows; a column set only on some providers' rows (e.g. the
+    # frozen baseline has no dropout) does not split cases.
+    ours_rows = [row for row in rows if row["provider"] == ours]
+    keys = [key for key in SHAPE_KEYS if len({json.dumps(row.get(key)) for row in ours_rows}) > 1]
+    cases = list(dict.fromkeys(_case_label(row, keys) for row in ours_rows))
+    ours_time = {_case_label(row, keys): row[time_key] for row in ours_rows}
+    table = {}
+    for provider in providers:
+        if provider == ours:
+            continue
+        provider_rows = [row for row in rows if row["provider"] == provider]
+        if len(provider_rows) == 1 and len(cases) > 1:
+            times = {case: provider_rows[0][time_key] for case in cases}  # one baseline row shared by every case
+        else:
+            times = {_case_label(row, keys): row[time_key] for row in provider_rows}
+        table[provider] = [times[case] / ours_time[case] if case in times else None for case in cases]
+    return cases, table, time_key
+
+
+def plot_speedups(results_path: str, png_path: str, ours: str = "lowpeft", title: str | None = None) -> str:
+    """Draw speedups(...) of a results JSON as grouped bars into png_path; return png_path."""
+    with open(results_path) as handle:
+        results = json.load(handle)
+    if not isinstance(results, dict) or not isinstance(results.get("rows"), list):
+        raise ValueError(f"results_path: expected a lowpeft results JSON with a 'rows' list, got {results_path!r}")
+    cases, table, time_key = speedups(results["rows"], ours)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise ImportError(
+            "drawing a PNG needs matplotlib, which is not installed: pip install matplotlib "
+            "(or pip install 'lowpeft[bench]')"
+        ) from exc
+    width = 0.8 / max(len(table), 1)
+    figure, axes = plt.subplots(figsize=(max(6.0, 1.6 * len(cases) + 2), 4.5))
+    for index, (provider, values) in enumerate(table.items()):
+        positions = [case + (index - (len(table) - 1) / 2) * width for case in range(len(cases))]
+        heights = [value if value is not None else 0.0 for value in values]
+        bars = axes.bar(positions, heights, width, label=f"vs {provider}")
+        for bar, value in zip(bars, values):
+            if value is not None:
+                axes.annotate(f"{value:.2f}×", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                              ha="center", va="bottom", fontsize=7)
+    axes.axhline(1.0, color="black", linewidth=0.8)
+    axes.set_xticks(range(len(cases)))
+    axes.set_xticklabels(cases, rotation=20, ha="right", fontsize=8)
+    axes.set_ylabel(f"speedup of {ours} ({time_key} of other / {ours})")
+    environment = results.get("environment", {})
+    device = environment.get("device", "")
+    axes.set_title(title or f"{results.get('title', 'lowpeft benchmark')}\n{device}", fontsize=9)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(png_path)), exist_ok=True)
+    figure.savefig(png_path, dpi=130)
+    plt.close(figure)
+    return png_path
+
+
+def main(argv=None, prog: str = "lowpeft bench plot") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description="PNG of lowpeft's speedup per shape from a results JSON.")
+    parser.add_argument("results", help="a JSON written by lowpeft bench lora|adapter|model --json")
+    parser.add_argument("--out", required=True, metavar="PNG", help="the PNG to write")
+    parser.add_argument("--ours", default="lowpeft", help="the provider whose speedup is drawn (default lowpeft)")
+    parser.add_argument("--title", default=None)
+    args = parser.parse_args(argv)
+    if not os.path.isfile(args.results):
+        parser.error(f"argument results: expected an existing JSON file, got {args.results!r}")
+    try:
+        path = plot_speedups(args.results, args.out, args.ours, args.title)
+    except (ValueError, json.JSONDecodeError) as exc:
+        parser.error(str(exc))
+    print(f"wrote {path}")
+    return 0

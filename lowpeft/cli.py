@@ -1,0 +1,206 @@
+# lowpeft.cli: the `lowpeft` command.
+#
+#   lowpeft [demo] [...]                 the demo (the default command): fine-tune, save, reload, merge, report
+#   lowpeft info [--json]                versions, device, and each backend: available, or why not
+#   lowpeft bench lora|adapter [...]     one layer, fused vs unfused, on your shapes (--plot PNG draws speedups)
+#   lowpeft bench model [...]            LoRA training steps of a Llama built from a config, four providers
+#   lowpeft bench plot RESULTS.json --out PNG
+#
+# Trade-off: this file only routes. Each subcommand's arguments are parsed by the module that runs it (its
+# `main(argv)`), so `lowpeft bench lora --help` shows the harness's own flags and the harness stays usable on
+# its own (benchmarks/*.py); the price is one hand-written dispatch instead of one argparse tree. Heavy modules
+# (transformers, peft, triton, matplotlib) are imported only by the subcommand that needs them, and a missing
+# optional package is a one-line error naming it.
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import warnings
+
+__all__ = ["main", "info"]
+
+_BENCHES = {
+    "lora": "lowpeft.bench.lora",
+    "adapter": "lowpeft.bench.adapter",
+    "model": "lowpeft.bench.model",
+    "plot": "lowpeft.bench.plot",
+}
+_COMMANDS = ("demo", "info", "bench")
+_USAGE = """usage: lowpeft [demo|info|bench] ...
+
+  lowpeft [demo] [--steps N] ...      fine-tune a small Llama with LoRA on the CPU or GPU, save, reload, merge
+  lowpeft info [--json]               versions, device, backends (available, or why not)
+  lowpeft bench lora [...]            fused vs unfused LoRA layer on your shapes (--plot PNG: a speedup chart)
+  lowpeft bench adapter [...]         fused vs unfused bottleneck adapter
+  lowpeft bench model [...]           training steps of a Llama from a config: frozen / lowpeft / PEFT / eager
+  lowpeft bench plot RESULTS --out PNG
+  lowpeft --version
+
+`lowpeft COMMAND --help` shows a command's options.
+"""
+
+
+class UsageError(Exception):
+    """A command line the router cannot route."""
+
+
+def _package_version(name: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def info() -> dict:
+    """Versions, device and backends, as `lowpeft info --json` prints them."""
+    import torch
+
+    import lowpeft
+    from lowpeft import _extension
+    from lowpeft.ops import _dispatch
+
+    versions = {"lowpeft": lowpeft.__version__, "python": platform.python_version(), "torch": torch.__version__}
+    for package in ("triton", "peft", "transformers", "safetensors", "numpy", "tqdm", "matplotlib"):
+        versions[package] = _package_version(package)
+    versions["torch built with CUDA"] = torch.version.cuda or "no (CPU build)"
+    if torch.cuda.is_available():
+        index = torch.cuda.current_device()
+        properties = torch.cuda.get_device_properties(index)
+        device = {
+            "type": "cuda",
+            "name": properties.name,
+            "compute_capability": f"{properties.major}.{properties.minor}",
+            "memory_gib": round(properties.total_memory / 2**30, 1),
+            "count": torch.cuda.device_count(),
+        }
+    else:
+        device = {"type": "cpu", "name": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+    with warnings.catch_warnings():
+        # resolving "auto" warns when it passes over a backend; the report below says so itself.
+        warnings.simplefilter("ignore")
+        backends = {device_type: _dispatch.backends(device_type)
+                    for device_type in (("cuda", "cpu") if device["type"] == "cuda" else ("cpu",))}
+    return {
+        "versions": versions,
+        "device": device,
+        "backends": backends,
+        "global_backend": _dispatch.get_backend(),
+        "extension": _extension.unavailable_reason() or "lowpeft._C loaded",
+        "triton_interpret": os.environ.get("TRITON_INTERPRET") == "1",
+    }
+
+
+def _print_info(report: dict) -> None:
+    print("lowpeft info")
+    print("versions:")
+    for name, version in report["versions"].items():
+        print(f"  {name:<24} {version or 'not installed'}")
+    device = report["device"]
+    print("device:")
+    print("  " + ", ".join(f"{key} {value}" for key, value in device.items()))
+    print(f"backend setting: {report['global_backend']} (lowpeft.set_backend or LOWPEFT_BACKEND)")
+    for device_type, table in report["backends"].items():
+        print(f"backends for {device_type} tensors:")
+        for name, entry in table.items():
+            if name == "auto":
+                print(f"  {'auto':<7} picks {entry['picks']}")
+            elif entry["available"]:
+                print(f"  {name:<7} available")
+            else:
+                print(f"  {name:<7} unavailable: {entry['reason']}")
+    print(f"compiled extension: {report['extension']}")
+
+
+def _info_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="lowpeft info", description="Versions, device and backends.")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = parser.parse_args(argv)
+    report = info()
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_info(report)
+    return 0
+
+
+def _take_option(argv: list[str], name: str) -> tuple[str | None, list[str]]:
+    """Remove `name VALUE` or `name=VALUE` from argv; return (VALUE or None, the rest)."""
+    rest, value, index = [], None, 0
+    while index < len(argv):
+        item = argv[index]
+        if item == name:
+            if index + 1 >= len(argv) or argv[index + 1].startswith("-"):
+                raise UsageError(f"argument {name}: expected a file path after {name}")
+            value = argv[index + 1]
+            index += 2
+            continue
+        if item.startswith(name + "="):
+            value = item[len(name) + 1:]
+        else:
+            rest.append(item)
+        index += 1
+    return value, rest
+
+
+def _bench_main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: lowpeft bench {" + ",".join(_BENCHES) + "} [options]\n\n" + _USAGE)
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in _BENCHES:
+        raise UsageError(f"bench: expected one of {', '.join(_BENCHES)}, got {name!r}")
+    module = importlib.import_module(_BENCHES[name])
+    if name in ("model", "plot"):
+        return module.main(rest, prog=f"lowpeft bench {name}") or 0
+    # lora / adapter: `--plot PNG` is handled here, from the results JSON the harness writes.
+    png, rest = _take_option(rest, "--plot")
+    if png is None:
+        return module.main(rest) or 0
+    json_path, _ = _take_option(rest, "--json")
+    with tempfile.TemporaryDirectory() as scratch:
+        if json_path is None:
+            json_path = os.path.join(scratch, f"{name}.json")
+            rest = rest + ["--json", json_path]
+        status = module.main(rest) or 0
+        if status == 0:
+            from lowpeft.bench.plot import plot_speedups
+
+            print(f"wrote {plot_speedups(json_path, png)}")
+    return status
+
+
+def main(argv=None) -> int:
+    """Entry point of the `lowpeft` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in ("-h", "--help"):
+            print(_USAGE)
+            return 0
+        if argv and argv[0] == "--version":
+            import lowpeft
+
+            print(f"lowpeft {lowpeft.__version__}")
+            return 0
+        if argv and not argv[0].startswith("-") and argv[0] not in _COMMANDS:
+            raise UsageError(f"command: expected one of {', '.join(_COMMANDS)}, got {argv[0]!r}")
+        command, rest = (argv[0], argv[1:]) if argv and argv[0] in _COMMANDS else ("demo", argv)
+        if command == "info":
+            return _info_main(rest)
+        if command == "bench":
+            return _bench_main(rest)
+        from lowpeft.demo import main as demo_main
+
+        return demo_main(rest) or 0
+    except UsageError as exc:
+        print(f"lowpeft: error: {exc}\n\n{_USAGE}", file=sys.stderr)
+        return 2
+    except ImportError as exc:
+        print(f"lowpeft: error: {exc}", file=sys.stderr)
+        return 1
