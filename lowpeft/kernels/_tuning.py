@@ -4,7 +4,8 @@
 # T = 2048..8192 tokens, K, N in 1024..11008, r in 8..128) instead of a wide sweep, so the first call at
 # a new shape autotunes in seconds, not minutes; the autotune key buckets the token count to the next
 # power of two, so a training run whose batch length changes every step does not retune every step.
-# Under TRITON_INTERPRET=1 (CPU tests) every family gets one small config and no benchmarking.
+# Under TRITON_INTERPRET=1 (CPU tests) every family gets one small config and no benchmarking;
+# LOWPEFT_AUTOTUNE=0 keeps only each family's first (default) config (quick GPU test runs over many shapes).
 # Nothing here queries the GPU at import time.
 from __future__ import annotations
 
@@ -18,6 +19,10 @@ _SHARED_MEMORY_BUDGET = 200 * 1024  # bytes; Hopper allows 227 KiB per block, le
 
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _tuned(configs: list[triton.Config]) -> list[triton.Config]:
+    return configs if os.environ.get("LOWPEFT_AUTOTUNE", "1") != "0" else configs[:1]
 
 
 def token_bucket(tokens: int) -> int:
@@ -35,7 +40,7 @@ def gemm_configs() -> list[triton.Config]:
     step BLOCK_K. Tuned on an H100 at 8192 x 4096 -> 4096 / 11008 and 2048..4096 x 1024..2048, bf16."""
     if interpreting():
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}, num_warps=4, num_stages=1)]
-    return [
+    return _tuned([
         triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
         triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=4),
         triton.Config({"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
@@ -43,7 +48,7 @@ def gemm_configs() -> list[triton.Config]:
         triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=4),
         triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=4),
         triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8}, num_warps=4, num_stages=4),
-    ]
+    ])
 
 
 def prune_gemm_configs(configs, named_args, **kwargs):
@@ -69,12 +74,12 @@ def row_block_configs() -> list[triton.Config]:
     [K, r] one (the dropout shrink S = dropout(x) Aᵀ, and dS = s g B when r is too large to fuse)."""
     if interpreting():
         return [triton.Config({"BLOCK_T": 32, "BLOCK_K": 32}, num_warps=4, num_stages=1)]
-    return [
+    return _tuned([
         triton.Config({"BLOCK_T": 64, "BLOCK_K": 128}, num_warps=4, num_stages=3),
         triton.Config({"BLOCK_T": 128, "BLOCK_K": 64}, num_warps=4, num_stages=3),
         triton.Config({"BLOCK_T": 64, "BLOCK_K": 64}, num_warps=4, num_stages=4),
         triton.Config({"BLOCK_T": 32, "BLOCK_K": 128}, num_warps=4, num_stages=3),
-    ]
+    ])
 
 
 def split_t_configs() -> list[triton.Config]:
@@ -82,12 +87,12 @@ def split_t_configs() -> list[triton.Config]:
     the big matrix, reduced over a slice of the tokens."""
     if interpreting():
         return [triton.Config({"BLOCK_T": 32, "BLOCK_C": 32}, num_warps=4, num_stages=1)]
-    return [
+    return _tuned([
         triton.Config({"BLOCK_T": 64, "BLOCK_C": 128}, num_warps=4, num_stages=3),
         triton.Config({"BLOCK_T": 128, "BLOCK_C": 64}, num_warps=4, num_stages=3),
         triton.Config({"BLOCK_T": 64, "BLOCK_C": 256}, num_warps=8, num_stages=3),
         triton.Config({"BLOCK_T": 32, "BLOCK_C": 128}, num_warps=4, num_stages=4),
-    ]
+    ])
 
 
 # Largest padded rank whose [BLOCK_M, r] accumulator rides along in the big GEMMs' main loop (the fused

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# One device call for the fused LoRA kernels: probe (correctness in every dtype, Triton GEMM vs cuBLAS,
+# per-kernel timings), or the final run (GPU test file + full benchmark). Usage:
+#   benchmarks/gpu_lora.sh probe | final
+# Results land in $OUT (the device tool copies them back).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/lora_out}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv
+case "${1:-probe}" in
+  probe)
+    LOWPEFT_AUTOTUNE=0 timeout 150 python3 benchmarks/gpu_probe_lora.py correctness 2>&1 | tee "$OUT/probe_correctness.log"
+    timeout 400 python3 benchmarks/gpu_probe_lora.py gemm lora_timings 2>&1 | tee "$OUT/probe_timings.log"
+    ;;
+  final)
+    LOWPEFT_AUTOTUNE=0 timeout 240 python3 -m pytest -q -x tests/test_triton_lora.py 2>&1 | tee "$OUT/lora_gpu_tests.log"
+    timeout 330 python3 benchmarks/bench_lora.py --json "$OUT/lora_h100.json" --md "$OUT/lora_h100.md" 2>&1 | tee "$OUT/bench.log"
+    ;;
+esac
