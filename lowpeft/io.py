@@ -1,0 +1,256 @@
+# save_adapter / load_adapter in PEFT's on-disk format: a directory holding adapter_config.json and
+# adapter_model.safetensors, with PEFT's tensor names (base_model.model.<module path>.lora_A.weight, ...,
+# prompt_embeddings for prompt tuning), so stock PEFT loads lowpeft's LoRA and prompt adapters and lowpeft
+# loads PEFT's. Bottleneck adapters use the same two files with peft_type "LOWPEFT_BOTTLENECK_ADAPTER",
+# which PEFT refuses with its own error.
+#
+# Trade-off: saving writes a complete new directory beside the target, fsyncs it, then swaps it in with
+# renames, so a crash never leaves a half-written adapter under the target name (at worst the old and the
+# new complete copies both sit beside it under hidden names); the price is that the target directory must
+# hold only adapter files, since it is replaced as a whole. Loading validates every key and shape against
+# the model before it changes any parameter, and undoes the adapter it added if the file does not fit.
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+from . import model as model_level
+from .config import (
+    ALL_LINEAR,
+    AdapterConfig,
+    LoRAConfig,
+    PromptTuningConfig,
+    adapter_peft_dict,
+    config_from_peft_dict,
+    lora_peft_dict,
+    prompt_peft_dict,
+)
+
+__all__ = ["save_adapter", "load_adapter", "CONFIG_NAME", "WEIGHTS_NAME"]
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+_ADAPTER_FILES = {CONFIG_NAME, WEIGHTS_NAME, "README.md"}
+_PREFIX = "base_model.model."
+PROMPT_KEY = "prompt_embeddings"
+
+
+# ------------------------------------------------------------------------------------------------------
+# the tensors of an adapter under PEFT's names
+# ------------------------------------------------------------------------------------------------------
+def _bias_tensors(model: nn.Module, layers: dict, mode: str) -> dict:
+    found = {}
+    for name, param in model.named_parameters():
+        owner, _, leaf = name.rpartition(".")
+        if leaf != "bias":
+            continue
+        if owner in layers:
+            found[f"{_PREFIX}{owner}.base_layer.bias"] = param
+        elif mode == "all":
+            found[f"{_PREFIX}{name}"] = param
+    return found
+
+
+def adapter_tensors(model: nn.Module, adapter_name: Optional[str] = None) -> dict:
+    """{PEFT key: parameter} of an adapter (the live parameters, not copies)."""
+    config = model_level.adapter_config(model, adapter_name)
+    if isinstance(config, PromptTuningConfig):
+        return {PROMPT_KEY: model_level.adapter_prompt(model, adapter_name).weight}
+    layers = model_level.adapter_layers(model, adapter_name)
+    tensors = {}
+    if isinstance(config, LoRAConfig):
+        for path, layer in layers.items():
+            tensors[f"{_PREFIX}{path}.lora_A.weight"] = layer.lora_A
+            tensors[f"{_PREFIX}{path}.lora_B.weight"] = layer.lora_B
+        if config.bias != "none":
+            tensors.update(_bias_tensors(model, layers, config.bias))
+        return tensors
+    for path, layer in layers.items():
+        shared = {id(layer_param) for layer_param in (getattr(layer, "weight", None), getattr(layer, "bias", None))}
+        base = model_level._state(model).base[path]
+        shared.update(id(p) for p in base.parameters())
+        for name, param in layer.named_parameters():
+            if id(param) not in shared:
+                tensors[f"{_PREFIX}{path}.{name}"] = param
+    return tensors
+
+
+def _config_dict(model: nn.Module, adapter_name: Optional[str]) -> dict:
+    config = model_level.adapter_config(model, adapter_name)
+    name_or_path = getattr(getattr(model, "config", None), "_name_or_path", None) or None
+    if isinstance(config, PromptTuningConfig):
+        hf_config = getattr(model, "config", None)
+        prompt = model_level.adapter_prompt(model, adapter_name)
+        return prompt_peft_dict(config, prompt.dim, getattr(hf_config, "num_hidden_layers", None),
+                                getattr(hf_config, "num_attention_heads", None), name_or_path)
+    layers = model_level.adapter_layers(model, adapter_name)
+    targets = sorted(layers) if config.target_modules == ALL_LINEAR else config.target_modules
+    if isinstance(config, LoRAConfig):
+        fan_in_fan_out = any(getattr(layer, "fan_in_fan_out", False) for layer in layers.values())
+        return lora_peft_dict(config, targets, fan_in_fan_out, name_or_path)
+    return adapter_peft_dict(config, targets, name_or_path)
+
+
+# ------------------------------------------------------------------------------------------------------
+# atomic directory write
+# ------------------------------------------------------------------------------------------------------
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _replace_directory(staged: Path, target: Path) -> None:
+    """Swap the complete directory `staged` in as `target` (both on one file system)."""
+    if not target.exists():
+        os.rename(staged, target)
+        return
+    retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    os.rmdir(retired)
+    os.rename(target, retired)
+    os.rename(staged, target)
+    _fsync_path(target.parent)
+    shutil.rmtree(retired)
+
+
+def save_adapter(model: nn.Module, directory: Union[str, os.PathLike], adapter_name: Optional[str] = None) -> Path:
+    """Save adapter `adapter_name` (default: the active one) of `model` to `directory` in PEFT's format:
+    adapter_config.json + adapter_model.safetensors. Atomic: the directory is written beside the target,
+    fsynced, then renamed over it. `directory` must not exist or hold only adapter files."""
+    from safetensors.torch import save_file
+
+    target = Path(directory)
+    if target.exists():
+        if not target.is_dir():
+            raise ValueError(f"directory: expected a directory path, got an existing file {str(target)!r}")
+        others = sorted(p.name for p in target.iterdir() if p.name not in _ADAPTER_FILES)
+        if others:
+            raise ValueError(
+                f"directory: {str(target)!r} holds files other than an adapter's ({others[:5]}); save_adapter "
+                "replaces the whole directory, so give it an empty or adapter-only directory"
+            )
+    tensors = {key: param.detach().to("cpu").contiguous().clone() for key, param in
+               adapter_tensors(model, adapter_name).items()}
+    config = _config_dict(model, adapter_name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        save_file(tensors, str(staged / WEIGHTS_NAME), metadata={"format": "pt"})
+        with open(staged / CONFIG_NAME, "w") as handle:
+            json.dump(config, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+        for name in (WEIGHTS_NAME, CONFIG_NAME):
+            _fsync_path(staged / name)
+        _fsync_path(staged)
+        _replace_directory(staged, target)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    _fsync_path(target.parent)
+    return target
+
+
+# ------------------------------------------------------------------------------------------------------
+# loading
+# ------------------------------------------------------------------------------------------------------
+def _module_of(key: str) -> str:
+    if key == PROMPT_KEY:
+        return "prompt"
+    path = key[len(_PREFIX):] if key.startswith(_PREFIX) else key
+    for marker in (".lora_A.", ".lora_B.", ".base_layer."):
+        if marker in path:
+            return path.split(marker)[0]
+    return path.rpartition(".")[0]
+
+
+def _describe(keys) -> str:
+    keys = sorted(keys)
+    shown = "; ".join(f"module {_module_of(k)!r} ({k})" for k in keys[:5])
+    return shown + (f"; ... ({len(keys)} in all)" if len(keys) > 5 else "")
+
+
+def _check_fits(expected: dict, found: dict, directory: Path) -> None:
+    missing = expected.keys() - found.keys()
+    unexpected = found.keys() - expected.keys()
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing from the file: {_describe(missing)}")
+        if unexpected:
+            parts.append(f"not in the model: {_describe(unexpected)}")
+        raise ValueError(f"directory: the adapter in {str(directory)!r} does not fit the model; " + " | ".join(parts))
+    for key, param in expected.items():
+        tensor = found[key]
+        if tuple(tensor.shape) != tuple(param.shape):
+            raise ValueError(
+                f"directory: the adapter in {str(directory)!r} does not fit module {_module_of(key)!r}: {key} "
+                f"expected shape {tuple(param.shape)}, got {tuple(tensor.shape)}"
+            )
+        if not tensor.is_floating_point():
+            raise ValueError(f"directory: {key} in {str(directory)!r} expected a floating-point tensor, got {tensor.dtype}")
+
+
+def _same_adapter(model: nn.Module, adapter_name: str, config) -> None:
+    existing = model_level.adapter_config(model, adapter_name)
+    fields = [f for f in ("r", "alpha", "dropout", "use_rslora", "bias", "bottleneck", "activation", "scale",
+                          "num_virtual_tokens") if hasattr(config, f)]
+    differ = [f"{f}: model {getattr(existing, f, None)!r} vs file {getattr(config, f)!r}" for f in fields
+              if type(existing) is not type(config) or getattr(existing, f) != getattr(config, f)]
+    if type(existing) is not type(config):
+        differ.insert(0, f"kind: model {type(existing).__name__} vs file {type(config).__name__}")
+    if differ:
+        raise ValueError(f"adapter_name: the model's adapter {adapter_name!r} differs from the file's: {'; '.join(differ)}")
+
+
+def load_adapter(model: nn.Module, directory: Union[str, os.PathLike], adapter_name: str = "default") -> nn.Module:
+    """Load an adapter saved by lowpeft or by PEFT (LoRA, prompt tuning) into `model` as `adapter_name`.
+
+    When `model` has no adapter of that name, one is added from the file's config (lowpeft.apply: it becomes
+    active and trainable, everything else is frozen); when it has one, its configuration must agree with the
+    file's. Every key and shape is checked first; a file that does not fit is a ValueError naming the module."""
+    from safetensors.torch import load_file
+
+    model_level._check_model(model)
+    source = Path(directory)
+    config_path, weights_path = source / CONFIG_NAME, source / WEIGHTS_NAME
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise ValueError(f"directory: expected {path.name} in {str(source)!r}, found none")
+    with open(config_path) as handle:
+        try:
+            data = json.load(handle)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"directory: {str(config_path)!r} is not valid JSON ({error})") from None
+    config = config_from_peft_dict(data, str(config_path))
+    found = load_file(str(weights_path))
+    added = adapter_name not in model_level.adapter_names(model)
+    if added:
+        snapshot = [(param, param.requires_grad) for param in model.parameters()]
+        previous = model_level.active_adapter(model)
+        model_level.apply(model, config, adapter_name)
+    else:
+        _same_adapter(model, adapter_name, config)
+    try:
+        expected = adapter_tensors(model, adapter_name)
+        _check_fits(expected, found, source)
+    except ValueError:
+        if added:
+            model_level.delete_adapter(model, adapter_name)
+            if previous is not None:
+                model_level.set_adapter(model, previous)
+            for param, flag in snapshot:
+                param.requires_grad_(flag)
+        raise
+    with torch.no_grad():
+        for key, param in expected.items():
+            param.copy_(found[key].to(device=param.device, dtype=param.dtype))
+    return model
