@@ -79,25 +79,38 @@ def _auto_order(device_type: str) -> tuple[str, ...]:
     return ("torch",)
 
 
-def resolve(backend: str, device: torch.device) -> str:
-    """The concrete backend to run for a call on `device` ("auto" and the global choice resolved)."""
-    return _resolve_for_device_type(backend, device.type)
+# float64 has no tensor-core path: the Triton kernels take 32- and 16-bit floats only.
+_DTYPES_UNSUPPORTED = {"triton": ("float64",)}
 
 
-def _resolve_for_device_type(backend: str, device_type: str) -> str:
+def _dtype_reason(backend: str, dtype_name: str | None) -> str | None:
+    if dtype_name in _DTYPES_UNSUPPORTED.get(backend, ()):
+        return f"the {backend} backend does not take {dtype_name} tensors"
+    return None
+
+
+def resolve(backend: str, device: torch.device, dtype: torch.dtype | None = None) -> str:
+    """The concrete backend to run for a call on `device` with inputs of `dtype` ("auto" and the global choice
+    resolved)."""
+    return _resolve_for_device_type(backend, device.type, None if dtype is None else str(dtype)[6:])
+
+
+def _resolve_for_device_type(backend: str, device_type: str, dtype_name: str | None = None) -> str:
     device = torch.device(device_type)
     name = _check_name(backend)
     if name == "auto":
         name = get_backend()
     if name != "auto":
-        reason = unavailable_reason(name, device.type)
+        reason = unavailable_reason(name, device.type) or _dtype_reason(name, dtype_name)
         if reason is not None:
             raise ValueError(f"backend: {name!r} was requested but cannot run on {device.type}: {reason}")
         return name
     order = _auto_order(device.type)
     for candidate in order:
+        if _dtype_reason(candidate, dtype_name) is not None:
+            continue
         if unavailable_reason(candidate, device.type) is None:
-            if candidate != order[0] and device.type not in _warned_auto:
+            if candidate != order[0] and _dtype_reason(order[0], dtype_name) is None and device.type not in _warned_auto:
                 _warned_auto.add(device.type)
                 warnings.warn(
                     f"lowpeft: backend 'auto' on {device.type} uses {candidate!r} because {order[0]!r} is "

@@ -261,7 +261,7 @@ def lora_linear(
     effective_p = float(dropout_p) if training else 0.0
     if seed is None:
         seed = draw_dropout_seed() if effective_p > 0.0 else torch.zeros((), dtype=torch.int64)
-    name = _dispatch.resolve(backend, x.device)
+    name = _dispatch.resolve(backend, x.device, x.dtype)
     leading = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     y, _ = torch.ops.lowpeft.lora_linear(
