@@ -1,0 +1,150 @@
+// Shared by every lowpeft C++/CUDA source: the Philox-4x32-10 dropout draw, the activation functions and
+// their derivatives (host and device), and the argument checks every backend's kernels run first.
+//
+// Trade-off: the dropout mask and the activations are defined once here as __host__ __device__ inline
+// functions, so the CPU and CUDA kernels cannot drift apart from each other; both follow
+// lowpeft/reference.py exactly (the mask bit for bit, the activations in closed form).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <string_view>
+
+#include <ATen/core/Tensor.h>
+#include <ATen/core/List.h>
+
+#if defined(__CUDACC__)
+#define LOWPEFT_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define LOWPEFT_HOST_DEVICE inline
+#endif
+
+namespace lowpeft {
+
+// ---------------------------------------------------------------------------------------------------
+// Dropout: element (t, k) is kept iff Philox4x32-10(key = seed; counters k, t, 0, 0)[0] >= threshold.
+// ---------------------------------------------------------------------------------------------------
+struct PhiloxKey {
+  uint32_t low;
+  uint32_t high;
+};
+
+inline PhiloxKey philox_key(int64_t seed) {
+  const uint64_t bits = static_cast<uint64_t>(seed);
+  return {static_cast<uint32_t>(bits & 0xffffffffu), static_cast<uint32_t>(bits >> 32)};
+}
+
+// First output word of Philox-4x32-10 for counters (c0, c1, 0, 0); bit-exact with
+// reference.philox_uint32 and Triton's tl.philox(seed, c0, c1, 0, 0)[0].
+LOWPEFT_HOST_DEVICE uint32_t philox_first_word(uint32_t c0, uint32_t c1, uint32_t key0, uint32_t key1) {
+  uint32_t c2 = 0, c3 = 0;
+#if defined(__CUDACC__)
+#pragma unroll
+#else
+#pragma GCC unroll 10
+#endif
+  for (int round = 0; round < 10; ++round) {
+    const uint64_t product_b = static_cast<uint64_t>(0xCD9E8D57u) * c2;
+    const uint64_t product_a = static_cast<uint64_t>(0xD2511F53u) * c0;
+    const uint32_t next0 = static_cast<uint32_t>(product_b >> 32) ^ c1 ^ key0;
+    const uint32_t next2 = static_cast<uint32_t>(product_a >> 32) ^ c3 ^ key1;
+    c1 = static_cast<uint32_t>(product_b);
+    c3 = static_cast<uint32_t>(product_a);
+    c0 = next0;
+    c2 = next2;
+    key0 += 0x9E3779B9u;
+    key1 += 0xBB67AE85u;
+  }
+  return c0;
+}
+
+// reference.dropout_threshold: keep iff draw >= min(int(p * 2^32), 2^32 - 1).
+inline uint32_t dropout_threshold(double p) {
+  const double scaled = std::floor(p * 4294967296.0);
+  return scaled >= 4294967295.0 ? 0xffffffffu : static_cast<uint32_t>(scaled);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Activations of the bottleneck adapter (reference.activation_forward / activation_derivative).
+// ---------------------------------------------------------------------------------------------------
+enum class Activation : int { Gelu = 0, GeluTanh = 1, Relu = 2, Silu = 3 };
+
+template <typename T>
+LOWPEFT_HOST_DEVICE T activation_forward(T z, Activation activation) {
+  switch (activation) {
+    case Activation::Gelu:
+      return T(0.5) * z * (T(1) + erf(z * T(0.70710678118654752440)));
+    case Activation::GeluTanh: {
+      const T inner = T(0.79788456080286535588) * (z + T(0.044715) * z * z * z);
+      return T(0.5) * z * (T(1) + tanh(inner));
+    }
+    case Activation::Relu:
+      return z < T(0) ? T(0) : z;  // NaN stays NaN, as torch.relu
+    case Activation::Silu:
+    default:
+      return z / (T(1) + exp(-z));
+  }
+}
+
+template <typename T>
+LOWPEFT_HOST_DEVICE T activation_derivative(T z, Activation activation) {
+  switch (activation) {
+    case Activation::Gelu: {
+      const T cdf = T(0.5) * (T(1) + erf(z * T(0.70710678118654752440)));
+      const T pdf = exp(T(-0.5) * z * z) * T(0.39894228040143267794);
+      return cdf + z * pdf;
+    }
+    case Activation::GeluTanh: {
+      const T c = T(0.79788456080286535588);
+      const T t = tanh(c * (z + T(0.044715) * z * z * z));
+      return T(0.5) * (T(1) + t) + T(0.5) * z * (T(1) - t * t) * c * (T(1) + T(3 * 0.044715) * z * z);
+    }
+    case Activation::Relu:
+      return z > T(0) ? T(1) : T(0);
+    case Activation::Silu:
+    default: {
+      const T sig = T(1) / (T(1) + exp(-z));
+      return sig * (T(1) + z * (T(1) - sig));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Argument checks (defined in registration.cpp): each raises a c10::Error (ValueError / TypeError in
+// Python) naming the op, the argument, what was expected and what came.
+// ---------------------------------------------------------------------------------------------------
+struct LoraNeeds {
+  bool dx, d_lora_A, d_lora_B, d_weight, d_bias;
+};
+
+Activation parse_activation(std::string_view op, std::string_view activation);
+
+void check_lora_forward(std::string_view op, const at::Tensor& x, const at::Tensor& weight,
+                        const std::optional<at::Tensor>& bias, const at::Tensor& lora_A, const at::Tensor& lora_B,
+                        double scaling, double dropout_p);
+
+LoraNeeds check_lora_backward(std::string_view op, const at::Tensor& grad_out, const at::Tensor& x,
+                              const at::Tensor& weight, const at::Tensor& lora_A, const at::Tensor& lora_B,
+                              const at::Tensor& shrink, double scaling, double dropout_p, const c10::List<bool>& needs);
+
+struct AdapterNeeds {
+  bool dh, d_down_weight, d_down_bias, d_up_weight, d_up_bias;
+};
+
+Activation check_adapter_forward(std::string_view op, const at::Tensor& h, const at::Tensor& down_weight,
+                                 const std::optional<at::Tensor>& down_bias, const at::Tensor& up_weight,
+                                 const std::optional<at::Tensor>& up_bias, std::string_view activation, double scale);
+
+AdapterNeeds check_adapter_backward(std::string_view op, const at::Tensor& grad_out, const at::Tensor& h,
+                                    const at::Tensor& down_weight, const std::optional<at::Tensor>& down_bias,
+                                    const at::Tensor& up_weight, const at::Tensor& z, std::string_view activation,
+                                    double scale, const c10::List<bool>& needs);
+
+// The dtype of the saved intermediates (shrink S, adapter pre-activation z): float32 for 16-bit inputs.
+at::ScalarType accumulate_dtype(at::ScalarType input_dtype);
+
+// An empty tensor standing for a gradient that was not asked for.
+at::Tensor not_needed(const at::Tensor& like);
+
+}  // namespace lowpeft
