@@ -1,0 +1,204 @@
+# Model-level LoRA: configs, lowpeft.apply's module matching (PEFT's rule: names / suffixes, full-match regex,
+# "all-linear" without the head), freezing, trainable counts identical to PEFT's, merge / unmerge /
+# merge_and_unload, and the layers' numbers against the float64 oracle inside a model.
+#
+# Trade-off: tiny models built from configs (no downloads) keep the suite fast; PEFT itself is the oracle for
+# matching and counting, lowpeft.reference in float64 for the numbers.
+import copy
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import lowpeft
+from lowpeft import model as model_level
+from lowpeft import reference
+from tests.tolerance import assert_matches_oracle
+
+transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft")
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
+
+
+def tiny_llama(seed=0):
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, vocab_size=97, max_position_embeddings=64)
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def tiny_gpt2(seed=0):
+    torch.manual_seed(seed)
+    config = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=97, n_positions=64,
+                                     bos_token_id=0, eos_token_id=0)
+    return transformers.GPT2LMHeadModel(config).eval()
+
+
+MODELS = {"llama": tiny_llama, "gpt2": tiny_gpt2}
+TARGETS = {
+    "llama": [["q_proj", "v_proj"], "all-linear", r".*\.mlp\.(up|down)_proj", ["model.layers.1.self_attn.o_proj"]],
+    "gpt2": [["c_attn"], "all-linear", r"transformer\.h\.0\.(attn|mlp)\.c_.*", ["mlp.c_proj"]],
+}
+
+
+def _peft_config(config: lowpeft.LoRAConfig):
+    targets = config.target_modules if isinstance(config.target_modules, str) else list(config.target_modules)
+    return peft.LoraConfig(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=targets,
+                           bias=config.bias, use_rslora=config.use_rslora)
+
+
+@pytest.mark.parametrize("bad, error", [
+    (dict(r=0), ValueError), (dict(r=2.0), TypeError), (dict(dropout=1.0), ValueError), (dict(dropout=-0.1), ValueError),
+    (dict(bias="some"), ValueError), (dict(init="xavier"), ValueError), (dict(target_modules=[]), TypeError),
+    (dict(target_modules=3), TypeError), (dict(alpha=float("nan")), TypeError), (dict(backend="gpu"), ValueError),
+])
+def test_lora_config_rejects_bad_values_naming_the_field(bad, error):
+    with pytest.raises(error, match=next(iter(bad))):
+        lowpeft.LoRAConfig(**bad)
+
+
+def test_adapter_and_prompt_configs_reject_bad_values():
+    with pytest.raises(ValueError, match="activation"):
+        lowpeft.AdapterConfig(activation="tanh")
+    with pytest.raises(ValueError, match="bottleneck"):
+        lowpeft.AdapterConfig(bottleneck=0)
+    with pytest.raises(ValueError, match="init_token_ids"):
+        lowpeft.PromptTuningConfig(init="text")
+    with pytest.raises(ValueError, match="num_virtual_tokens"):
+        lowpeft.PromptTuningConfig(num_virtual_tokens=0)
+
+
+@pytest.mark.parametrize("family", sorted(MODELS))
+@pytest.mark.parametrize("index", range(4))
+@pytest.mark.parametrize("bias", ["none", "all", "lora_only"])
+def test_matching_and_trainable_counts_equal_peft(family, index, bias, capsys):
+    config = lowpeft.LoRAConfig(r=3, alpha=6, target_modules=TARGETS[family][index], bias=bias)
+    ours = lowpeft.apply(MODELS[family](), config)
+    theirs = peft.get_peft_model(MODELS[family](), _peft_config(config))
+    their_paths = sorted(name.removeprefix("base_model.model.") for name, m in theirs.named_modules()
+                         if type(m).__name__ == "Linear" and hasattr(m, "lora_A"))
+    assert sorted(model_level.adapter_layers(ours)) == their_paths
+    assert lowpeft.trainable_parameters(ours) == theirs.get_nb_trainable_parameters()
+    lowpeft.print_trainable_parameters(ours)
+    theirs.print_trainable_parameters()
+    our_line, their_line = capsys.readouterr().out.strip().splitlines()
+    assert our_line == their_line
+
+
+def test_all_linear_skips_the_output_head_and_freezes_the_rest():
+    model = lowpeft.apply(tiny_llama(), lowpeft.LoRAConfig(r=2, target_modules="all-linear"))
+    assert isinstance(model.lm_head, nn.Linear)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_A" in n or ".lora_B" in n for n in trainable)
+    assert isinstance(model.model.layers[0].mlp.down_proj, lowpeft.LoRALinear)
+
+
+def test_nothing_matched_is_a_value_error_naming_config_and_modules():
+    with pytest.raises(ValueError, match=r"target_modules: \('query',\).*model\.layers\.0\.self_attn\.q_proj"):
+        lowpeft.apply(tiny_llama(), lowpeft.LoRAConfig(target_modules=["query"]))
+
+
+def test_matching_an_unsupported_module_is_a_value_error():
+    with pytest.raises(ValueError, match="LlamaAttention"):
+        lowpeft.apply(tiny_llama(), lowpeft.LoRAConfig(target_modules=["self_attn"]))
+
+
+def test_exclude_modules_drops_matches():
+    config = lowpeft.LoRAConfig(target_modules="all-linear", exclude_modules=["down_proj"])
+    model = lowpeft.apply(tiny_llama(), config)
+    assert not any(p.endswith("down_proj") for p in model_level.adapter_layers(model))
+    assert isinstance(model.model.layers[0].mlp.down_proj, nn.Linear)
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(TypeError, match="model"):
+        lowpeft.apply("not a model", lowpeft.LoRAConfig())
+    with pytest.raises(TypeError, match="config"):
+        lowpeft.apply(tiny_llama(), {"r": 8})
+    model = lowpeft.apply(tiny_llama(), lowpeft.LoRAConfig(target_modules=["q_proj"]))
+    with pytest.raises(ValueError, match="adapter_name"):
+        lowpeft.apply(model, lowpeft.LoRAConfig(target_modules=["q_proj"]))
+
+
+def _randomise_adapters(model, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in model_level.adapter_layers(model).values():
+            layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=generator) * 0.5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("family", sorted(MODELS))
+def test_fresh_adapter_keeps_logits_and_merge_unload_round_trip(family, device):
+    base = MODELS[family]().to(device)
+    ids = torch.randint(0, 97, (2, 9), device=device)
+    reference_logits = base(ids).logits
+    originals = {name: m for name, m in base.named_modules() if name.endswith(("q_proj", "c_attn", "c_fc"))}
+    model = lowpeft.apply(base, lowpeft.LoRAConfig(r=4, alpha=8, target_modules="all-linear"))
+    torch.testing.assert_close(model(ids).logits, reference_logits, rtol=0, atol=0)
+    _randomise_adapters(model)
+    adapted = model(ids).logits
+    assert (adapted - reference_logits).abs().max() > 1e-3
+    lowpeft.merge(model)
+    torch.testing.assert_close(model(ids).logits, adapted, rtol=1e-5, atol=1e-5)
+    lowpeft.unmerge(model)
+    torch.testing.assert_close(model(ids).logits, adapted, rtol=1e-5, atol=1e-5)
+    lowpeft.merge_and_unload(model)
+    assert not any(isinstance(m, lowpeft.LoRALinear) for m in model.modules())
+    for name, module in originals.items():
+        assert model.get_submodule(name) is module
+    torch.testing.assert_close(model(ids).logits, adapted, rtol=1e-5, atol=1e-5)
+    assert lowpeft.trainable_parameters(model)[0] == 0
+
+
+def test_merge_and_unload_of_hand_built_layers_gives_plain_modules():
+    model = nn.Sequential(lowpeft.LoRALinear(7, 5, r=2), nn.ReLU(), lowpeft.LoRALinear(5, 3, r=3, bias=False))
+    x = torch.randn(4, 7)
+    _ = [nn.init.normal_(m.lora_B) for m in model if isinstance(m, lowpeft.LoRALinear)]
+    expected = model(x)
+    lowpeft.merge_and_unload(model)
+    assert type(model[0]) is nn.Linear and type(model[2]) is nn.Linear and model[2].bias is None
+    torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_gradients_reach_only_the_adapter():
+    model = lowpeft.apply(tiny_gpt2(), lowpeft.LoRAConfig(r=2, target_modules="all-linear", dropout=0.1))
+    model.train()
+    ids = torch.randint(0, 97, (2, 6))
+    model(ids, labels=ids).loss.backward()
+    for name, param in model.named_parameters():
+        assert (param.grad is not None) == param.requires_grad, name
+    assert all(isinstance(model_level.adapter_layers(model)[p].lora_A.grad, torch.Tensor)
+               for p in model_level.adapter_layers(model))
+
+
+# A stack of Linear layers of ragged sizes: the model's output against the float64 oracle layer by layer.
+@settings(max_examples=12)
+@given(
+    sizes=st.lists(st.sampled_from([1, 7, 16, 33, 123]), min_size=2, max_size=4),
+    rank=st.integers(1, 9),
+    leading=st.sampled_from([(5,), (2, 3), (1,)]),
+    non_contiguous=st.booleans(),
+    rslora=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_applied_stack_matches_float64_oracle(sizes, rank, leading, non_contiguous, rslora, seed):
+    torch.manual_seed(seed)
+    layers = [nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
+    model = lowpeft.apply(nn.Sequential(*layers), lowpeft.LoRAConfig(r=rank, alpha=3, target_modules=r"\d+",
+                                                                      use_rslora=rslora, backend="torch"))
+    for layer in model:
+        nn.init.normal_(layer.lora_B)
+    x = torch.randn(*leading, sizes[0] * 2)[..., ::2] if non_contiguous else torch.randn(*leading, sizes[0])
+
+    def oracle(dtype):
+        h = x.to(dtype)
+        for layer in model:
+            h = reference.lora_linear(h, layer.weight.to(dtype), layer.bias.to(dtype), layer.lora_A.to(dtype),
+                                      layer.lora_B.to(dtype), layer.scaling)
+        return h
+
+    assert_matches_oracle(model(x), oracle(torch.float32), oracle(torch.float64))
