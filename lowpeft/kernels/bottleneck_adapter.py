@@ -170,7 +170,8 @@ def _forward_kernel(
     if HAS_DOWN_BIAS:
         z += tl.load(down_b_ptr + cols_m * stride_db, mask=m_mask, other=0.0).to(z.dtype)[None, :]
     tl.store(z_ptr + rows[:, None] * stride_z_t + cols_m[None, :], z, mask=row_mask[:, None] & m_mask[None, :])
-    a = _activation(z, ACTIVATION).to(h_ptr.dtype.element_ty)
+    # Padded bottleneck columns are forced to zero: an Inf in h makes them Inf · 0 = NaN otherwise.
+    a = tl.where(m_mask[None, :], _activation(z, ACTIVATION), 0.0).to(h_ptr.dtype.element_ty)
     for d0 in range(0, D, BLOCK_D):
         cols_d = d0 + tl.arange(0, BLOCK_D)
         d_mask = cols_d < D
