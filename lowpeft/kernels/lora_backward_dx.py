@@ -59,10 +59,11 @@ def _lora_dx_kernel(
             w = tl.load(w_ptrs, mask=red_in[:, None], other=0.0)
         acc = mma(g, w, acc, DOT_PRECISION, DOT_UPCAST)
         if FUSE_DS:
+            # lora_B arrives zero-padded to R_PAD columns: no rank mask (see lora_dx_gemm).
             if EVEN_N:
-                b = tl.load(b_ptrs, mask=ranks_in[None, :], other=0.0)
+                b = tl.load(b_ptrs)
             else:
-                b = tl.load(b_ptrs, mask=(red < N - n0)[:, None] & ranks_in[None, :], other=0.0)
+                b = tl.load(b_ptrs, mask=(red < N - n0)[:, None], other=0.0)
             d_acc = mma(g, b, d_acc, DOT_PRECISION, DOT_UPCAST)
             b_ptrs += BLOCK_K * stride_bn
         g_ptrs += BLOCK_K
@@ -105,6 +106,12 @@ def lora_dx_gemm(grad_out, weight, lora_A, lora_B, d_shrink, dx, *, scaling, see
     width, rank = weight.shape[1], lora_A.shape[0]
     if tokens == 0 or width == 0:
         return dx
+    if fuse_ds and tuple(lora_B.stride()) != (rank_padded, 1):
+        # The fused g B operand is loaded without a rank mask, from rows of R_PAD elements: on an H100
+        # (triton 3.6) a rank-masked, row-major [BLOCK_K, 16] 16-bit operand with r = 7 gave wrong dS.
+        padded = lora_B.new_zeros(out_features, rank_padded)
+        padded[:, :rank] = lora_B
+        lora_B = padded
 
     def grid(meta):
         return (triton.cdiv(tokens, meta["BLOCK_M"]) * triton.cdiv(width, meta["BLOCK_N"]),)
