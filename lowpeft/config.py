@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Union
 
 __all__ = [
@@ -103,9 +103,6 @@ class LoRAConfig:
     @property
     def scaling(self) -> float:
         return self.alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
-
-    def replace(self, **changes) -> "LoRAConfig":
-        return LoRAConfig(**{**asdict(self), **changes})
 
 
 @dataclass(frozen=True)

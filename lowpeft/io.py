@@ -11,6 +11,7 @@
 # the model before it changes any parameter, and undoes the adapter it added if the file does not fit.
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -211,12 +212,14 @@ def _same_adapter(model: nn.Module, adapter_name: str, config) -> None:
         raise ValueError(f"adapter_name: the model's adapter {adapter_name!r} differs from the file's: {'; '.join(differ)}")
 
 
-def load_adapter(model: nn.Module, directory: Union[str, os.PathLike], adapter_name: str = "default") -> nn.Module:
+def load_adapter(model: nn.Module, directory: Union[str, os.PathLike], adapter_name: str = "default",
+                 backend: str = "auto") -> nn.Module:
     """Load an adapter saved by lowpeft or by PEFT (LoRA, prompt tuning) into `model` as `adapter_name`.
 
     When `model` has no adapter of that name, one is added from the file's config (lowpeft.apply: it becomes
     active and trainable, everything else is frozen); when it has one, its configuration must agree with the
-    file's. Every key and shape is checked first; a file that does not fit is a ValueError naming the module."""
+    file's. Every key and shape is checked first; a file that does not fit is a ValueError naming the module.
+    `backend` is the added layers' backend (lowpeft.set_backend's names; not part of the file)."""
     from safetensors.torch import load_file
 
     model_level._check_model(model)
@@ -231,6 +234,8 @@ def load_adapter(model: nn.Module, directory: Union[str, os.PathLike], adapter_n
         except json.JSONDecodeError as error:
             raise ValueError(f"directory: {str(config_path)!r} is not valid JSON ({error})") from None
     config = config_from_peft_dict(data, str(config_path))
+    if not isinstance(config, PromptTuningConfig):
+        config = dataclasses.replace(config, backend=backend)
     found = load_file(str(weights_path))
     added = adapter_name not in model_level.adapter_names(model)
     if added:
