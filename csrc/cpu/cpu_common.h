@@ -17,7 +17,7 @@
 
 namespace lowpeft::cpu {
 
-#define LOWPEFT_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define LOWPEFT_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default"), unused))
 
 LOWPEFT_CPU_CLONES static float dot(const float* a, const float* b, int64_t n) {
   float sum = 0.f;

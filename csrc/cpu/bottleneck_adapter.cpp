@@ -1,0 +1,120 @@
+// CPU kernels of lowpeft::native_bottleneck_adapter_fwd / _bwd (DESIGN §2): out = h + s · (act(h W_downᵀ +
+// b_down) W_upᵀ + b_up) and its gradients, with the GEMMs through ATen and the [T, M] activation work in
+// OpenMP loops.
+//
+// Trade-off: on the CPU the six skinny GEMMs (M ≪ D) dominate and ATen runs them near the machine's peak,
+// so the fused path keeps them and removes everything else eager PyTorch spends on [T, D] tensors: the
+// residual and the scale fold into one addmm (beta = 1, alpha = s), the up bias rides along as an extra
+// column of ones in the activations (so b_up costs neither a broadcast pass forward nor a Σ g pass backward:
+// it falls out of the dW_up GEMM), and dh = g + dz W_down is one addmm. Only z ([T, M]) is saved.
+#include <optional>
+#include <string_view>
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "../lowpeft_common.h"
+#include "cpu_common.h"
+
+namespace lowpeft::cpu {
+namespace {
+
+constexpr std::string_view kForward = "native_bottleneck_adapter_fwd";
+constexpr std::string_view kBackward = "native_bottleneck_adapter_bwd";
+
+// act(z) in the input dtype, as [T, M] or, with a trailing column of ones, [T, M + 1].
+at::Tensor activations(const at::Tensor& z, Activation activation, bool ones_column, at::ScalarType dtype) {
+  const int64_t rows = z.size(0), bottleneck = z.size(1), width = bottleneck + (ones_column ? 1 : 0);
+  at::Tensor out = at::empty({rows, width}, z.options().dtype(dtype));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "lowpeft_adapter_activations", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const acc_t* z_data = z.const_data_ptr<acc_t>();
+    scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, rows, row_grain(16 * bottleneck), [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        for (int64_t m = 0; m < bottleneck; ++m) {
+          out_data[t * width + m] = static_cast<scalar_t>(activation_forward(z_data[t * bottleneck + m], activation));
+        }
+        if (ones_column) out_data[t * width + bottleneck] = scalar_t(1);
+      }
+    });
+  });
+  return out;
+}
+
+// dz = s · da ⊙ act'(z), in z's dtype.
+at::Tensor pre_activation_grad(const at::Tensor& d_act, const at::Tensor& z, Activation activation, double scale) {
+  const int64_t rows = z.size(0), bottleneck = z.size(1);
+  at::Tensor dz = at::empty_like(z);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d_act.scalar_type(), "lowpeft_adapter_dz", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* da_data = d_act.const_data_ptr<scalar_t>();
+    const acc_t* z_data = z.const_data_ptr<acc_t>();
+    acc_t* dz_data = dz.mutable_data_ptr<acc_t>();
+    const acc_t s = static_cast<acc_t>(scale);
+    at::parallel_for(0, rows * bottleneck, 16384, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        dz_data[i] = s * static_cast<acc_t>(da_data[i]) * activation_derivative(z_data[i], activation);
+      }
+    });
+  });
+  return dz;
+}
+
+std::tuple<at::Tensor, at::Tensor> bottleneck_adapter_fwd(const at::Tensor& h, const at::Tensor& down_weight,
+                                                          const std::optional<at::Tensor>& down_bias,
+                                                          const at::Tensor& up_weight,
+                                                          const std::optional<at::Tensor>& up_bias,
+                                                          c10::string_view activation_name, double scale) {
+  const Activation activation =
+      check_adapter_forward(kForward, h, down_weight, down_bias, up_weight, up_bias,
+                            std::string_view(activation_name.data(), activation_name.size()), scale);
+  const auto dtype = h.scalar_type();
+  const at::Tensor z_in = down_bias.has_value() ? at::addmm(*down_bias, h, down_weight.t()) : at::mm(h, down_weight.t());
+  const at::Tensor z = z_in.to(accumulate_dtype(dtype)).contiguous();
+  const at::Tensor act = activations(z, activation, up_bias.has_value(), dtype);
+  const at::Tensor up = up_bias.has_value() ? at::cat({up_weight, up_bias->unsqueeze(1)}, 1) : up_weight;
+  return {at::addmm(h, act, up.t(), 1.0, scale), z};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bottleneck_adapter_bwd(
+    const at::Tensor& grad_out, const at::Tensor& h, const at::Tensor& down_weight,
+    const std::optional<at::Tensor>& down_bias, const at::Tensor& up_weight, const at::Tensor& z,
+    c10::string_view activation_name, double scale, const c10::List<bool>& needs) {
+  const std::string_view name(activation_name.data(), activation_name.size());
+  const AdapterNeeds need =
+      check_adapter_backward(kBackward, grad_out, h, down_weight, down_bias, up_weight, z, name, scale, needs);
+  const Activation activation = parse_activation(kBackward, name);
+  const auto dtype = h.scalar_type();
+  const int64_t bottleneck = down_weight.size(0);
+  const at::Tensor z_acc = z.contiguous();
+  at::Tensor dh = not_needed(h), d_down_weight = not_needed(h), d_down_bias = not_needed(h);
+  at::Tensor d_up_weight = not_needed(h), d_up_bias = not_needed(h);
+  if (need.dh || need.d_down_weight || need.d_down_bias) {
+    const at::Tensor dz = pre_activation_grad(at::mm(grad_out, up_weight), z_acc, activation, scale);
+    const at::Tensor dz_in = dz.to(dtype);
+    if (need.dh) dh = at::addmm(grad_out, dz_in, down_weight);
+    if (need.d_down_weight) d_down_weight = at::mm(dz_in.t(), h);
+    if (need.d_down_bias) d_down_bias = dz.sum(0).to(dtype);
+  }
+  if (need.d_up_weight) {
+    const at::Tensor act = activations(z_acc, activation, need.d_up_bias, dtype);
+    const at::Tensor grads = at::mm(grad_out.t(), act).mul_(scale);
+    d_up_weight = grads.narrow(1, 0, bottleneck).contiguous();
+    if (need.d_up_bias) d_up_bias = grads.select(1, bottleneck).contiguous();
+  } else if (need.d_up_bias) {
+    d_up_bias = grad_out.sum(0).mul_(scale);
+  }
+  return {dh, d_down_weight, d_down_bias, d_up_weight, d_up_bias};
+}
+
+}  // namespace
+}  // namespace lowpeft::cpu
+
+TORCH_LIBRARY_IMPL(lowpeft, CPU, m) {
+  m.impl("native_bottleneck_adapter_fwd", &lowpeft::cpu::bottleneck_adapter_fwd);
+  m.impl("native_bottleneck_adapter_bwd", &lowpeft::cpu::bottleneck_adapter_bwd);
+}
