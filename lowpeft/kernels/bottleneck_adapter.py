@@ -53,6 +53,17 @@ def row_block_configs():
     ]
 
 
+def prune_row_block_configs(configs, named_args, **kwargs):
+    """Autotune only where it pays: below 2048 rows the first candidate is taken without benchmarking (small
+    launches are bound by launch latency), and tiles whose [BLOCK_T, M] float32 accumulator would not fit in
+    registers (BLOCK_T × padded M > 8192) are never tried."""
+    block_m = kwargs.get("BLOCK_M", named_args.get("BLOCK_M"))
+    fitting = [c for c in configs if c.kwargs["BLOCK_T"] * block_m <= 8192] or configs[:1]
+    if named_args["T_BUCKET"] < 2048:
+        return fitting[:1]
+    return fitting
+
+
 def column_block_config(T: int, D: int, M_pad: int):
     """Tile of backward_cols: (BLOCK_T, BLOCK_D, num_warps, num_stages). Picked on an H100 (bf16): the two
     [BLOCK_D, M] float32 gradient accumulators stay in registers (BLOCK_D × M_pad ≤ 8192), and BLOCK_D shrinks
@@ -142,7 +153,8 @@ def _dot(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 # ----------------------------------------------------------------------------------------------------
 # kernels
 # ----------------------------------------------------------------------------------------------------
-@triton.autotune(configs=row_block_configs(), key=["T_BUCKET", "D", "BLOCK_M", "ACTIVATION"])
+@triton.autotune(configs=row_block_configs(), key=["T_BUCKET", "D", "BLOCK_M"],
+                 prune_configs_by={"early_config_prune": prune_row_block_configs})
 @triton.jit
 def _forward_kernel(
     h_ptr, down_w_ptr, down_b_ptr, up_w_ptr, up_b_ptr, out_ptr, z_ptr,
@@ -187,7 +199,8 @@ def _forward_kernel(
                  mask=tile_mask)
 
 
-@triton.autotune(configs=row_block_configs(), key=["T_BUCKET", "D", "BLOCK_M", "ACTIVATION"])
+@triton.autotune(configs=row_block_configs(), key=["T_BUCKET", "D", "BLOCK_M"],
+                 prune_configs_by={"early_config_prune": prune_row_block_configs})
 @triton.jit
 def _backward_rows_kernel(
     g_ptr, up_w_ptr, z_ptr, a_ptr, dz_ptr,

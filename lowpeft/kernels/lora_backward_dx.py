@@ -8,67 +8,31 @@
 # forward GEMM, every column tile recomputes the small g B product (r / BLOCK_N extra tensor-core work)
 # instead of a second read of g; with dropout the LoRA term needs its own [BLOCK_M, BLOCK_N] temporary
 # before the mask multiply, which costs registers, so autotuning may pick smaller tiles there.
+# Two variants share the epilogue: pointer-based (any strides, the interpreter) and persistent with TMA
+# tensor descriptors for g, W and the padded B (Hopper+, row-major 16-byte aligned), picked when possible.
 import triton
 import triton.language as tl
 
-from ._tuning import RANK_CHUNK, gemm_configs, prune_gemm_configs, token_bucket
+from ._tuning import (RANK_CHUNK, dx_tma_configs, gemm_configs, multiprocessor_count, prune_gemm_configs,
+                      tma_ready, token_bucket)
 from .lora_common import dropout_keep_scale, grouped_tile, mma
 
 
-@triton.autotune(
-    configs=gemm_configs(),
-    key=["T_BUCKET", "N", "K", "R_PAD", "HAS_DROPOUT", "FUSE_DS"],
-    prune_configs_by={"early_config_prune": prune_gemm_configs},
-)
-@triton.heuristics({"EVEN_N": lambda meta: meta["N"] % meta["BLOCK_K"] == 0})
-@triton.jit(do_not_specialize=["seed", "threshold"])
-def _lora_dx_kernel(
-    # BLOCK_N tiles dx's columns (the K features); BLOCK_K is the reduction step over the N outputs.
-    g_ptr, w_ptr, a_ptr, b_ptr, ds_ptr, dx_ptr,
-    T, N, K, R, T_BUCKET,
-    stride_gt, stride_wn, stride_wk, stride_ar, stride_ak, stride_bn, stride_br, stride_dst, stride_dxt,
-    scaling, seed, threshold, inv_keep,
-    HAS_DROPOUT: tl.constexpr, FUSE_DS: tl.constexpr, R_PAD: tl.constexpr, R_CHUNK: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    EVEN_N: tl.constexpr,
-):
-    pid = tl.program_id(0)
-    pid_m, pid_k = grouped_tile(pid, tl.cdiv(T, BLOCK_M), tl.cdiv(K, BLOCK_N), GROUP_M)
+@triton.jit
+def _dx_epilogue(acc, d_acc, pid_m, pid_k, T, K, R, a_ptr, ds_ptr, dx_ptr,
+                 stride_ar, stride_ak, stride_dst, stride_dxt, scaling, seed, threshold, inv_keep,
+                 HAS_DROPOUT: tl.constexpr, FUSE_DS: tl.constexpr, R_PAD: tl.constexpr, R_CHUNK: tl.constexpr,
+                 DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """acc (= g W tile) += (dS A) ⊙ m / (1-p); write dS (column tile 0, fused mode) and the dx tile."""
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     feats = pid_k * BLOCK_N + tl.arange(0, BLOCK_N)
     rows_in = rows < T
     feats_in = feats < K
     rows_ld = (rows % T).to(tl.int64)
     feats_ld = (feats % K).to(tl.int64)
-    red = tl.arange(0, BLOCK_K)
     ranks = tl.arange(0, R_PAD)
     ranks_in = ranks < R
-    g_ptrs = g_ptr + rows_ld[:, None] * stride_gt + red[None, :]
-    w_ptrs = w_ptr + red.to(tl.int64)[:, None] * stride_wn + feats_ld[None, :] * stride_wk
-    b_ptrs = b_ptr + red.to(tl.int64)[:, None] * stride_bn + ranks[None, :] * stride_br
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    d_acc = tl.zeros((BLOCK_M, R_PAD), dtype=tl.float32)
-    for n0 in range(0, N, BLOCK_K):
-        if EVEN_N:
-            g = tl.load(g_ptrs)
-            w = tl.load(w_ptrs)
-        else:
-            red_in = red < N - n0
-            g = tl.load(g_ptrs, mask=red_in[None, :], other=0.0)
-            w = tl.load(w_ptrs, mask=red_in[:, None], other=0.0)
-        acc = mma(g, w, acc, DOT_PRECISION, DOT_UPCAST)
-        if FUSE_DS:
-            # lora_B arrives zero-padded to R_PAD columns: no rank mask (see lora_dx_gemm).
-            if EVEN_N:
-                b = tl.load(b_ptrs)
-            else:
-                b = tl.load(b_ptrs, mask=(red < N - n0)[:, None], other=0.0)
-            d_acc = mma(g, b, d_acc, DOT_PRECISION, DOT_UPCAST)
-            b_ptrs += BLOCK_K * stride_bn
-        g_ptrs += BLOCK_K
-        w_ptrs += BLOCK_K * stride_wn
-
     if HAS_DROPOUT:
         lora = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     else:
@@ -98,6 +62,98 @@ def _lora_dx_kernel(
     tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=rows_in[:, None] & feats_in[None, :])
 
 
+@triton.autotune(
+    configs=gemm_configs(),
+    key=["T_BUCKET", "N", "K", "R_PAD", "HAS_DROPOUT", "FUSE_DS"],
+    prune_configs_by={"early_config_prune": prune_gemm_configs},
+)
+@triton.heuristics({"EVEN_N": lambda meta: meta["N"] % meta["BLOCK_K"] == 0})
+@triton.jit(do_not_specialize=["seed", "threshold"])
+def _lora_dx_kernel(
+    # BLOCK_N tiles dx's columns (the K features); BLOCK_K is the reduction step over the N outputs.
+    g_ptr, w_ptr, a_ptr, b_ptr, ds_ptr, dx_ptr,
+    T, N, K, R, T_BUCKET,
+    stride_gt, stride_wn, stride_wk, stride_ar, stride_ak, stride_bn, stride_br, stride_dst, stride_dxt,
+    scaling, seed, threshold, inv_keep,
+    HAS_DROPOUT: tl.constexpr, FUSE_DS: tl.constexpr, R_PAD: tl.constexpr, R_CHUNK: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    EVEN_N: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    pid_m, pid_k = grouped_tile(pid, tl.cdiv(T, BLOCK_M), tl.cdiv(K, BLOCK_N), GROUP_M)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    feats = pid_k * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows_ld = (rows % T).to(tl.int64)
+    feats_ld = (feats % K).to(tl.int64)
+    red = tl.arange(0, BLOCK_K)
+    ranks = tl.arange(0, R_PAD)
+    g_ptrs = g_ptr + rows_ld[:, None] * stride_gt + red[None, :]
+    w_ptrs = w_ptr + red.to(tl.int64)[:, None] * stride_wn + feats_ld[None, :] * stride_wk
+    b_ptrs = b_ptr + red.to(tl.int64)[:, None] * stride_bn + ranks[None, :] * stride_br
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    d_acc = tl.zeros((BLOCK_M, R_PAD), dtype=tl.float32)
+    for n0 in range(0, N, BLOCK_K):
+        if EVEN_N:
+            g = tl.load(g_ptrs)
+            w = tl.load(w_ptrs)
+        else:
+            red_in = red < N - n0
+            g = tl.load(g_ptrs, mask=red_in[None, :], other=0.0)
+            w = tl.load(w_ptrs, mask=red_in[:, None], other=0.0)
+        acc = mma(g, w, acc, DOT_PRECISION, DOT_UPCAST)
+        if FUSE_DS:
+            # lora_B arrives zero-padded to R_PAD columns: no rank mask (see lora_dx_gemm).
+            if EVEN_N:
+                b = tl.load(b_ptrs)
+            else:
+                b = tl.load(b_ptrs, mask=(red < N - n0)[:, None], other=0.0)
+            d_acc = mma(g, b, d_acc, DOT_PRECISION, DOT_UPCAST)
+            b_ptrs += BLOCK_K * stride_bn
+        g_ptrs += BLOCK_K
+        w_ptrs += BLOCK_K * stride_wn
+
+    _dx_epilogue(acc, d_acc, pid_m, pid_k, T, K, R, a_ptr, ds_ptr, dx_ptr,
+                 stride_ar, stride_ak, stride_dst, stride_dxt, scaling, seed, threshold, inv_keep,
+                 HAS_DROPOUT, FUSE_DS, R_PAD, R_CHUNK, DOT_PRECISION, DOT_UPCAST, BLOCK_M, BLOCK_N)
+
+
+@triton.autotune(
+    configs=dx_tma_configs(),
+    key=["T_BUCKET", "N", "K", "R_PAD", "HAS_DROPOUT", "FUSE_DS"],
+    prune_configs_by={"early_config_prune": prune_gemm_configs},
+)
+@triton.jit(do_not_specialize=["seed", "threshold"])
+def _lora_dx_tma_kernel(
+    g_desc, w_desc, b_desc, a_ptr, ds_ptr, dx_ptr,
+    T, N, K, R, T_BUCKET,
+    stride_ar, stride_ak, stride_dst, stride_dxt,
+    scaling, seed, threshold, inv_keep,
+    HAS_DROPOUT: tl.constexpr, FUSE_DS: tl.constexpr, R_PAD: tl.constexpr, R_CHUNK: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, NUM_SMS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    FLATTEN: tl.constexpr,
+):
+    num_m = tl.cdiv(T, BLOCK_M)
+    num_k = tl.cdiv(K, BLOCK_N)
+    n_steps = tl.cdiv(N, BLOCK_K)
+    for tile in tl.range(tl.program_id(0), num_m * num_k, NUM_SMS, flatten=FLATTEN):
+        pid_m, pid_k = grouped_tile(tile, num_m, num_k, GROUP_M)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        d_acc = tl.zeros((BLOCK_M, R_PAD), dtype=tl.float32)
+        for nn in range(n_steps):
+            # Out-of-bounds parts of a box read as zeros: ragged T, N, K need no masks here.
+            g = g_desc.load([pid_m * BLOCK_M, nn * BLOCK_K])
+            w = w_desc.load([nn * BLOCK_K, pid_k * BLOCK_N])
+            acc = tl.dot(g, w, acc, input_precision=DOT_PRECISION)
+            if FUSE_DS:
+                b = b_desc.load([nn * BLOCK_K, 0])
+                d_acc = tl.dot(g, b, d_acc, input_precision=DOT_PRECISION)
+        _dx_epilogue(acc, d_acc, pid_m, pid_k, T, K, R, a_ptr, ds_ptr, dx_ptr,
+                     stride_ar, stride_ak, stride_dst, stride_dxt, scaling, seed, threshold, inv_keep,
+                     HAS_DROPOUT, FUSE_DS, R_PAD, R_CHUNK, DOT_PRECISION, False, BLOCK_M, BLOCK_N)
+
+
 def lora_dx_gemm(grad_out, weight, lora_A, lora_B, d_shrink, dx, *, scaling, seed, threshold, inv_keep,
                  has_dropout, fuse_ds, rank_padded, dot_precision, dot_upcast):
     """Launch the fused dx GEMM into dx [T, K]. With fuse_ds it also writes d_shrink [T, r] (float32,
@@ -113,6 +169,28 @@ def lora_dx_gemm(grad_out, weight, lora_A, lora_B, d_shrink, dx, *, scaling, see
         padded[:, :rank] = lora_B
         lora_B = padded
 
+    constants = dict(HAS_DROPOUT=has_dropout, FUSE_DS=fuse_ds, R_PAD=rank_padded,
+                     R_CHUNK=min(rank_padded, RANK_CHUNK), DOT_PRECISION=dot_precision)
+    dropout_args = (float(scaling), int(seed), int(threshold), float(inv_keep))
+    if tma_ready(grad_out, weight) and (not fuse_ds or tma_ready(lora_B)):
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        sms = multiprocessor_count(grad_out.device.index or 0)
+
+        def persistent_grid(meta):
+            return (min(sms, triton.cdiv(tokens, meta["BLOCK_M"]) * triton.cdiv(width, meta["BLOCK_N"])),)
+
+        # Block shapes are placeholders: the autotune pre-hook sets the chosen config's.
+        descriptors = [TensorDescriptor.from_tensor(t, [16, 16])
+                       for t in (grad_out, weight, lora_B if fuse_ds else weight)]
+        _lora_dx_tma_kernel[persistent_grid](
+            *descriptors, lora_A, d_shrink, dx,
+            tokens, out_features, width, rank, token_bucket(tokens),
+            lora_A.stride(0), lora_A.stride(1), d_shrink.stride(0), dx.stride(0),
+            *dropout_args, NUM_SMS=sms, **constants,
+        )
+        return dx
+
     def grid(meta):
         return (triton.cdiv(tokens, meta["BLOCK_M"]) * triton.cdiv(width, meta["BLOCK_N"]),)
 
@@ -121,9 +199,7 @@ def lora_dx_gemm(grad_out, weight, lora_A, lora_B, d_shrink, dx, *, scaling, see
         tokens, out_features, width, rank, token_bucket(tokens),
         grad_out.stride(0), weight.stride(0), weight.stride(1), lora_A.stride(0), lora_A.stride(1),
         lora_B.stride(0), lora_B.stride(1), d_shrink.stride(0), dx.stride(0),
-        float(scaling), int(seed), int(threshold), float(inv_keep),
-        HAS_DROPOUT=has_dropout, FUSE_DS=fuse_ds, R_PAD=rank_padded, R_CHUNK=min(rank_padded, RANK_CHUNK),
-        DOT_PRECISION=dot_precision, DOT_UPCAST=dot_upcast,
+        *dropout_args, DOT_UPCAST=dot_upcast, **constants,
     )
     return dx
 
