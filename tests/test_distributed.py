@@ -4,6 +4,7 @@
 # the CPU and gloo keep this in CI; the GPU scaling run is benchmarks/bench_distributed.py.
 import os
 import socket
+import traceback
 
 import pytest
 import torch
@@ -54,7 +55,7 @@ def _lora_grads(model):
 
 
 def _loss(model, x, target):
-    dtype = model[0].weight.dtype
+    dtype = next(p.dtype for n, p in model.named_parameters() if n.endswith("weight"))
     return nn.functional.mse_loss(model(x.to(dtype)).float(), target)
 
 
@@ -87,6 +88,9 @@ def _worker(rank, port, wrapper, mixed_dtype, queue):
         # Plain lists cross the process boundary safely (shared-memory tensors die with the worker).
         grads = {k.replace("module.", ""): v.detach().tolist() for k, v in _lora_grads(model).items()}
         queue.put((rank, grads, frozen_grads))
+    except Exception:
+        queue.put((rank, traceback.format_exc(), None))
+        raise
     finally:
         dist.destroy_process_group()
 
@@ -120,6 +124,7 @@ def test_data_parallel_gradients_match_one_process(wrapper, mixed_dtype):
     expected = _single_process_grads(mixed_dtype)
     tolerance = dict(rtol=2e-2, atol=2e-3) if mixed_dtype else dict(rtol=1e-5, atol=1e-6)
     for rank, grads, frozen_grads in results:
+        assert frozen_grads is not None, f"rank {rank} failed:\n{grads}"
         assert frozen_grads == [], f"rank {rank}: frozen parameters got gradients: {frozen_grads}"
         assert sorted(grads) == sorted(expected)
         for name in expected:
