@@ -1,0 +1,90 @@
+# Tuning probe for the bottleneck-adapter Triton kernels (GPU only): per-kernel GPU time of one forward + backward
+# (torch.profiler), the configurations the row-block autotuner picked, and a sweep of the backward column kernel's
+# tile / T-split choices, whose winner goes into lowpeft/kernels/bottleneck_adapter.py:column_block_config.
+# Trade-off: it patches the kernel module's two choice functions in place instead of exposing tuning knobs in
+# the library's API, so the library keeps one code path and this file stays a development tool.
+import itertools
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+from triton.testing import do_bench  # noqa: E402
+
+from lowpeft.bench.adapter import make_inputs  # noqa: E402
+from lowpeft.kernels import bottleneck_adapter as kernels  # noqa: E402
+from lowpeft.ops.bottleneck_adapter import bottleneck_adapter  # noqa: E402
+
+SHAPES = ((8192, 4096), (4096, 1024), (16384, 8192))
+BOTTLENECKS = (16, 64, 256)
+COLUMN_TILES = ((64, 128, 8, 3), (64, 128, 4, 3), (32, 128, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (64, 64, 4, 4),
+                (32, 64, 4, 4), (128, 64, 8, 3), (32, 32, 4, 4), (64, 256, 8, 3))
+SPLIT_FACTORS = (1, 2)
+
+
+def profile_step(inputs):
+    leaves = [inputs[k] for k in ("h", "down_weight", "down_bias", "up_weight", "up_bias")]
+
+    def step():
+        torch.autograd.grad(bottleneck_adapter(*leaves, backend="triton"), leaves, inputs["grad_out"])
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            step()
+        torch.cuda.synchronize()
+    for event in prof.key_averages():
+        if event.device_type == torch.autograd.DeviceType.CUDA or getattr(event, "device_time_total", 0) > 0:
+            total = getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0)
+            if total > 0:
+                print(f"    {event.key[:60]:60s} {total / event.count:9.1f} us x{event.count // 5}")
+
+
+def sweep_columns(inputs, tokens, dim, bottleneck):
+    args = [inputs[k].detach() for k in ("h", "down_weight", "down_bias", "up_weight", "up_bias")]
+    _, z = kernels.bottleneck_adapter_fwd(*args, "gelu", 1.0)
+    block_m = max(16, 1 << (bottleneck - 1).bit_length())
+    default_tile = kernels.column_block_config(tokens, dim, block_m)
+    default_splits = kernels._t_splits(tokens, dim, default_tile[0], default_tile[1], args[0].device)
+    original = kernels.column_block_config, kernels._t_splits
+    results = []
+    try:
+        for tile, factor in itertools.product(COLUMN_TILES, SPLIT_FACTORS):
+            if tile[1] * block_m > 16384:
+                continue
+            kernels.column_block_config = lambda T, D, M_pad, tile=tile: tile
+            splits = max(1, factor * original[1](tokens, dim, tile[0], tile[1], args[0].device))
+            kernels._t_splits = lambda *a, splits=splits: splits
+            fn = lambda: kernels.bottleneck_adapter_bwd(inputs["grad_out"], args[0], args[1], args[2], args[3], z,  # noqa: E731
+                                                        "gelu", 1.0, (True,) * 5)
+            try:
+                results.append((do_bench(fn, warmup=10, rep=40, return_mode="median"), tile, splits))
+            except Exception as exc:  # a tile that does not compile (shared memory) is reported, not fatal
+                print(f"    tile {tile} splits {splits}: {type(exc).__name__}: {str(exc)[:100]}")
+    finally:
+        kernels.column_block_config, kernels._t_splits = original
+    results.sort(key=lambda r: r[0])
+    default = [r for r in results if r[1] == default_tile and r[2] == default_splits]
+    print(f"    default {default_tile} splits {default_splits}: {default[0][0] * 1e3 if default else float('nan'):.1f} us")
+    for ms, tile, splits in results[:4]:
+        print(f"    best    {tile} splits {splits}: {ms * 1e3:.1f} us")
+
+
+def main():
+    torch.manual_seed(0)
+    print(f"device {torch.cuda.get_device_name()}  torch {torch.__version__}")
+    for (tokens, dim), bottleneck in itertools.product(SHAPES, BOTTLENECKS):
+        inputs = make_inputs(tokens, dim, bottleneck, torch.bfloat16, "cuda")
+        print(f"== {tokens}x{dim} M={bottleneck}")
+        profile_step(inputs)
+        print(f"    forward autotuned: {kernels._forward_kernel.best_config}")
+        print(f"    backward_rows autotuned: {kernels._backward_rows_kernel.best_config}")
+        sweep_columns(inputs, tokens, dim, bottleneck)
+        del inputs
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+# `lowpeft bench adapter`: forward + backward of one bottleneck adapter (out = h + s·(act(h W_downᵀ + b_down) W_upᵀ
+# + b_up)) against the copy floor, an eager PyTorch adapter and torch.compile of it, as do_bench medians in one run.
+#
+# The floor is what any adapter step must at least do with [T, D] tensors: one copy of h and one copy of g (two
+# tensor.copy_ calls, each reading and writing T·D elements). Each provider is a factory in PROVIDERS taking the
+# inputs and returning a zero-argument step, so a new backend is one line (e.g. "cuda": _op_provider("cuda")).
+# Trade-off: the steps call torch.autograd.grad rather than backward() so that no provider pays for gradient
+# accumulation into .grad, and every step computes all five gradients (h and the four adapter parameters).
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from .. import reference
+from ._common import environment, time_ms, write_results
+
+__all__ = ["main", "PROVIDERS", "DEFAULT_SHAPES", "DEFAULT_BOTTLENECKS"]
+
+DEFAULT_SHAPES = ((8192, 4096), (4096, 1024), (16384, 8192))
+DEFAULT_BOTTLENECKS = (16, 64, 256)
+# Acceptance (issue 4): ratio to the floor at M = 64, and at least 2x faster than eager everywhere.
+FLOOR_TARGETS = {(8192, 4096, 64): 2.5, (4096, 1024, 64): 5.0}
+MIN_SPEEDUP_VS_EAGER = 2.0
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def eager_adapter(h, down_weight, down_bias, up_weight, up_bias, activation="gelu", scale=1.0):
+    """The adapter as AdapterHub-style code writes it: two F.linear calls, the activation and the residual."""
+    a = reference.activation_forward(F.linear(h, down_weight, down_bias), activation)
+    return h + scale * F.linear(a, up_weight, up_bias)
+
+
+def _floor_provider(inputs, activation, scale):
+    h, g = inputs["h"], inputs["grad_out"]
+    h_copy, g_copy = torch.empty_like(h), torch.empty_like(g)
+
+    def step():
+        h_copy.copy_(h)
+        g_copy.copy_(g)
+
+    return step
+
+
+def _autograd_step(fn, inputs):
+    leaves = [inputs[name] for name in ("h", "down_weight", "down_bias", "up_weight", "up_bias")]
+    grad_out = inputs["grad_out"]
+
+    def step():
+        out = fn(*leaves)
+        torch.autograd.grad(out, leaves, grad_out)
+
+    return step
+
+
+def _op_provider(backend):
+    def make(inputs, activation, scale):
+        from ..ops.bottleneck_adapter import bottleneck_adapter
+
+        return _autograd_step(lambda *a: bottleneck_adapter(*a, activation, scale, backend=backend), inputs)
+
+    return make
+
+
+def _eager_provider(inputs, activation, scale):
+    return _autograd_step(lambda *a: eager_adapter(*a, activation, scale), inputs)
+
+
+def _compile_provider(inputs, activation, scale):
+    compiled = torch.compile(eager_adapter)
+    return _autograd_step(lambda *a: compiled(*a, activation, scale), inputs)
+
+
+PROVIDERS = {
+    "floor": _floor_provider,
+    "triton": _op_provider("triton"),
+    "eager": _eager_provider,
+    "compile": _compile_provider,
+}
+
+
+def make_inputs(tokens, dim, bottleneck, dtype, device, seed=0):
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    def rand(*shape, scale=1.0, grad=True):
+        t = torch.randn(*shape, generator=gen, device=device, dtype=torch.float32).mul_(scale).to(dtype)
+        return t.requires_grad_(grad)
+
+    return {
+        "h": rand(tokens, dim),
+        "down_weight": rand(bottleneck, dim, scale=dim**-0.5),
+        "down_bias": rand(bottleneck, scale=0.1),
+        "up_weight": rand(dim, bottleneck, scale=bottleneck**-0.5),
+        "up_bias": rand(dim, scale=0.1),
+        "grad_out": rand(tokens, dim, grad=False),
+    }
+
+
+def _kernel_breakdown(inputs, activation, scale, device):
+    """Forward and backward launchers of the triton backend called directly (no autograd, no custom op)."""
+    from ..kernels.bottleneck_adapter import bottleneck_adapter_bwd, bottleneck_adapter_fwd
+
+    args = [inputs[k].detach() for k in ("h", "down_weight", "down_bias", "up_weight", "up_bias")]
+    _, z = bottleneck_adapter_fwd(*args, activation, scale)
+    fwd = time_ms(lambda: bottleneck_adapter_fwd(*args, activation, scale), device)
+    bwd = time_ms(lambda: bottleneck_adapter_bwd(inputs["grad_out"], args[0], args[1], args[2], args[3], z,
+                                                 activation, scale, (True,) * 5), device)
+    return fwd, bwd
+
+
+def run(shapes, bottlenecks, dtype, providers, activation="gelu", scale=1.0, device=None, breakdown=True):
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from torch import _dynamo
+
+    # One compiled graph per shape for the torch.compile provider, so no recompilation limit is hit.
+    _dynamo.config.cache_size_limit = max(_dynamo.config.cache_size_limit, 8 * len(shapes) * len(bottlenecks))
+    rows = []
+    for tokens, dim in shapes:
+        for bottleneck in bottlenecks:
+            inputs = make_inputs(tokens, dim, bottleneck, dtype, device)
+            row = {"shape": f"{tokens}x{dim}", "M": bottleneck}
+            for name in providers:
+                row[f"{name}_ms"] = time_ms(PROVIDERS[name](inputs, activation, scale), device)
+            if breakdown and "triton" in providers:
+                row["triton_fwd_ms"], row["triton_bwd_ms"] = _kernel_breakdown(inputs, activation, scale, device)
+            floor = row.get("floor_ms")
+            for name in providers:
+                if floor and name != "floor":
+                    row[f"{name}_x_floor"] = row[f"{name}_ms"] / floor
+            if "eager_ms" in row:
+                for name in providers:
+                    if name not in ("floor", "eager"):
+                        row[f"{name}_speedup_vs_eager"] = row["eager_ms"] / row[f"{name}_ms"]
+            row["meets_target"] = _meets_target(row, tokens, dim, bottleneck)
+            rows.append(row)
+            print(_progress(row), flush=True)
+            del inputs
+    return rows
+
+
+def _meets_target(row, tokens, dim, bottleneck):
+    if "triton_ms" not in row:
+        return None
+    ok = True
+    target = FLOOR_TARGETS.get((tokens, dim, bottleneck))
+    if target is not None and "triton_x_floor" in row:
+        ok &= row["triton_x_floor"] <= target
+    if "triton_speedup_vs_eager" in row:
+        ok &= row["triton_speedup_vs_eager"] >= MIN_SPEEDUP_VS_EAGER
+    return bool(ok)
+
+
+def _progress(row):
+    return "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+
+
+def _parse_shapes(text):
+    shapes = []
+    for item in text.split(","):
+        tokens, dim = item.lower().split("x")
+        shapes.append((int(tokens), int(dim)))
+    return shapes
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="lowpeft bench adapter", description=__doc__ or "adapter benchmark")
+    parser.add_argument("--shapes", default=",".join(f"{t}x{d}" for t, d in DEFAULT_SHAPES),
+                        help="comma-separated TOKENSxDIM list (default: %(default)s)")
+    parser.add_argument("--bottlenecks", default=",".join(map(str, DEFAULT_BOTTLENECKS)),
+                        help="comma-separated bottleneck widths M (default: %(default)s)")
+    parser.add_argument("--dtype", choices=sorted(_DTYPES), default="bf16")
+    parser.add_argument("--activation", default="gelu", choices=("gelu", "gelu_tanh", "relu", "silu"))
+    parser.add_argument("--providers", default=",".join(PROVIDERS),
+                        help=f"comma-separated subset of {sorted(PROVIDERS)} (default: all)")
+    parser.add_argument("--device", default=None, help="cuda (default when present) or cpu")
+    parser.add_argument("--no-breakdown", action="store_true", help="skip the direct forward / backward kernel timings")
+    parser.add_argument("--json", help="write the rows and environment as JSON here")
+    parser.add_argument("--md", help="write a markdown table here")
+    parser.add_argument("--csv", help="write a CSV table here")
+    args = parser.parse_args(argv)
+
+    providers = [p.strip() for p in args.providers.split(",") if p.strip()]
+    unknown = [p for p in providers if p not in PROVIDERS]
+    if unknown:
+        parser.error(f"--providers: unknown {unknown}; expected names from {sorted(PROVIDERS)}")
+    shapes = _parse_shapes(args.shapes)
+    bottlenecks = [int(m) for m in args.bottlenecks.split(",")]
+    rows = run(shapes, bottlenecks, _DTYPES[args.dtype], providers, args.activation, device=args.device,
+               breakdown=not args.no_breakdown)
+    env = environment(args.device)
+    env.update({"dtype": args.dtype, "activation": args.activation, "timing": "do_bench median (ms), fwd+bwd"})
+    columns = ["shape", "M"] + [f"{p}_ms" for p in providers]
+    columns += [f"{p}_x_floor" for p in providers if p != "floor" and "floor" in providers]
+    columns += [f"{p}_speedup_vs_eager" for p in providers if p not in ("floor", "eager") and "eager" in providers]
+    if not args.no_breakdown and "triton" in providers:
+        columns += ["triton_fwd_ms", "triton_bwd_ms"]
+    columns.append("meets_target")
+    notes = ("Floor: h.copy_ + g.copy_ (one read and one write of h and of g). Targets (issue 4): 8192x4096 M=64 "
+             "<= 2.5x floor, 4096x1024 M=64 <= 5x floor, >= 2x faster than eager everywhere. triton_fwd_ms / "
+             "triton_bwd_ms: the kernel launchers alone, without autograd and the custom op.")
+    text = write_results(rows, columns, "Bottleneck adapter, forward + backward", env, json_path=args.json,
+                         md_path=args.md, csv_path=args.csv, notes=notes)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
