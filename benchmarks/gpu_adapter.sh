@@ -10,11 +10,11 @@ mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 if [ "$MODE" = probe ]; then
-  LOWPEFT_HYPOTHESIS_EXAMPLES=4 timeout 240 python3 -m pytest tests/test_adapter_op.py tests/test_adapter_module.py \
+  LOWPEFT_HYPOTHESIS_EXAMPLES=4 timeout 200 python3 -m pytest tests/test_adapter_op.py tests/test_adapter_module.py \
     -q --maxfail=10 -p no:cacheprovider --durations=8 2>&1 | tee "$OUT/adapter_tests_probe.log" | tail -40
   timeout 150 python3 benchmarks/bench_adapter.py --providers floor,triton,eager \
     --json "$OUT/adapter_probe.json" --md "$OUT/adapter_probe.md" 2>&1 | tail -16
-  timeout 240 python3 benchmarks/adapter_tuning.py 2>&1 | tee "$OUT/adapter_tuning.log"
+  timeout 200 python3 benchmarks/adapter_tuning.py 2>&1 | tee "$OUT/adapter_tuning.log"
 else
   LOWPEFT_HYPOTHESIS_EXAMPLES=${EXAMPLES:-10} timeout 300 python3 -m pytest tests/test_adapter_op.py \
     tests/test_adapter_module.py -q -p no:cacheprovider --durations=8 2>&1 | tee "$OUT/adapter_tests_gpu.log" | tail -30
