@@ -62,11 +62,17 @@ def _cache_length(past_key_values: Any) -> int:
     return len(past_key_values)
 
 
+def _default_positions(position_ids: torch.Tensor) -> bool:
+    expected = torch.arange(position_ids.shape[-1], device=position_ids.device)
+    return bool((position_ids == expected).all())
+
+
 def prepend_prompt(prompt: PromptEmbedding, input_embeddings: nn.Module, args: tuple, kwargs: dict) -> dict:
     """The keyword arguments of a causal-LM forward call with the prompt prepended (PEFT's PROMPT_TUNING rule).
 
-    `args` may hold input_ids as the only positional argument. position_ids and token_type_ids are refused
-    (PEFT drops them with a warning; lowpeft would rather not compute something else than what was asked).
+    `args` may hold input_ids as the only positional argument. position_ids equal to the default 0..L-1 are
+    dropped (the model renumbers prompt + input, as PEFT does); custom position_ids and token_type_ids are
+    refused (PEFT drops them with a warning; lowpeft would rather not compute something other than what was asked).
     """
     kwargs = dict(kwargs)
     if len(args) > 1:
@@ -84,9 +90,14 @@ def prepend_prompt(prompt: PromptEmbedding, input_embeddings: nn.Module, args: t
             "not supported by lowpeft's prompt tuning; generate with use_cache=False, or load the saved prompt "
             "into stock PEFT (PeftModel.from_pretrained) for cached generation"
         )
-    for name in ("position_ids", "token_type_ids"):
-        if kwargs.get(name) is not None:
-            raise ValueError(f"{name}: not supported with prompt tuning (the virtual tokens shift positions); got a tensor")
+    position_ids = kwargs.pop("position_ids", None)
+    if position_ids is not None and not _default_positions(position_ids):
+        raise ValueError(
+            "position_ids: prompt tuning renumbers positions to cover the virtual tokens (as PEFT does), so only "
+            "the default 0..L-1 can be passed; got custom position ids"
+        )
+    if kwargs.get("token_type_ids") is not None:
+        raise ValueError("token_type_ids: not supported with prompt tuning (PEFT drops them too); got a tensor")
     input_ids: Optional[torch.Tensor] = kwargs.pop("input_ids", None)
     inputs_embeds: Optional[torch.Tensor] = kwargs.get("inputs_embeds")
     if (input_ids is None) == (inputs_embeds is None):
