@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call for the fused LoRA kernels: probe (correctness in every dtype, Triton GEMM vs cuBLAS,
 # per-kernel timings), or the final run (GPU test file + full benchmark). Usage:
-#   benchmarks/gpu_lora.sh probe | final
+#   benchmarks/gpu_lora.sh probe | tune | final
 # Results land in $OUT (the device tool copies them back).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +13,12 @@ case "${1:-probe}" in
   probe)
     LOWPEFT_AUTOTUNE=0 timeout 150 python3 benchmarks/gpu_probe_lora.py correctness 2>&1 | tee "$OUT/probe_correctness.log"
     timeout 400 python3 benchmarks/gpu_probe_lora.py gemm lora_timings 2>&1 | tee "$OUT/probe_timings.log"
+    ;;
+  tune)
+    LOWPEFT_AUTOTUNE=0 timeout 120 python3 benchmarks/gpu_probe_lora.py correctness 2>&1 | tee "$OUT/probe_correctness.log"
+    timeout 200 python3 benchmarks/gpu_probe_lora.py lora_timings 2>&1 | tee "$OUT/probe_timings.log"
+    timeout 200 python3 benchmarks/bench_lora.py --cases 8192x4096x4096:16:0,8192x4096x4096:16:0.1,2048x1024x1024:16:0 \
+      --modes forward,backward,forward+backward --json "$OUT/bench_tune.json" --md "$OUT/bench_tune.md" 2>&1 | tail -30
     ;;
   final)
     LOWPEFT_AUTOTUNE=0 timeout 240 python3 -m pytest -q -x tests/test_triton_lora.py 2>&1 | tee "$OUT/lora_gpu_tests.log"

@@ -95,16 +95,27 @@ def prune_gemm_configs(configs, named_args, **kwargs):
     operand = next(named_args[name] for name in ("x_ptr", "g_ptr", "x_desc", "g_desc") if name in named_args)
     element_bytes = getattr(operand, "base", operand).element_size()
     rows = named_args["T"]
+
+    def operand_bytes(meta, stages):
+        return (meta["BLOCK_M"] + meta["BLOCK_N"]) * meta["BLOCK_K"] * element_bytes * max(stages, 1)
+
     kept = []
     for config in configs:
-        meta = config.kwargs
-        stage_bytes = (meta["BLOCK_M"] + meta["BLOCK_N"]) * meta["BLOCK_K"] * element_bytes
-        if stage_bytes * max(config.num_stages, 1) > _SHARED_MEMORY_BUDGET:
+        if operand_bytes(config.kwargs, config.num_stages) > _SHARED_MEMORY_BUDGET:
             continue
-        if meta["BLOCK_M"] > 64 and rows <= 64 and len(configs) > 1:
+        if config.kwargs["BLOCK_M"] > 64 and rows <= 64 and len(configs) > 1:
             continue
         kept.append(config)
-    return kept or configs[-1:]
+    if kept:
+        return kept
+    # Nothing fits (fp32 with the 16-bit tiles): shrink the last config's pipeline, then its K step.
+    last = configs[-1]
+    meta, stages = dict(last.kwargs), last.num_stages
+    while operand_bytes(meta, stages) > _SHARED_MEMORY_BUDGET and stages > 2:
+        stages -= 1
+    while operand_bytes(meta, stages) > _SHARED_MEMORY_BUDGET and meta["BLOCK_K"] > 16:
+        meta["BLOCK_K"] //= 2
+    return [triton.Config(meta, num_warps=last.num_warps, num_stages=stages, pre_hook=last.pre_hook)]
 
 
 def row_block_configs() -> list[triton.Config]:

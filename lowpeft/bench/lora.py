@@ -1,0 +1,331 @@
+# `lowpeft bench lora`: one LoRA linear layer (y = x Wᵀ + s · dropout(x) Aᵀ Bᵀ) against the frozen nn.Linear alone,
+# PEFT, a hand-written eager LoRA and torch.compile of it; forward, backward and forward + backward as do_bench
+# medians, TFLOP/s, the ratio to the frozen layer measured in the same run, and the step's peak extra memory.
+#
+# Each provider is a factory in PROVIDERS taking the case's tensors and returning a callable (x -> y) plus the
+# leaves whose gradients the step computes, so a new backend is one line (e.g. "cuda": _op_provider("cuda")).
+# Trade-off: steps call torch.autograd.grad rather than backward(), so no provider pays for accumulating into
+# .grad; the "backward" mode replays one recorded graph with retain_graph=True. The frozen provider computes only
+# dx (its weight is frozen); the LoRA providers compute dx, dA and dB. Every provider's outputs are compared with
+# the eager LoRA's before timing (p = 0), and a provider that fails is recorded with its error, not skipped.
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._common import environment, peak_memory_mib, time_ms, write_results
+
+__all__ = ["main", "PROVIDERS", "DEFAULT_CASES", "TARGETS"]
+
+# (tokens, in_features, out_features, r, p): the DESIGN §5 table plus the rank / dropout sweep at the main shape.
+DEFAULT_CASES = (
+    [(8192, 4096, 4096, r, p) for p in (0.0, 0.1) for r in (8, 16, 64, 128)]
+    + [(8192, 4096, 11008, 16, 0.0), (4096, 2048, 2048, 16, 0.0), (2048, 1024, 1024, 16, 0.0)]
+)
+# Acceptance (issue 3): forward + backward ratio to the frozen nn.Linear.
+TARGETS = {
+    (8192, 4096, 4096, 16, 0.0): 1.10,
+    (8192, 4096, 4096, 64, 0.0): 1.12,
+    (8192, 4096, 4096, 16, 0.1): 1.12,
+    (8192, 4096, 11008, 16, 0.0): 1.08,
+    (4096, 2048, 2048, 16, 0.0): 1.5,
+    (2048, 1024, 1024, 16, 0.0): 1.5,
+}
+MODES = ("forward", "backward", "forward+backward")
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def eager_lora(x, weight, lora_A, lora_B, scaling, dropout_p):
+    """LoRA as a user writes it by hand: the frozen product plus the low-rank path on the dropped-out input."""
+    return x @ weight.t() + (F.dropout(x, dropout_p, training=True) @ lora_A.t() @ lora_B.t()) * scaling
+
+
+def _frozen_provider(case):
+    linear = nn.Linear(case["in"], case["out"], bias=False, device=case["device"], dtype=case["dtype"])
+    linear.weight.data.copy_(case["weight"])
+    linear.weight.requires_grad_(False)
+    return linear, []
+
+
+def _eager_provider(case):
+    def fn(x):
+        return eager_lora(x, case["weight"], case["lora_A"], case["lora_B"], case["scaling"], case["p"])
+
+    return fn, [case["lora_A"], case["lora_B"]]
+
+
+def _compile_provider(case):
+    compiled = torch.compile(eager_lora, dynamic=False)
+
+    def fn(x):
+        return compiled(x, case["weight"], case["lora_A"], case["lora_B"], case["scaling"], case["p"])
+
+    def fn_for_replayed_backward(x):
+        # AOTAutograd's donated buffers forbid retain_graph; the "backward" mode replays one graph, so it
+        # records that graph from a compilation without them (the other modes use the default one).
+        from torch._functorch import config as functorch_config
+
+        def eager_lora_without_donation(*args):  # its own code object: not dynamo's cached eager_lora
+            return eager_lora(*args)
+
+        with functorch_config.patch(donated_buffer=False):
+            return torch.compile(eager_lora_without_donation, dynamic=False)(
+                x, case["weight"], case["lora_A"], case["lora_B"], case["scaling"], case["p"])
+
+    fn.for_replayed_backward = fn_for_replayed_backward
+    return fn, [case["lora_A"], case["lora_B"]]
+
+
+def _op_provider(backend):
+    def make(case):
+        from ..ops.lora_linear import lora_linear
+
+        def fn(x):
+            return lora_linear(x, case["weight"], None, case["lora_A"], case["lora_B"], case["scaling"], case["p"],
+                               training=True, backend=backend)
+
+        return fn, [case["lora_A"], case["lora_B"]]
+
+    return make
+
+
+def _peft_provider(case):
+    import peft
+
+    class OneLinear(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(case["in"], case["out"], bias=False, device=case["device"], dtype=case["dtype"])
+
+    base = OneLinear()
+    base.proj.weight.data.copy_(case["weight"])
+    config = peft.LoraConfig(r=case["r"], lora_alpha=case["alpha"], lora_dropout=case["p"], target_modules=["proj"])
+    model = peft.get_peft_model(base, config)
+    model.train()
+    layer = model.base_model.model.proj
+    layer.lora_A["default"].weight.data.copy_(case["lora_A"])
+    layer.lora_B["default"].weight.data.copy_(case["lora_B"])
+    leaves = [layer.lora_A["default"].weight, layer.lora_B["default"].weight]
+    return (lambda x: model.base_model.model.proj(x)), leaves
+
+
+PROVIDERS = {
+    "frozen": _frozen_provider,
+    "lowpeft": _op_provider("triton"),
+    "peft": _peft_provider,
+    "eager": _eager_provider,
+    "compile": _compile_provider,
+}
+
+
+def _make_case(tokens, width, out, rank, p, dtype, device):
+    generator = torch.Generator(device="cpu").manual_seed(tokens * 31 + width * 7 + out + rank)
+
+    def randn(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=generator) * scale).to(device=device, dtype=dtype)
+
+    alpha = 2 * rank
+    return {
+        "tokens": tokens, "in": width, "out": out, "r": rank, "p": p, "alpha": alpha, "scaling": alpha / rank,
+        "dtype": dtype, "device": device,
+        "x": randn(tokens, width).requires_grad_(True),
+        "grad_out": randn(tokens, out),
+        "weight": randn(out, width, scale=width**-0.5),
+        "lora_A": randn(rank, width, scale=width**-0.5).requires_grad_(True),
+        "lora_B": randn(out, rank, scale=rank**-0.5).requires_grad_(True),
+    }
+
+
+def _flops(case, mode, lora):
+    t, k, n, r = case["tokens"], case["in"], case["out"], case["r"]
+    forward = 2 * t * k * n + (2 * t * r * (k + n) if lora else 0)
+    backward = 2 * t * k * n + (4 * t * r * (k + n) if lora else 0)
+    return {"forward": forward, "backward": backward, "forward+backward": forward + backward}[mode]
+
+
+def _steps(fn, leaves, case):
+    x, grad_out = case["x"], case["grad_out"]
+    inputs = [x] + leaves
+
+    def forward():
+        return fn(x)
+
+    def forward_backward():
+        torch.autograd.grad(fn(x), inputs, grad_out)
+
+    recorded = {}
+
+    def backward():
+        if "y" not in recorded:
+            recorded["y"] = getattr(fn, "for_replayed_backward", fn)(x)
+        torch.autograd.grad(recorded["y"], inputs, grad_out, retain_graph=True)
+
+    return {"forward": forward, "backward": backward, "forward+backward": forward_backward}
+
+
+def _max_relative_error(fn, leaves, case, reference_outputs):
+    if case["p"] != 0.0:
+        return None
+    y = fn(case["x"])
+    grads = torch.autograd.grad(y, [case["x"]] + leaves, case["grad_out"])
+    ours = [y] + list(grads)
+    worst = 0.0
+    for mine, ref in zip(ours, reference_outputs):
+        ref = ref.float()
+        worst = max(worst, ((mine.float() - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item())
+    return worst
+
+
+def run(cases, providers, modes, dtype, device, progress=print):
+    rows = []
+    for tokens, width, out, rank, p in cases:
+        case = _make_case(tokens, width, out, rank, p, dtype, device)
+        label = f"{tokens}x{width}->{out}"
+        eager_fn, eager_leaves = _eager_provider(case)
+        y_ref = eager_fn(case["x"])
+        reference_outputs = [y_ref.detach()] + list(
+            torch.autograd.grad(y_ref, [case["x"]] + eager_leaves, case["grad_out"]))
+        frozen_ms, frozen_mem = {}, None
+        for name in providers:
+            lora = name != "frozen"
+            try:
+                fn, leaves = PROVIDERS[name](case)
+                error = _max_relative_error(fn, leaves, case, reference_outputs) if lora else None
+                steps = _steps(fn, leaves, case)
+                memory = peak_memory_mib(steps["forward+backward"], device)
+            except Exception as exc:  # recorded in the results, never silently dropped
+                rows.append({"shape": label, "r": rank, "p": p, "provider": name, "error": repr(exc)[:200]})
+                progress(f"{label} r={rank} p={p} {name}: FAILED {exc!r}")
+                continue
+            if name == "frozen":
+                frozen_mem = memory
+            for mode in modes:
+                try:
+                    ms = time_ms(steps[mode], device)
+                except Exception as exc:
+                    rows.append({"shape": label, "r": rank, "p": p, "provider": name, "mode": mode,
+                                 "error": repr(exc)[:200]})
+                    continue
+                if name == "frozen":
+                    frozen_ms[mode] = ms
+                row = {
+                    "shape": label, "r": rank, "p": p, "provider": name, "mode": mode, "ms": ms,
+                    "tflops": _flops(case, mode, lora) / ms / 1e9,
+                    "vs_frozen": ms / frozen_ms[mode] if mode in frozen_ms else None,
+                    "peak_extra_mib": memory if mode == "forward+backward" else None,
+                    "mem_vs_frozen": (memory / frozen_mem if mode == "forward+backward" and frozen_mem and memory
+                                      else None),
+                    "max_rel_err_vs_eager": error,
+                }
+                rows.append(row)
+                progress(f"{label} r={rank} p={p} {name:8s} {mode:17s} {ms:8.3f} ms  "
+                         f"x{row['vs_frozen'] or float('nan'):.3f} vs frozen")
+        del case
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def summarize(rows, providers):
+    """Markdown: forward + backward ratio to the frozen layer per case and provider, with the targets."""
+    table = {}
+    for row in rows:
+        if row.get("mode") == "forward+backward" and "ms" in row:
+            table.setdefault((row["shape"], row["r"], row["p"]), {})[row["provider"]] = row
+    shown = [p for p in providers if p != "frozen"]
+    lines = ["| case | frozen ms | " + " | ".join(f"{p} ×" for p in shown) + " | lowpeft mem × | target | met |",
+             "| --- | --- | " + " | ".join("---" for _ in shown) + " | --- | --- | --- |"]
+    slower_than_eager = []
+    for (shape, rank, p), by_provider in table.items():
+        tokens, rest = shape.split("x", 1)
+        width, out = rest.split("->")
+        target = TARGETS.get((int(tokens), int(width), int(out), rank, p))
+        ours = by_provider.get("lowpeft", {}).get("vs_frozen")
+        met = "" if target is None or ours is None else ("yes" if ours <= target else "NO")
+        eager = by_provider.get("eager", {}).get("vs_frozen")
+        if ours is not None and eager is not None and ours > eager:
+            slower_than_eager.append(f"{shape} r={rank} p={p}")
+        frozen = by_provider.get("frozen", {}).get("ms")
+        cells = [f"{by_provider[p]['vs_frozen']:.3f}" if p in by_provider and by_provider[p].get("vs_frozen")
+                 else "" for p in shown]
+        mem = by_provider.get("lowpeft", {}).get("mem_vs_frozen")
+        lines.append(f"| {shape} r={rank} p={p} | {frozen:.3f} | " + " | ".join(cells)
+                     + f" | {'' if mem is None else f'{mem:.2f}'} | {target or ''} | {met} |")
+    lines.append("")
+    lines.append("lowpeft slower than eager LoRA at: " + (", ".join(slower_than_eager) or "no benchmarked case"))
+    return "\n".join(lines)
+
+
+def _parse_cases(text):
+    cases = []
+    for item in text.split(","):
+        parts = item.strip().split(":")
+        dims = parts[0].split("x")
+        if len(dims) != 3 or len(parts) > 3:
+            raise ValueError(f"--cases: expected TxKxN[:r[:p]] items, got {item!r}")
+        rank = int(parts[1]) if len(parts) > 1 else 16
+        p = float(parts[2]) if len(parts) > 2 else 0.0
+        cases.append((int(dims[0]), int(dims[1]), int(dims[2]), rank, p))
+    return cases
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="lowpeft bench lora", description="fused LoRA layer benchmark")
+    parser.add_argument("--cases", default=None,
+                        help="comma-separated TxKxN[:r[:p]] (default: DESIGN §5 shapes and the r / p sweep)")
+    parser.add_argument("--shapes", default=None, help="comma-separated TxKxN; crossed with --ranks and --dropouts")
+    parser.add_argument("--ranks", default="8,16,64,128", help="ranks crossed with --shapes")
+    parser.add_argument("--dropouts", default="0,0.1", help="dropout probabilities crossed with --shapes")
+    parser.add_argument("--providers", default=",".join(PROVIDERS), help=f"subset of {','.join(PROVIDERS)}")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"subset of {','.join(MODES)}")
+    parser.add_argument("--dtype", choices=sorted(_DTYPES), default="bf16")
+    parser.add_argument("--device", default=None, help="cuda (default when present) or cpu")
+    parser.add_argument("--json", help="write the rows and environment as JSON here")
+    parser.add_argument("--md", help="write a markdown table here")
+    parser.add_argument("--csv", help="write a CSV table here")
+    args = parser.parse_args(argv)
+
+    providers = [p.strip() for p in args.providers.split(",") if p.strip()]
+    unknown = [p for p in providers if p not in PROVIDERS]
+    if unknown:
+        parser.error(f"--providers: unknown {unknown}; expected a subset of {list(PROVIDERS)}")
+    if "frozen" not in providers:
+        providers.insert(0, "frozen")  # every ratio is taken against the frozen layer of the same run
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if any(m not in MODES for m in modes):
+        parser.error(f"--modes: expected a subset of {MODES}, got {modes}")
+    if args.shapes:
+        cases = [(t, k, n, r, p) for (t, k, n, _, _) in _parse_cases(args.shapes)
+                 for r in map(int, args.ranks.split(",")) for p in map(float, args.dropouts.split(","))]
+    elif args.cases:
+        cases = _parse_cases(args.cases)
+    else:
+        cases = list(DEFAULT_CASES)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        from torch import _dynamo
+
+        _dynamo.config.cache_size_limit = max(_dynamo.config.cache_size_limit, 4 * len(cases) + 8)
+    dtype = _DTYPES[args.dtype]
+    rows = run(cases, providers, modes, dtype, device)
+    env = environment(device)
+    env["dtype"] = args.dtype
+    notes = ("## Forward + backward, ratio to the frozen nn.Linear (same run)\n\n" + summarize(rows, providers)
+             + "\n\nlowpeft = backend 'triton' (persistent TMA GEMMs for row-major aligned operands at these shapes). "
+               "peak_extra_mib = torch.cuda.max_memory_allocated during one forward + backward minus what was "
+               "allocated before (inputs, weights). max_rel_err_vs_eager: max |ours - eager| / max |eager| over y, dx, "
+               "dA, dB (p = 0 only).")
+    columns = ["shape", "r", "p", "provider", "mode", "ms", "tflops", "vs_frozen", "peak_extra_mib", "mem_vs_frozen",
+               "max_rel_err_vs_eager", "error"]
+    text = write_results(rows, columns, "LoRA linear layer: forward / backward", env, json_path=args.json,
+                         md_path=args.md, csv_path=args.csv, notes=notes)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
