@@ -160,9 +160,19 @@ def probe_lora_timings():
         row["lowpeft_bwd_dB_only"] = bench(lambda: launch.lora_linear_bwd(g, x, W, A, B, S, 0.5, p, 7, (False, False, True, False, False)))
         row["lowpeft_bwd_dA_only"] = bench(lambda: launch.lora_linear_bwd(g, x, W, A, B, S, 0.5, p, 7, (False, True, False, False, False)))
         row["ratio_fwd_bwd"] = (row["lowpeft_fwd"] + row["lowpeft_bwd"]) / (row["cublas_fwd"] + row["cublas_dx"])
-        for kern in (launch.lora_forward_gemm.__globals__["_lora_fwd_kernel"], launch.lora_dx_gemm.__globals__["_lora_dx_kernel"]):
-            best = getattr(kern, "best_config", None)
-            row[kern.fn.__name__ if hasattr(kern, "fn") else str(kern)] = str(best)
+        from lowpeft.kernels import lora_backward_dx, lora_forward, lora_grad_weights, lora_shrink
+
+        if T == 8192 and N == 4096 and r == 16:
+            saved = (lora_forward.tma_ready, lora_backward_dx.tma_ready)
+            lora_forward.tma_ready = lora_backward_dx.tma_ready = lambda *t: False
+            row["pointer_fwd"] = bench(lambda: launch.lora_linear_fwd(x, W, None, A, B, 0.5, p, 7))
+            row["pointer_bwd_dx_only"] = bench(lambda: launch.lora_linear_bwd(g, x, W, A, B, S, 0.5, p, 7, (True, False, False, False, False)))
+            lora_forward.tma_ready, lora_backward_dx.tma_ready = saved
+
+        for name, kern in (("fwd_tma", lora_forward._lora_fwd_tma_kernel), ("fwd_ptr", lora_forward._lora_fwd_kernel),
+                           ("dx_tma", lora_backward_dx._lora_dx_tma_kernel), ("dx_ptr", lora_backward_dx._lora_dx_kernel),
+                           ("split_t", lora_grad_weights._lora_split_t_kernel), ("shrink", lora_shrink._lora_shrink_kernel)):
+            row["config_" + name] = str(getattr(kern, "best_config", None))
         out.append(row)
         print(json.dumps(row), flush=True)
     results["lora"] = out
