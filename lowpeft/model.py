@@ -285,8 +285,9 @@ def _build_adapter(model: nn.Module, state: _ModelAdapters, config: Config) -> _
 # public API: adapters
 # ------------------------------------------------------------------------------------------------------
 def add_adapter(model: nn.Module, adapter_name: str, config: Config) -> nn.Module:
-    """Add a named adapter to `model` without changing which adapter is active (the first one added becomes
-    active). Its parameters are trainable; nothing else's requires_grad changes."""
+    """Add a named adapter to `model` without changing which adapter is active. The first adapter of a model
+    becomes active and everything else is frozen (as apply does); later ones only add their own trainable
+    parameters, so selective-fine-tuning choices made in between are kept."""
     _check_model(model)
     _check_adapter_name(adapter_name)
     if not isinstance(config, (LoRAConfig, AdapterConfig, PromptTuningConfig)):
@@ -294,12 +295,16 @@ def add_adapter(model: nn.Module, adapter_name: str, config: Config) -> nn.Modul
     state = _state(model)
     if state is not None and adapter_name in state.adapters:
         raise ValueError(f"adapter_name: {adapter_name!r} already exists (adapters: {sorted(state.adapters)})")
-    if state is None:
+    first = state is None
+    if first:
         state = _ModelAdapters()
-        model.__dict__[_STATE_ATTRIBUTE] = state
     elif _any_merged(state):
         raise ValueError("model: its active adapter is merged; lowpeft.unmerge(model) before adding adapters")
     adapter = _build_adapter(model, state, config)
+    if first:
+        for param in model.parameters():
+            param.requires_grad_(False)
+        model.__dict__[_STATE_ATTRIBUTE] = state
     for param in _adapter_parameters(adapter, state):
         param.requires_grad_(True)
     state.adapters[adapter_name] = adapter

@@ -1,0 +1,82 @@
+# Selective fine-tuning: lowpeft.freeze(model, trainable=[patterns]) and unfreeze_last_blocks(model, n, head),
+# with the trainable report; patterns that match nothing and impossible block counts are named errors.
+#
+# Trade-off: counts are checked against sums computed directly from the modules involved.
+import pytest
+import torch
+
+import lowpeft
+
+transformers = pytest.importorskip("transformers")
+
+
+def tiny_llama(seed=0):
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
+                                      num_key_value_heads=2, vocab_size=97, max_position_embeddings=64)
+    return transformers.LlamaForCausalLM(config)
+
+
+def tiny_gpt2(seed=0):
+    torch.manual_seed(seed)
+    config = transformers.GPT2Config(n_embd=32, n_layer=3, n_head=2, vocab_size=97, n_positions=64,
+                                     bos_token_id=0, eos_token_id=0)
+    return transformers.GPT2LMHeadModel(config)
+
+
+def _count(*modules):
+    seen = {}
+    for module in modules:
+        seen.update({id(p): p.numel() for p in module.parameters()})
+    return sum(seen.values())
+
+
+def test_freeze_with_globs_module_paths_and_names(capsys):
+    model = lowpeft.freeze(tiny_llama(), trainable=["lm_head", "model.layers.2.*", "model.norm.weight"])
+    expected = _count(model.lm_head, model.model.layers[2], model.model.norm)
+    assert lowpeft.trainable_parameters(model) == (expected, _count(model))
+    lowpeft.print_trainable_parameters(model)
+    assert capsys.readouterr().out.startswith(f"trainable params: {expected:,d} || all params: ")
+    lowpeft.freeze(model)
+    assert lowpeft.trainable_parameters(model)[0] == 0
+
+
+def test_freeze_errors_name_the_argument():
+    with pytest.raises(ValueError, match=r"trainable: patterns \['decoder\.\*'\] match no parameter"):
+        lowpeft.freeze(tiny_llama(), trainable=["decoder.*"])
+    with pytest.raises(TypeError, match="trainable"):
+        lowpeft.freeze(tiny_llama(), trainable="lm_head")
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_unfreeze_last_blocks_and_head(family):
+    model = lowpeft.freeze(tiny_llama() if family == "llama" else tiny_gpt2())
+    blocks = model.model.layers if family == "llama" else model.transformer.h
+    lowpeft.unfreeze_last_blocks(model, 2)
+    expected = _count(blocks[1], blocks[2], model.get_output_embeddings())
+    assert lowpeft.trainable_parameters(model)[0] == expected
+    assert not any(p.requires_grad for p in blocks[0].parameters())
+    ids = torch.randint(0, 97, (2, 5))
+    model(ids, labels=ids).loss.backward()
+    assert all(p.grad is not None for p in blocks[2].parameters())
+    assert all(p.grad is None for p in blocks[0].parameters())
+
+
+def test_unfreeze_last_blocks_bad_input():
+    with pytest.raises(ValueError, match="n: expected at most the model's 3"):
+        lowpeft.unfreeze_last_blocks(tiny_llama(), 4)
+    with pytest.raises(ValueError, match="n: expected a non-negative int"):
+        lowpeft.unfreeze_last_blocks(tiny_llama(), -1)
+    with pytest.raises(ValueError, match="transformer blocks"):
+        lowpeft.unfreeze_last_blocks(torch.nn.Linear(2, 2), 1)
+    stack = torch.nn.Sequential(torch.nn.ModuleList([torch.nn.Linear(2, 2) for _ in range(2)]))
+    with pytest.raises(ValueError, match="head"):
+        lowpeft.unfreeze_last_blocks(stack, 1)
+    lowpeft.unfreeze_last_blocks(stack, 1, head=False)
+
+
+def test_selective_and_lora_together():
+    model = lowpeft.apply(tiny_llama(), lowpeft.LoRAConfig(r=2, target_modules=["q_proj"]))
+    lora = lowpeft.trainable_parameters(model)[0]
+    lowpeft.unfreeze_last_blocks(model, 0, head=True)
+    assert lowpeft.trainable_parameters(model)[0] == lora + model.lm_head.weight.numel()
