@@ -38,7 +38,8 @@ def _dx_epilogue(acc, d_acc, pid_m, pid_k, T, K, R, a_ptr, ds_ptr, dx_ptr,
     else:
         lora = acc
     if FUSE_DS:
-        d_shrink = d_acc * scaling
+        # Zero the padded rank columns: an Inf in g makes them Inf·0 = NaN, which would leak into dx.
+        d_shrink = tl.where(ranks_in[None, :], d_acc * scaling, 0.0)
         if pid_k == 0:
             ds_ptrs = ds_ptr + rows.to(tl.int64)[:, None] * stride_dst + ranks[None, :]
             tl.store(ds_ptrs, d_shrink, mask=rows_in[:, None] & ranks_in[None, :])

@@ -41,7 +41,9 @@ def _forward_epilogue(acc, s_acc, pid_m, pid_n, T, N, R, bias_ptr, b_ptr, s_ptr,
             tl.store(s_ptrs, s_acc, mask=rows_in[:, None] & ranks_in[None, :])
         bt = tl.load(b_ptr + cols_ld[None, :] * stride_bn + ranks[:, None] * stride_br,
                      mask=ranks_in[:, None], other=0.0)
-        acc = mma((s_acc * scaling).to(bt.dtype), bt, acc, DOT_PRECISION, DOT_UPCAST)
+        # Zero the padded rank columns: an Inf in x makes them Inf·0 = NaN, which would leak into y.
+        s_acc = tl.where(ranks_in[None, :], s_acc * scaling, 0.0)
+        acc = mma(s_acc.to(bt.dtype), bt, acc, DOT_PRECISION, DOT_UPCAST)
     else:
         chunk = tl.arange(0, R_CHUNK)
         for r0 in range(0, R_PAD, R_CHUNK):
