@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call for the fused LoRA kernels: probe (correctness in every dtype, Triton GEMM vs cuBLAS,
 # per-kernel timings), or the final run (GPU test file + full benchmark). Usage:
-#   benchmarks/gpu_lora.sh probe | tune | final
+#   benchmarks/gpu_lora.sh probe | tune | check | bench
 # Results land in $OUT (the device tool copies them back).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -20,8 +20,11 @@ case "${1:-probe}" in
     timeout 200 python3 benchmarks/bench_lora.py --cases 8192x4096x4096:16:0,8192x4096x4096:16:0.1,2048x1024x1024:16:0 \
       --modes forward,backward,forward+backward --json "$OUT/bench_tune.json" --md "$OUT/bench_tune.md" 2>&1 | tail -30
     ;;
-  final)
-    LOWPEFT_AUTOTUNE=0 timeout 240 python3 -m pytest -q -x tests/test_triton_lora.py 2>&1 | tee "$OUT/lora_gpu_tests.log"
-    timeout 330 python3 benchmarks/bench_lora.py --json "$OUT/lora_h100.json" --md "$OUT/lora_h100.md" 2>&1 | tee "$OUT/bench.log"
+  check)
+    LOWPEFT_AUTOTUNE=0 timeout 260 python3 -m pytest -q -x -p no:cacheprovider tests/test_triton_lora.py 2>&1 | tee "$OUT/lora_gpu_tests.log"
+    timeout 240 python3 benchmarks/gpu_probe_lora.py lora_timings 2>&1 | tee "$OUT/probe_timings.log"
+    ;;
+  bench)
+    timeout 570 python3 benchmarks/bench_lora.py --json "$OUT/lora_h100.json" --md "$OUT/lora_h100.md" 2>&1 | tee "$OUT/bench.log"
     ;;
 esac
