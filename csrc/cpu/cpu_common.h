@@ -96,8 +96,8 @@ struct RowChunks {
 template <typename acc_t>
 at::Tensor ordered_sum(const at::Tensor& partials, acc_t scale) {
   const int64_t chunks = partials.size(0);
-  const int64_t numel = partials.numel() / std::max<int64_t>(1, chunks);
   at::Tensor out = at::empty(partials.sizes().slice(1), partials.options());
+  const int64_t numel = out.numel();
   const acc_t* in = partials.const_data_ptr<acc_t>();
   acc_t* result = out.mutable_data_ptr<acc_t>();
   at::parallel_for(0, numel, 4096, [&](int64_t begin, int64_t end) {
