@@ -266,16 +266,14 @@ def _build_adapter(model: nn.Module, state: _ModelAdapters, config: Config) -> _
         weight = embeddings.weight
         prompt = PromptEmbedding(config.num_virtual_tokens, weight.shape[1], _prompt_init(model, config, embeddings),
                                  device=weight.device, dtype=weight.dtype)
-        return _Adapter(config, prompt=prompt)
+        return _Adapter(config, prompt=prompt.train(model.training))
     paths = target_paths(model, config)
     adapter = _Adapter(config)
     originals = dict(_original_modules(model, state))
     for path in paths:
         base = originals[path]
-        if isinstance(config, LoRAConfig):
-            adapter.layers[path] = _lora_layer(base, config)
-        else:
-            adapter.layers[path] = _bottleneck_layer(path, base, config)
+        layer = _lora_layer(base, config) if isinstance(config, LoRAConfig) else _bottleneck_layer(path, base, config)
+        adapter.layers[path] = layer.train(base.training)
     for path in paths:
         state.base.setdefault(path, originals[path])
     return adapter

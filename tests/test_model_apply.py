@@ -164,6 +164,13 @@ def test_merge_and_unload_of_hand_built_layers_gives_plain_modules():
     torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_new_layers_take_the_training_mode_of_the_modules_they_replace():
+    model = lowpeft.apply(tiny_llama().eval(), lowpeft.LoRAConfig(r=2, dropout=0.5, target_modules="all-linear"))
+    assert not any(layer.training for layer in model_level.adapter_layers(model).values())
+    model.train()
+    assert all(layer.training for layer in model_level.adapter_layers(model).values())
+
+
 def test_gradients_reach_only_the_adapter():
     model = lowpeft.apply(tiny_gpt2(), lowpeft.LoRAConfig(r=2, target_modules="all-linear", dropout=0.1))
     model.train()
