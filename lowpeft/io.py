@@ -25,7 +25,6 @@ from torch import nn
 from . import model as model_level
 from .config import (
     ALL_LINEAR,
-    AdapterConfig,
     LoRAConfig,
     PromptTuningConfig,
     adapter_peft_dict,

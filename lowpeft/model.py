@@ -171,10 +171,6 @@ def _set_child(model: nn.Module, path: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
-def _base_weight(module: nn.Module) -> torch.Tensor:
-    return module.weight
-
-
 def _adapter_parameters(adapter: _Adapter, state: _ModelAdapters) -> list[nn.Parameter]:
     """The trainable parameters an adapter adds (its LoRA matrices / bottleneck weights / prompt)."""
     if adapter.prompt is not None:
@@ -195,7 +191,7 @@ def _install(model: nn.Module, state: _ModelAdapters, name: Optional[str]) -> No
     adapter = state.adapters.get(name) if name is not None else None
     for path, base in state.base.items():
         module = adapter.layers.get(path, base) if adapter is not None else base
-        device = _base_weight(base).device
+        device = base.weight.device
         if any(p.device != device for p in module.parameters()):
             module.to(device)
         _set_child(model, path, module)

@@ -4,7 +4,6 @@
 #
 # Trade-off: tiny models built from configs (no downloads) keep the suite fast; PEFT itself is the oracle for
 # matching and counting, lowpeft.reference in float64 for the numbers.
-import copy
 
 import pytest
 import torch

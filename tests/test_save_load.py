@@ -12,7 +12,6 @@ import pytest
 import torch
 
 import lowpeft
-from lowpeft import io as adapter_io
 from lowpeft import model as model_level
 from tests.tolerance import assert_matches_oracle
 
