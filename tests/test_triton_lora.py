@@ -86,7 +86,7 @@ def _run_case(device, dtype, T, K, N, r, p, bias, layout, weight_grad, seed=1234
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@settings(max_examples=12)
+@settings(max_examples=int(os.environ.get("LOWPEFT_TRITON_EXAMPLES", "12")))
 @given(
     data=st.data(),
     T=st.sampled_from([1, 7, 33, 64, 123]),

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import torch
@@ -180,7 +181,8 @@ def _max_relative_error(fn, leaves, case, reference_outputs):
     return worst
 
 
-def run(cases, providers, modes, dtype, device, progress=print):
+def run(cases, providers, modes, dtype, device, progress=print, case_done=None):
+    """Benchmark every case; case_done(rows) is called after each case (so partial results can be saved)."""
     rows = []
     for tokens, width, out, rank, p in cases:
         case = _make_case(tokens, width, out, rank, p, dtype, device)
@@ -225,6 +227,8 @@ def run(cases, providers, modes, dtype, device, progress=print):
                 progress(f"{label} r={rank} p={p} {name:8s} {mode:17s} {ms:8.3f} ms  "
                          f"x{row['vs_frozen'] or float('nan'):.3f} vs frozen")
         del case
+        if case_done is not None:
+            case_done(rows)
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return rows
@@ -311,20 +315,27 @@ def main(argv=None) -> int:
 
         _dynamo.config.cache_size_limit = max(_dynamo.config.cache_size_limit, 4 * len(cases) + 8)
     dtype = _DTYPES[args.dtype]
-    rows = run(cases, providers, modes, dtype, device)
     env = environment(device)
     env["dtype"] = args.dtype
-    notes = ("## Forward + backward, ratio to the frozen nn.Linear (same run)\n\n" + summarize(rows, providers)
+    env["LOWPEFT_AUTOTUNE"] = os.environ.get("LOWPEFT_AUTOTUNE", "1")
+    columns = ["shape", "r", "p", "provider", "mode", "ms", "tflops", "vs_frozen", "peak_extra_mib", "mem_vs_frozen",
+               "max_rel_err_vs_eager", "error"]
+
+    def save(rows):
+        return write_results(rows, columns, "LoRA linear layer: forward / backward", env, json_path=args.json,
+                             md_path=args.md, csv_path=args.csv, notes=_notes(rows, providers))
+
+    rows = run(cases, providers, modes, dtype, device, case_done=save)
+    print(save(rows))
+    return 0
+
+
+def _notes(rows, providers):
+    return ("## Forward + backward, ratio to the frozen nn.Linear (same run)\n\n" + summarize(rows, providers)
              + "\n\nlowpeft = backend 'triton' (persistent TMA GEMMs for row-major aligned operands at these shapes). "
                "peak_extra_mib = torch.cuda.max_memory_allocated during one forward + backward minus what was "
                "allocated before (inputs, weights). max_rel_err_vs_eager: max |ours - eager| / max |eager| over y, dx, "
                "dA, dB (p = 0 only).")
-    columns = ["shape", "r", "p", "provider", "mode", "ms", "tflops", "vs_frozen", "peak_extra_mib", "mem_vs_frozen",
-               "max_rel_err_vs_eager", "error"]
-    text = write_results(rows, columns, "LoRA linear layer: forward / backward", env, json_path=args.json,
-                         md_path=args.md, csv_path=args.csv, notes=notes)
-    print(text)
-    return 0
 
 
 if __name__ == "__main__":
