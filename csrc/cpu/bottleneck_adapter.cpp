@@ -1,6 +1,5 @@
 // CPU kernels of lowpeft::native_bottleneck_adapter_fwd / _bwd (DESIGN §2): out = h + s · (act(h W_downᵀ +
-// b_down) W_upᵀ + b_up) and its gradients, with the GEMMs through ATen and the [T, M] activation work in
-// OpenMP loops.
+// b_down) W_upᵀ + b_up) and its gradients, everything through ATen (MKL GEMMs, vectorized activations).
 //
 // Trade-off: on the CPU the six skinny GEMMs (M ≪ D) dominate and ATen runs them near the machine's peak,
 // so the fused path keeps them and removes everything else eager PyTorch spends on [T, D] tensors: the
@@ -11,13 +10,9 @@
 #include <string_view>
 
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include "../lowpeft_common.h"
-#include "cpu_common.h"
 
 namespace lowpeft::cpu {
 namespace {
@@ -25,43 +20,44 @@ namespace {
 constexpr std::string_view kForward = "native_bottleneck_adapter_fwd";
 constexpr std::string_view kBackward = "native_bottleneck_adapter_bwd";
 
-// act(z) in the input dtype, as [T, M] or, with a trailing column of ones, [T, M + 1].
-at::Tensor activations(const at::Tensor& z, Activation activation, bool ones_column, at::ScalarType dtype) {
-  const int64_t rows = z.size(0), bottleneck = z.size(1), width = bottleneck + (ones_column ? 1 : 0);
-  at::Tensor out = at::empty({rows, width}, z.options().dtype(dtype));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "lowpeft_adapter_activations", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const acc_t* z_data = z.const_data_ptr<acc_t>();
-    scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, rows, row_grain(16 * bottleneck), [&](int64_t begin, int64_t end) {
-      for (int64_t t = begin; t < end; ++t) {
-        for (int64_t m = 0; m < bottleneck; ++m) {
-          out_data[t * width + m] = static_cast<scalar_t>(activation_forward(z_data[t * bottleneck + m], activation));
-        }
-        if (ones_column) out_data[t * width + bottleneck] = scalar_t(1);
-      }
-    });
-  });
-  return out;
+at::Tensor activation_of(const at::Tensor& z, Activation activation) {
+  switch (activation) {
+    case Activation::Gelu:
+      return at::gelu(z);
+    case Activation::GeluTanh:
+      return at::gelu(z, "tanh");
+    case Activation::Relu:
+      return at::relu(z);
+    case Activation::Silu:
+    default:
+      return at::silu(z);
+  }
 }
 
-// dz = s · da ⊙ act'(z), in z's dtype.
-at::Tensor pre_activation_grad(const at::Tensor& d_act, const at::Tensor& z, Activation activation, double scale) {
-  const int64_t rows = z.size(0), bottleneck = z.size(1);
-  at::Tensor dz = at::empty_like(z);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d_act.scalar_type(), "lowpeft_adapter_dz", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* da_data = d_act.const_data_ptr<scalar_t>();
-    const acc_t* z_data = z.const_data_ptr<acc_t>();
-    acc_t* dz_data = dz.mutable_data_ptr<acc_t>();
-    const acc_t s = static_cast<acc_t>(scale);
-    at::parallel_for(0, rows * bottleneck, 16384, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        dz_data[i] = s * static_cast<acc_t>(da_data[i]) * activation_derivative(z_data[i], activation);
-      }
-    });
-  });
-  return dz;
+// grad ⊙ act'(z) (relu' taken as 0 at 0 and at NaN, as reference.activation_derivative).
+at::Tensor activation_grad(const at::Tensor& grad, const at::Tensor& z, Activation activation) {
+  switch (activation) {
+    case Activation::Gelu:
+      return at::gelu_backward(grad, z);
+    case Activation::GeluTanh:
+      return at::gelu_backward(grad, z, "tanh");
+    case Activation::Relu:
+      return at::mul(grad, z.gt(0));
+    case Activation::Silu:
+    default:
+      return at::silu_backward(grad, z);
+  }
+}
+
+// The up GEMM's left operand in the input dtype: act(z) [T, M] or, with a trailing column of ones, [T, M + 1].
+at::Tensor activation_operand(const at::Tensor& z, Activation activation, bool ones_column, at::ScalarType dtype) {
+  const at::Tensor act = activation_of(z, activation);
+  if (!ones_column) return act.to(dtype);
+  const int64_t bottleneck = z.size(1);
+  at::Tensor operand = at::empty({z.size(0), bottleneck + 1}, z.options().dtype(dtype));
+  operand.narrow(1, 0, bottleneck).copy_(act);
+  operand.select(1, bottleneck).fill_(1);
+  return operand;
 }
 
 std::tuple<at::Tensor, at::Tensor> bottleneck_adapter_fwd(const at::Tensor& h, const at::Tensor& down_weight,
@@ -75,7 +71,7 @@ std::tuple<at::Tensor, at::Tensor> bottleneck_adapter_fwd(const at::Tensor& h, c
   const auto dtype = h.scalar_type();
   const at::Tensor z_in = down_bias.has_value() ? at::addmm(*down_bias, h, down_weight.t()) : at::mm(h, down_weight.t());
   const at::Tensor z = z_in.to(accumulate_dtype(dtype)).contiguous();
-  const at::Tensor act = activations(z, activation, up_bias.has_value(), dtype);
+  const at::Tensor act = activation_operand(z, activation, up_bias.has_value(), dtype);
   const at::Tensor up = up_bias.has_value() ? at::cat({up_weight, up_bias->unsqueeze(1)}, 1) : up_weight;
   return {at::addmm(h, act, up.t(), 1.0, scale), z};
 }
@@ -94,14 +90,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bottlenec
   at::Tensor dh = not_needed(h), d_down_weight = not_needed(h), d_down_bias = not_needed(h);
   at::Tensor d_up_weight = not_needed(h), d_up_bias = not_needed(h);
   if (need.dh || need.d_down_weight || need.d_down_bias) {
-    const at::Tensor dz = pre_activation_grad(at::mm(grad_out, up_weight), z_acc, activation, scale);
+    const at::Tensor d_act = at::mm(grad_out, up_weight).to(z_acc.scalar_type()).mul_(scale);
+    const at::Tensor dz = activation_grad(d_act, z_acc, activation);
     const at::Tensor dz_in = dz.to(dtype);
     if (need.dh) dh = at::addmm(grad_out, dz_in, down_weight);
     if (need.d_down_weight) d_down_weight = at::mm(dz_in.t(), h);
     if (need.d_down_bias) d_down_bias = dz.sum(0).to(dtype);
   }
   if (need.d_up_weight) {
-    const at::Tensor act = activations(z_acc, activation, need.d_up_bias, dtype);
+    const at::Tensor act = activation_operand(z_acc, activation, need.d_up_bias, dtype);
     const at::Tensor grads = at::mm(grad_out.t(), act).mul_(scale);
     d_up_weight = grads.narrow(1, 0, bottleneck).contiguous();
     if (need.d_up_bias) d_up_bias = grads.select(1, bottleneck).contiguous();

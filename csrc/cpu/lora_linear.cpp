@@ -1,14 +1,14 @@
-// CPU kernels of lowpeft::native_lora_linear_fwd / _bwd (DESIGN §2): OpenMP (at::parallel_for) + vector loops
-// for the memory-bound LoRA pieces, ATen (MKL / oneDNN) for the frozen GEMMs.
+// CPU kernels of lowpeft::native_lora_linear_fwd / _bwd (DESIGN §2): every matrix product through ATen
+// (MKL / oneDNN), the Philox dropout in one OpenMP pass of our own, the LoRA term folded into the frozen GEMM.
 //
-// Trade-off: the frozen GEMMs stay in ATen, which no hand-written CPU kernel beats, and the LoRA term is
-// folded into them with addmm_(beta = 1) so no [T, N] temporary exists; what eager LoRA spends beyond the
-// frozen layer (a dropout mask tensor, skinny GEMMs, [T, N] / [T, K] temporaries and adds) becomes two
-// row-streaming passes: the shrink S = dropout(x) Aᵀ in forward, and in backward one pass over g for dS and dB
-// and one over x for the dx term and dA, the dropout mask regenerated per row from Philox in both.
-// Reductions over T use a fixed row partition (independent of the thread count) and an ordered sum, so
-// results are deterministic. 16-bit inputs are widened row by row to float32; nothing is accumulated in 16 bits.
-#include <algorithm>
+// Trade-off: on a CPU the skinny LoRA products (rank r ≪ K, N) run fastest as GEMMs too, so the fused path
+// keeps them in ATen and removes what eager LoRA spends around them: no mask tensor and no bernoulli draw
+// (the mask is regenerated from Philox, vectorized per ISA, inside the pass that applies it), no [T, N]
+// temporary or extra add for the LoRA term (y.addmm_(S, Bᵀ) accumulates onto the frozen GEMM's output,
+// dx.addmm_(dS, A) likewise when p = 0), and with dropout the dx epilogue and the dropped input for dA come
+// out of one pass over x. Only with dropout does backward hold a [T, K] temporary (the dropped x) for the
+// dA GEMM. 16-bit inputs are widened to float32 for the small products (S, dS, dA, dB are accumulated in
+// float32; the frozen GEMMs keep the input dtype, as nn.Linear does).
 #include <optional>
 #include <vector>
 
@@ -25,140 +25,74 @@ namespace lowpeft::cpu {
 namespace {
 
 // Philox draws of one row (counters c0 = col0 + i, c1 = row); cloned per ISA so the lane loop vectorizes.
-__attribute__((target_clones("avx512f", "avx2", "default"))) void philox_row(uint32_t key0, uint32_t key1,
-                                                                               uint32_t row, int64_t col0,
-                                                                               int64_t count, uint32_t* draws) {
+LOWPEFT_CPU_CLONES void philox_row(uint32_t key0, uint32_t key1, uint32_t row, int64_t count, uint32_t* draws) {
   for (int64_t i = 0; i < count; ++i) {
-    draws[i] = philox_first_word(static_cast<uint32_t>(col0 + i), row, key0, key1);
+    draws[i] = philox_first_word(static_cast<uint32_t>(i), row, key0, key1);
   }
 }
 
-// The dropout multiplier of row t: 1/(1-p) where kept, 0 where dropped (reference.dropout_keep_mask).
+// The dropout multipliers of one row: 1/(1-p) where kept, 0 where dropped (reference.dropout_keep_mask).
 template <typename acc_t>
-struct RowDropout {
-  PhiloxKey key;
-  uint32_t threshold;
-  acc_t keep_scale;
-  std::vector<uint32_t> draws;
-
+class RowDropout {
+ public:
   RowDropout(int64_t seed, double p, int64_t cols)
-      : key(philox_key(seed)), threshold(dropout_threshold(p)), keep_scale(static_cast<acc_t>(1.0 / (1.0 - p))),
-        draws(cols) {}
+      : key_(philox_key(seed)), threshold_(dropout_threshold(p)), keep_scale_(static_cast<acc_t>(1.0 / (1.0 - p))),
+        draws_(cols), multipliers_(cols) {}
 
-  void multipliers(int64_t row, acc_t* out) {
-    const int64_t cols = static_cast<int64_t>(draws.size());
-    philox_row(key.low, key.high, static_cast<uint32_t>(row), 0, cols, draws.data());
-    for (int64_t k = 0; k < cols; ++k) {
-      out[k] = draws[k] >= threshold ? keep_scale : acc_t(0);
-    }
+  const acc_t* row(int64_t t) {
+    const int64_t cols = static_cast<int64_t>(draws_.size());
+    philox_row(key_.low, key_.high, static_cast<uint32_t>(t), cols, draws_.data());
+    for (int64_t k = 0; k < cols; ++k) multipliers_[k] = draws_[k] >= threshold_ ? keep_scale_ : acc_t(0);
+    return multipliers_.data();
   }
+
+ private:
+  PhiloxKey key_;
+  uint32_t threshold_;
+  acc_t keep_scale_;
+  std::vector<uint32_t> draws_;
+  std::vector<acc_t> multipliers_;
 };
 
-// S[t, j] = Σ_k dropout(x)[t, k] A[j, k].
+// One pass over x (and, if given, over lora = dS A and dx): dropped[t] = x[t] ⊙ m[t] (if wanted) and
+// dx[t] += lora[t] ⊙ m[t] (if dx is given), m regenerated from Philox row by row.
 template <typename scalar_t, typename acc_t>
-void shrink_rows(const at::Tensor& x, const at::Tensor& lora_A_acc, double dropout_p, int64_t seed,
-                 at::Tensor& shrink) {
-  const int64_t rows = x.size(0), cols = x.size(1), rank = lora_A_acc.size(0);
+void dropout_pass(const at::Tensor& x, double dropout_p, int64_t seed, at::Tensor* dropped, const at::Tensor* lora,
+                  at::Tensor* dx) {
+  const int64_t rows = x.size(0), cols = x.size(1);
   const scalar_t* x_data = x.const_data_ptr<scalar_t>();
-  const int64_t x_row_stride = x.stride(0), x_col_stride = x.stride(1);
-  const acc_t* a_data = lora_A_acc.const_data_ptr<acc_t>();
-  acc_t* s_data = shrink.mutable_data_ptr<acc_t>();
-  at::parallel_for(0, rows, row_grain(cols * rank), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> row(cols), multiplier(dropout_p > 0.0 ? cols : 0);
-    std::optional<RowDropout<acc_t>> dropout;
-    if (dropout_p > 0.0) dropout.emplace(seed, dropout_p, cols);
-    for (int64_t t = begin; t < end; ++t) {
-      load_row(x_data + t * x_row_stride, x_col_stride, cols, row.data());
-      if (dropout) {
-        dropout->multipliers(t, multiplier.data());
-        multiply(multiplier.data(), row.data(), cols);
-      }
-      for (int64_t j = 0; j < rank; ++j) {
-        s_data[t * rank + j] = dot(row.data(), a_data + j * cols, cols);
-      }
-    }
-  });
-}
-
-// One pass over g: dS = s · g B (if wanted) and dBᵀ = s · Sᵀ g (if wanted), returned as [r, N].
-template <typename scalar_t, typename acc_t>
-void grad_out_pass(const at::Tensor& grad_out, const at::Tensor& lora_B_t_acc, const at::Tensor& shrink,
-                   double scaling, at::Tensor* d_shrink, at::Tensor* d_lora_B_t) {
-  const int64_t rows = grad_out.size(0), cols = grad_out.size(1), rank = lora_B_t_acc.size(0);
-  const scalar_t* g_data = grad_out.const_data_ptr<scalar_t>();
-  const int64_t g_row_stride = grad_out.stride(0), g_col_stride = grad_out.stride(1);
-  const acc_t* bt_data = lora_B_t_acc.const_data_ptr<acc_t>();
-  const acc_t* s_data = shrink.const_data_ptr<acc_t>();
-  const acc_t scale = static_cast<acc_t>(scaling);
-  acc_t* ds_data = d_shrink ? d_shrink->mutable_data_ptr<acc_t>() : nullptr;
-  const RowChunks chunks(rows);
-  at::Tensor partials;
-  acc_t* partial_data = nullptr;
-  if (d_lora_B_t) {
-    partials = at::zeros({chunks.count, rank, cols}, shrink.options());
-    partial_data = partials.mutable_data_ptr<acc_t>();
-  }
-  at::parallel_for(0, chunks.count, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
-    std::vector<acc_t> row(cols);
-    for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
-      acc_t* partial = partial_data ? partial_data + chunk * rank * cols : nullptr;
-      for (int64_t t = chunks.begin(chunk); t < chunks.end(chunk); ++t) {
-        load_row(g_data + t * g_row_stride, g_col_stride, cols, row.data());
-        for (int64_t j = 0; j < rank; ++j) {
-          if (ds_data) ds_data[t * rank + j] = scale * dot(row.data(), bt_data + j * cols, cols);
-          if (partial) axpy(s_data[t * rank + j], row.data(), partial + j * cols, cols);
-        }
-      }
-    }
-  });
-  if (d_lora_B_t) {
-    *d_lora_B_t = ordered_sum(partials, scale);
-  }
-}
-
-// One pass over x: dx += (dS A) ⊙ m / (1-p) (if dx is given) and dA = dSᵀ (x ⊙ m / (1-p)) (if wanted).
-template <typename scalar_t, typename acc_t>
-void input_pass(const at::Tensor& x, const at::Tensor& lora_A_acc, const at::Tensor& d_shrink, double dropout_p,
-                int64_t seed, at::Tensor* dx, at::Tensor* d_lora_A) {
-  const int64_t rows = x.size(0), cols = x.size(1), rank = lora_A_acc.size(0);
-  const scalar_t* x_data = x.const_data_ptr<scalar_t>();
-  const int64_t x_row_stride = x.stride(0), x_col_stride = x.stride(1);
-  const acc_t* a_data = lora_A_acc.const_data_ptr<acc_t>();
-  const acc_t* ds_data = d_shrink.const_data_ptr<acc_t>();
+  const int64_t row_stride = x.stride(0), col_stride = x.stride(1);
+  acc_t* dropped_data = dropped ? dropped->mutable_data_ptr<acc_t>() : nullptr;
+  const acc_t* lora_data = lora ? lora->const_data_ptr<acc_t>() : nullptr;
   scalar_t* dx_data = dx ? dx->mutable_data_ptr<scalar_t>() : nullptr;
-  const RowChunks chunks(rows);
-  at::Tensor partials;
-  acc_t* partial_data = nullptr;
-  if (d_lora_A) {
-    partials = at::zeros({chunks.count, rank, cols}, d_shrink.options());
-    partial_data = partials.mutable_data_ptr<acc_t>();
-  }
-  at::parallel_for(0, chunks.count, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
-    std::vector<acc_t> row(cols), lora(cols), multiplier(dropout_p > 0.0 ? cols : 0);
-    std::optional<RowDropout<acc_t>> dropout;
-    if (dropout_p > 0.0) dropout.emplace(seed, dropout_p, cols);
-    for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
-      acc_t* partial = partial_data ? partial_data + chunk * rank * cols : nullptr;
-      for (int64_t t = chunks.begin(chunk); t < chunks.end(chunk); ++t) {
-        const acc_t* ds_row = ds_data + t * rank;
-        if (dropout) dropout->multipliers(t, multiplier.data());
-        if (dx_data) {
-          std::fill(lora.begin(), lora.end(), acc_t(0));
-          for (int64_t j = 0; j < rank; ++j) axpy(ds_row[j], a_data + j * cols, lora.data(), cols);
-          if (dropout) multiply(multiplier.data(), lora.data(), cols);
-          add_into_row(lora.data(), dx_data + t * cols, cols);
-        }
-        if (partial) {
-          load_row(x_data + t * x_row_stride, x_col_stride, cols, row.data());
-          if (dropout) multiply(multiplier.data(), row.data(), cols);
-          for (int64_t j = 0; j < rank; ++j) axpy(ds_row[j], row.data(), partial + j * cols, cols);
-        }
+  at::parallel_for(0, rows, row_grain(64 * cols), [&](int64_t begin, int64_t end) {
+    RowDropout<acc_t> dropout(seed, dropout_p, cols);
+    std::vector<acc_t> scratch(lora_data ? cols : 0);
+    for (int64_t t = begin; t < end; ++t) {
+      const acc_t* multipliers = dropout.row(t);
+      if (dropped_data) {
+        acc_t* out = dropped_data + t * cols;
+        load_row(x_data + t * row_stride, col_stride, cols, out);
+        multiply(multipliers, out, cols);
+      }
+      if (dx_data) {
+        std::copy(lora_data + t * cols, lora_data + (t + 1) * cols, scratch.begin());
+        multiply(multipliers, scratch.data(), cols);
+        add_into_row(scratch.data(), dx_data + t * cols, cols);
       }
     }
   });
-  if (d_lora_A) {
-    *d_lora_A = ordered_sum(partials, acc_t(1));
-  }
+}
+
+// x ⊙ m / (1-p) in the accumulation dtype ([T, K]); x itself (no copy) when p = 0 and x is float32/64.
+at::Tensor dropped_input(const at::Tensor& x, double dropout_p, int64_t seed) {
+  const auto acc_dtype = accumulate_dtype(x.scalar_type());
+  if (dropout_p == 0.0) return x.to(acc_dtype);
+  at::Tensor dropped = at::empty(x.sizes(), x.options().dtype(acc_dtype));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lowpeft_dropped_input", [&] {
+    dropout_pass<scalar_t, at::opmath_type<scalar_t>>(x, dropout_p, seed, &dropped, nullptr, nullptr);
+  });
+  return dropped;
 }
 
 std::tuple<at::Tensor, at::Tensor> lora_linear_fwd(const at::Tensor& x, const at::Tensor& weight,
@@ -167,12 +101,7 @@ std::tuple<at::Tensor, at::Tensor> lora_linear_fwd(const at::Tensor& x, const at
                                                    int64_t seed) {
   check_lora_forward("native_lora_linear_fwd", x, weight, bias, lora_A, lora_B, scaling, dropout_p);
   const auto acc_dtype = accumulate_dtype(x.scalar_type());
-  at::Tensor shrink = at::empty({x.size(0), lora_A.size(0)}, x.options().dtype(acc_dtype));
-  const at::Tensor lora_A_acc = lora_A.to(acc_dtype).contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "native_lora_linear_fwd", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    shrink_rows<scalar_t, acc_t>(x, lora_A_acc, dropout_p, seed, shrink);
-  });
+  at::Tensor shrink = at::mm(dropped_input(x, dropout_p, seed), lora_A.to(acc_dtype).t());
   at::Tensor y = bias.has_value() ? at::addmm(*bias, x, weight.t()) : at::mm(x, weight.t());
   y.addmm_(shrink.to(x.scalar_type()), lora_B.t(), 1.0, scaling);
   return {y, shrink};
@@ -186,27 +115,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lora_line
                                              scaling, dropout_p, needs);
   const auto dtype = x.scalar_type();
   const auto acc_dtype = accumulate_dtype(dtype);
-  const bool need_d_shrink = need.dx || need.d_lora_A;
-  at::Tensor d_shrink, d_lora_B_t, d_lora_A_acc;
-  at::Tensor dx = need.dx ? at::mm(grad_out, weight) : not_needed(x);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "native_lora_linear_bwd", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    if (need_d_shrink || need.d_lora_B) {
-      if (need_d_shrink) d_shrink = at::empty({x.size(0), lora_A.size(0)}, x.options().dtype(acc_dtype));
-      const at::Tensor lora_B_t_acc = lora_B.t().to(acc_dtype).contiguous();
-      grad_out_pass<scalar_t, acc_t>(grad_out, lora_B_t_acc, shrink.contiguous(), scaling,
-                                     need_d_shrink ? &d_shrink : nullptr, need.d_lora_B ? &d_lora_B_t : nullptr);
+  const at::Tensor grad_acc = grad_out.to(acc_dtype);
+  at::Tensor dx = not_needed(x), d_lora_A = not_needed(x), d_lora_B = not_needed(x);
+  if (need.d_lora_B) d_lora_B = at::mm(grad_acc.t(), shrink).mul_(scaling).to(dtype);
+  if (need.dx || need.d_lora_A) {
+    const at::Tensor d_shrink = at::mm(grad_acc, lora_B.to(acc_dtype)).mul_(scaling);
+    if (need.dx) dx = at::mm(grad_out, weight);
+    if (dropout_p == 0.0) {
+      if (need.dx) dx.addmm_(d_shrink.to(dtype), lora_A);
+      if (need.d_lora_A) d_lora_A = at::mm(d_shrink.t(), x.to(acc_dtype)).to(dtype);
+    } else {
+      at::Tensor dropped, lora;
+      if (need.d_lora_A) dropped = at::empty(x.sizes(), x.options().dtype(acc_dtype));
+      if (need.dx) lora = at::mm(d_shrink, lora_A.to(acc_dtype));
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "native_lora_linear_bwd", [&] {
+        dropout_pass<scalar_t, at::opmath_type<scalar_t>>(x, dropout_p, seed, need.d_lora_A ? &dropped : nullptr,
+                                                          need.dx ? &lora : nullptr, need.dx ? &dx : nullptr);
+      });
+      if (need.d_lora_A) d_lora_A = at::mm(d_shrink.t(), dropped).to(dtype);
     }
-    if (need_d_shrink) {
-      const at::Tensor lora_A_acc = lora_A.to(acc_dtype).contiguous();
-      input_pass<scalar_t, acc_t>(x, lora_A_acc, d_shrink, dropout_p, seed, need.dx ? &dx : nullptr,
-                                  need.d_lora_A ? &d_lora_A_acc : nullptr);
-    }
-  });
-  return {dx,
-          need.d_lora_A ? d_lora_A_acc.to(dtype) : not_needed(x),
-          need.d_lora_B ? d_lora_B_t.t().to(dtype).contiguous() : not_needed(x),
-          need.d_weight ? at::mm(grad_out.t(), x) : not_needed(x),
+  }
+  return {dx, d_lora_A, d_lora_B, need.d_weight ? at::mm(grad_out.t(), x) : not_needed(x),
           need.d_bias ? grad_out.sum(0) : not_needed(x)};
 }
 
