@@ -207,14 +207,16 @@ def _adapter_pairs(model: nn.Module, provider: str) -> dict[tuple[int, int], tup
     return pairs
 
 
-def _apply_provider(model: nn.Module, provider: str, rank: int, alpha: float, dropout: float) -> nn.Module:
+def _apply_provider(model: nn.Module, provider: str, rank: int, alpha: float, dropout: float,
+                    backend: str = "auto") -> nn.Module:
     if provider == "frozen":
         model.get_input_embeddings().register_forward_hook(lambda module, args, output: output.requires_grad_(True))
         return model
     if provider == "lowpeft":
         import lowpeft
 
-        config = lowpeft.LoRAConfig(r=rank, alpha=alpha, dropout=dropout, target_modules=list(TARGET_MODULES))
+        config = lowpeft.LoRAConfig(r=rank, alpha=alpha, dropout=dropout, target_modules=list(TARGET_MODULES),
+                                    backend=backend)
         return lowpeft.apply(model, config)
     if provider == "peft":
         peft = _require("peft", "the 'peft' provider")
@@ -269,7 +271,8 @@ def _release(device: torch.device) -> None:
 
 def _run_provider(provider, preset, device, dtype, batches, args, dropout, adapters, show_progress,
                   mask_seed_offset=0) -> dict:
-    model = _apply_provider(build_llama(preset, device, dtype, args.seed), provider, args.rank, args.alpha, dropout)
+    model = build_llama(preset, device, dtype, args.seed)
+    model = _apply_provider(model, provider, args.rank, args.alpha, dropout, args.backend)
     if provider != "frozen":
         _copy_adapters(model, provider, adapters)
     model.train()
@@ -391,11 +394,9 @@ def run_benchmark(args: argparse.Namespace) -> tuple[list[dict], list[dict], dic
     )
     dtype = _DTYPES[preset.dtype]
     if "lowpeft" in args.providers:
-        import lowpeft
         from lowpeft.ops import _dispatch
 
-        lowpeft.set_backend(args.backend)
-        backend = _dispatch.resolve("auto", device)
+        backend = _dispatch.resolve(args.backend, device)
     else:
         backend = None
     tokens = ByteTokenizer().encode(load_text())
@@ -518,6 +519,13 @@ def parse_args(argv=None, prog: str = "lowpeft bench model") -> argparse.Namespa
         args.warmup = min(3, args.steps - 1)
     elif not 0 <= args.warmup < args.steps:
         parser.error(f"argument --warmup: expected an integer in [0, steps={args.steps}), got {args.warmup}")
+    if "lowpeft" in args.providers:
+        from lowpeft.ops import _dispatch
+
+        try:
+            _dispatch.resolve(args.backend, device)
+        except ValueError as exc:
+            parser.error(f"argument --backend: {exc}")
     if args.alpha <= 0 or args.lr <= 0:
         parser.error(f"arguments --alpha and --lr: expected positive numbers, got {args.alpha} and {args.lr}")
     return args
@@ -537,7 +545,10 @@ def main(argv=None, prog: str = "lowpeft bench model") -> int:
     notes = MEASURE_NOTE + "\n\nlowpeft against the others:\n" + "\n".join(ratio_lines)
     if verdicts:
         notes += "\n\nIssue 7 acceptance (H100, bf16, 1b preset):\n" + "\n".join(verdicts)
-    text = write_results(rows, COLUMNS, title, env, md_path=args.md, csv_path=args.csv, notes=notes)
+    # Loss deviations are small numbers: the table shows them in scientific notation, the JSON keeps the floats.
+    shown = [{**row, "loss_dev_vs_peft": f"{row['loss_dev_vs_peft']:.2e}"} if "loss_dev_vs_peft" in row else row
+             for row in rows]
+    text = write_results(shown, COLUMNS, title, env, md_path=args.md, csv_path=args.csv, notes=notes)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as handle:
