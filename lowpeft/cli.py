@@ -2,7 +2,8 @@
 #
 #   lowpeft [demo] [...]                 the demo (the default command): fine-tune, save, reload, merge, report
 #   lowpeft info [--json]                versions, device, and each backend: available, or why not
-#   lowpeft bench lora|adapter [...]     one layer, fused vs unfused, on your shapes (--plot PNG draws speedups)
+#   lowpeft bench lora|adapter [...]     one layer, fused vs unfused, on your shapes: --tokens --in --out --rank
+#                                        --dropout (comma lists, crossed), --plot PNG; other flags go to the harness
 #   lowpeft bench model [...]            LoRA training steps of a Llama built from a config, four providers
 #   lowpeft bench plot RESULTS.json --out PNG
 #
@@ -35,8 +36,10 @@ _USAGE = """usage: lowpeft [demo|info|bench] ...
 
   lowpeft [demo] [--steps N] ...      fine-tune a small Llama with LoRA on the CPU or GPU, save, reload, merge
   lowpeft info [--json]               versions, device, backends (available, or why not)
-  lowpeft bench lora [...]            fused vs unfused LoRA layer on your shapes (--plot PNG: a speedup chart)
-  lowpeft bench adapter [...]         fused vs unfused bottleneck adapter
+  lowpeft bench lora [...]            fused vs unfused LoRA layer: --tokens T --in K --out N --rank r --dropout p
+                                      (comma lists are crossed), --dtype, --providers, --json/--csv/--md,
+                                      --plot PNG (a speedup chart)
+  lowpeft bench adapter [...]         fused vs unfused bottleneck adapter: --tokens T --in D --bottleneck M
   lowpeft bench model [...]           training steps of a Llama from a config: frozen / lowpeft / PEFT / eager
   lowpeft bench plot RESULTS --out PNG
   lowpeft --version
@@ -137,7 +140,7 @@ def _take_option(argv: list[str], name: str) -> tuple[str | None, list[str]]:
         item = argv[index]
         if item == name:
             if index + 1 >= len(argv) or argv[index + 1].startswith("-"):
-                raise UsageError(f"argument {name}: expected a file path after {name}")
+                raise UsageError(f"argument {name}: expected a value after {name}")
             value = argv[index + 1]
             index += 2
             continue
@@ -147,6 +150,58 @@ def _take_option(argv: list[str], name: str) -> tuple[str | None, list[str]]:
             rest.append(item)
         index += 1
     return value, rest
+
+
+_DTYPE_ALIASES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+
+
+def _numbers(flag: str, text: str, kind=int) -> list:
+    try:
+        values = [kind(item) for item in text.split(",")]
+    except ValueError:
+        raise UsageError(f"argument {flag}: expected comma-separated {kind.__name__}s, got {text!r}") from None
+    if kind is int and any(value < 1 for value in values):
+        raise UsageError(f"argument {flag}: expected positive integers, got {text!r}")
+    if kind is float and any(not 0.0 <= value < 1.0 for value in values):
+        raise UsageError(f"argument {flag}: expected dropout values in [0, 1), got {text!r}")
+    return values
+
+
+def _shape_flags(name: str, argv: list[str]) -> list[str]:
+    """Turn the per-dimension flags (--tokens T --in K --out N --rank r --dropout p, comma lists crossed) into the
+    harness's case list (lora: --cases TxKxN:r:p,...; adapter: --shapes TxD,... and --bottlenecks), and long
+    dtype names into the harness's short ones."""
+    given = {}
+    for flag in ("--tokens", "--in", "--out", "--rank", "--dropout", "--bottleneck"):
+        given[flag], argv = _take_option(argv, flag)
+    dtype, argv = _take_option(argv, "--dtype")
+    if dtype is not None:
+        argv = argv + ["--dtype", _DTYPE_ALIASES.get(dtype, dtype)]
+    if all(value is None for value in given.values()):
+        return argv
+    own = ("--cases", "--shapes") if name == "lora" else ("--shapes", "--bottlenecks")
+    clash = [item for item in argv if item.split("=")[0] in own]
+    if clash:
+        raise UsageError(f"bench {name}: --tokens/--in/... describe the cases; give them or {'/'.join(own)}, not both")
+    tokens = _numbers("--tokens", given["--tokens"] or "8192")
+    widths = _numbers("--in", given["--in"] or "4096")
+    if name == "adapter":
+        for flag in ("--out", "--rank", "--dropout"):
+            if given[flag] is not None:
+                raise UsageError(f"argument {flag}: does not apply to bench adapter (a [tokens, in] input; "
+                                 "--bottleneck sets M)")
+        argv = argv + ["--shapes", ",".join(f"{t}x{d}" for t in tokens for d in widths)]
+        if given["--bottleneck"] is not None:
+            argv = argv + ["--bottlenecks", ",".join(map(str, _numbers("--bottleneck", given["--bottleneck"])))]
+        return argv
+    if given["--bottleneck"] is not None:
+        raise UsageError("argument --bottleneck: applies to bench adapter, not bench lora (use --rank)")
+    outs = _numbers("--out", given["--out"]) if given["--out"] is not None else None
+    ranks = _numbers("--rank", given["--rank"] or "16")
+    dropouts = _numbers("--dropout", given["--dropout"] or "0", float)
+    cases = [f"{t}x{k}x{n}:{r}:{p:g}" for t in tokens for k in widths for n in (outs or [k]) for r in ranks
+             for p in dropouts]
+    return argv + ["--cases", ",".join(cases)]
 
 
 def _bench_main(argv: list[str]) -> int:
@@ -159,10 +214,14 @@ def _bench_main(argv: list[str]) -> int:
     module = importlib.import_module(_BENCHES[name])
     if name in ("model", "plot"):
         return module.main(rest, prog=f"lowpeft bench {name}") or 0
-    # lora / adapter: `--plot PNG` is handled here, from the results JSON the harness writes.
+    # lora / adapter: the per-dimension flags and `--plot PNG` are handled here, the rest goes to the harness.
+    rest = _shape_flags(name, rest)
     png, rest = _take_option(rest, "--plot")
     if png is None:
         return module.main(rest) or 0
+    from lowpeft.bench import plot
+
+    plot.pyplot()  # a missing matplotlib is reported before the benchmark runs, not after
     json_path, _ = _take_option(rest, "--json")
     with tempfile.TemporaryDirectory() as scratch:
         if json_path is None:
@@ -170,9 +229,11 @@ def _bench_main(argv: list[str]) -> int:
             rest = rest + ["--json", json_path]
         status = module.main(rest) or 0
         if status == 0:
-            from lowpeft.bench.plot import plot_speedups
-
-            print(f"wrote {plot_speedups(json_path, png)}")
+            try:
+                print(f"wrote {plot.plot_speedups(json_path, png)}")
+            except ValueError as exc:
+                print(f"lowpeft: error: --plot {png}: {exc}", file=sys.stderr)
+                return 1
     return status
 
 

@@ -98,8 +98,8 @@ def _check(name: str, ours: torch.Tensor, reference: torch.Tensor, tolerance: fl
 def _gpu_bench_summary() -> None:
     from lowpeft.bench import lora
 
-    for shape in (["--tokens", "4096", "--in", "2048", "--out", "2048"], ["--tokens", "8192", "--in", "4096", "--out", "4096"]):
-        lora.main(shape + ["--rank", "16"])
+    lora.main(["--cases", "4096x2048x2048:16:0,8192x4096x4096:16:0", "--modes", "forward+backward",
+               "--providers", "frozen,lowpeft,peft,eager"])
 
 
 def run_demo(args: argparse.Namespace) -> bool:

@@ -11,12 +11,34 @@ import argparse
 import json
 import os
 
-__all__ = ["TIME_KEYS", "SHAPE_KEYS", "speedups", "plot_speedups", "main"]
+__all__ = ["TIME_KEYS", "SHAPE_KEYS", "OURS", "speedups", "pyplot", "plot_speedups", "main"]
 
 TIME_KEYS = ("median_ms", "ms", "time_ms", "step_ms")
 # Columns that describe a measured case, in the order they appear in a case's label.
-SHAPE_KEYS = ("preset", "tokens", "in", "out", "in_features", "out_features", "dim", "bottleneck", "rank", "r",
-              "dropout", "p", "activation", "bias", "dtype")
+SHAPE_KEYS = ("preset", "shape", "tokens", "in", "out", "dim", "M", "bottleneck", "rank", "r", "dropout", "p",
+              "activation", "bias", "dtype")
+# Our provider's name, in order of preference: lowpeft's harnesses call it "lowpeft" or name the backend.
+OURS = ("lowpeft", "triton", "cuda", "cpu")
+# With a "mode" column (forward / backward / forward+backward), the training step is what is drawn.
+MODE = "forward+backward"
+
+
+def _long_rows(rows: list[dict]) -> list[dict]:
+    """Rows with one provider each. Wide rows (one per case, a `<provider>_ms` column per provider, as the adapter
+    harness writes) are split; a column such as triton_fwd_ms (a provider name with "_") is a breakdown, not a
+    provider."""
+    if all("provider" in row for row in rows):
+        return rows
+    long = []
+    for row in rows:
+        shape = {key: value for key, value in row.items() if key in SHAPE_KEYS}
+        for key, value in row.items():
+            name = key[: -len("_ms")]
+            if key.endswith("_ms") and name and "_" not in name and isinstance(value, (int, float)):
+                long.append({**shape, "provider": name, "ms": value})
+    if not long:
+        raise ValueError("rows: expected a 'provider' column or '<provider>_ms' columns, got neither")
+    return long
 
 
 def _time_key(rows: list[dict]) -> str:
@@ -31,22 +53,31 @@ def _case_label(row: dict, keys: list[str]) -> str:
     parts = []
     if values.get("tokens") is not None and values.get("in") is not None and values.get("out") is not None:
         parts.append(f"{values.pop('tokens')}×{values.pop('in')}→{values.pop('out')}")
+    if values.get("shape") is not None:
+        parts.append(str(values.pop("shape")))
     for key, value in values.items():
         if value is not None:
             parts.append(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}")
     return " ".join(parts) or "all"
 
 
-def speedups(rows: list[dict], ours: str = "lowpeft") -> tuple[list[str], dict[str, list[float | None]], str]:
+def speedups(rows: list[dict], ours: str | None = None) -> tuple[list[str], dict[str, list[float | None]], str, str]:
     """For each measured case (rows sharing their shape columns): time_other / time_ours for every other provider.
 
-    Returns (case labels, {provider: speedups in case order, None where it was not measured}, the time column).
+    Rows that failed (no time) are left out; with a "mode" column only forward+backward rows count. Returns
+    (case labels, {provider: speedups in case order, None where not measured}, the time column, our provider).
     """
     if not rows:
         raise ValueError("rows: expected at least one result row, got none")
-    if any("provider" not in row for row in rows):
-        raise ValueError("rows: expected a 'provider' column in every row")
+    rows = _long_rows(rows)
+    rows = [row for row in rows if any(isinstance(row.get(key), (int, float)) for key in TIME_KEYS)]
+    if any("mode" in row for row in rows):
+        rows = [row for row in rows if row.get("mode") == MODE]
+    if not rows:
+        raise ValueError(f"rows: expected timed rows (mode {MODE} where a mode is given), got none")
     providers = list(dict.fromkeys(row["provider"] for row in rows))
+    if ours is None:
+        ours = next((name for name in OURS if name in providers), None)
     if ours not in providers:
         raise ValueError(f"ours: expected one of the providers in the results {providers}, got {ours!r}")
     time_key = _time_key(rows)
@@ -66,16 +97,11 @@ def speedups(rows: list[dict], ours: str = "lowpeft") -> tuple[list[str], dict[s
         else:
             times = {_case_label(row, keys): row[time_key] for row in provider_rows}
         table[provider] = [times[case] / ours_time[case] if case in times else None for case in cases]
-    return cases, table, time_key
+    return cases, table, time_key, ours
 
 
-def plot_speedups(results_path: str, png_path: str, ours: str = "lowpeft", title: str | None = None) -> str:
-    """Draw speedups(...) of a results JSON as grouped bars into png_path; return png_path."""
-    with open(results_path) as handle:
-        results = json.load(handle)
-    if not isinstance(results, dict) or not isinstance(results.get("rows"), list):
-        raise ValueError(f"results_path: expected a lowpeft results JSON with a 'rows' list, got {results_path!r}")
-    cases, table, time_key = speedups(results["rows"], ours)
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend, or an ImportError saying how to install it."""
     try:
         import matplotlib
 
@@ -86,6 +112,17 @@ def plot_speedups(results_path: str, png_path: str, ours: str = "lowpeft", title
             "drawing a PNG needs matplotlib, which is not installed: pip install matplotlib "
             "(or pip install 'lowpeft[bench]')"
         ) from exc
+    return plt
+
+
+def plot_speedups(results_path: str, png_path: str, ours: str | None = None, title: str | None = None) -> str:
+    """Draw speedups(...) of a results JSON as grouped bars into png_path; return png_path."""
+    with open(results_path) as handle:
+        results = json.load(handle)
+    if not isinstance(results, dict) or not isinstance(results.get("rows"), list):
+        raise ValueError(f"results_path: expected a lowpeft results JSON with a 'rows' list, got {results_path!r}")
+    cases, table, time_key, ours = speedups(results["rows"], ours)
+    plt = pyplot()
     width = 0.8 / max(len(table), 1)
     figure, axes = plt.subplots(figsize=(max(6.0, 1.6 * len(cases) + 2), 4.5))
     for index, (provider, values) in enumerate(table.items()):
@@ -115,7 +152,8 @@ def main(argv=None, prog: str = "lowpeft bench plot") -> int:
     parser = argparse.ArgumentParser(prog=prog, description="PNG of lowpeft's speedup per shape from a results JSON.")
     parser.add_argument("results", help="a JSON written by lowpeft bench lora|adapter|model --json")
     parser.add_argument("--out", required=True, metavar="PNG", help="the PNG to write")
-    parser.add_argument("--ours", default="lowpeft", help="the provider whose speedup is drawn (default lowpeft)")
+    parser.add_argument("--ours", default=None,
+                        help=f"the provider whose speedup is drawn (default: the first present of {', '.join(OURS)})")
     parser.add_argument("--title", default=None)
     args = parser.parse_args(argv)
     if not os.path.isfile(args.results):
