@@ -45,8 +45,19 @@ def triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+_availability_cache: dict[tuple[str, str, bool], str | None] = {}
+
+
 def unavailable_reason(backend: str, device_type: str) -> str | None:
-    """None when `backend` can run on tensors of `device_type`, else why it cannot."""
+    """None when `backend` can run on tensors of `device_type`, else why it cannot (memoised per process:
+    what is installed does not change while it runs)."""
+    key = (backend, device_type, triton_interpreting())
+    if key not in _availability_cache:
+        _availability_cache[key] = _find_unavailable_reason(backend, device_type)
+    return _availability_cache[key]
+
+
+def _find_unavailable_reason(backend: str, device_type: str) -> str | None:
     if backend == "torch":
         return None
     if backend == "triton":

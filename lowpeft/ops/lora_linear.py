@@ -2,10 +2,13 @@
 # lowpeft::lora_linear (forward, differentiable) and lowpeft::lora_linear_backward, with per-backend kernels.
 #
 # Trade-off: the public function checks arguments, flattens leading dimensions (a view whenever strides
-# allow), handles autocast and draws the dropout seed, then calls one opaque op whose `backend` argument
-# is already resolved; the op saves only x (no copy), the small shrink S = dropout(x) Aᵀ [T, r] (float32, or float64 for float64 inputs)
-# and the seed, so the dropout mask is regenerated in backward and never stored. Gradients of the frozen
-# weight and bias are computed only when they require grad.
+# allow), handles autocast and draws the dropout seed, then runs the resolved backend. Under torch.compile it
+# calls the opaque torch.library op (no graph break, fake kernels for shapes); in eager mode it calls the
+# same backend functions through a plain autograd.Function (LoRALinearFunction), because the torch.library
+# Python dispatch path costs hundreds of microseconds per call, which small layers cannot afford. Both save
+# only x (no copy), the small shrink S = dropout(x) Aᵀ [T, r] (float32, or float64 for float64 inputs) and
+# the seed, so the dropout mask is regenerated in backward and never stored. Gradients of the frozen weight
+# and bias are computed only when they require grad.
 from __future__ import annotations
 
 import math
@@ -19,7 +22,7 @@ from . import _dispatch
 
 __all__ = ["lora_linear", "draw_dropout_seed"]
 
-_GRAD_ORDER = ("x", "lora_A", "lora_B", "weight", "bias")
+_NO_DROPOUT_SEED = torch.zeros((), dtype=torch.int64)
 
 
 def shrink_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -185,6 +188,30 @@ def _backward(ctx, grad_y, grad_shrink):
 torch.library.register_autograd("lowpeft::lora_linear", _backward, setup_context=_setup_context)
 
 
+class LoRALinearFunction(torch.autograd.Function):
+    """Eager-mode autograd for the same backend functions the torch.library ops call (see the header)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_A, lora_B, scaling, dropout_p, seed, backend):
+        y, shrink = _FORWARD[backend](x, weight, bias, lora_A, lora_B, scaling, dropout_p, seed)
+        ctx.save_for_backward(x, weight, lora_A, lora_B, shrink)
+        ctx.scaling, ctx.dropout_p, ctx.seed, ctx.backend = scaling, dropout_p, seed, backend
+        needs = ctx.needs_input_grad
+        ctx.needs = (needs[0], needs[3], needs[4], needs[1], bias is not None and needs[2])
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        if not any(ctx.needs):
+            return (None,) * 9
+        x, weight, lora_A, lora_B, shrink = ctx.saved_tensors
+        grad_y = grad_y.contiguous() if grad_y.stride(-1) != 1 else grad_y
+        dx, d_lora_A, d_lora_B, d_weight, d_bias = _BACKWARD[ctx.backend](
+            grad_y, x, weight, lora_A, lora_B, shrink, ctx.scaling, ctx.dropout_p, ctx.seed, ctx.needs
+        )
+        return dx, d_weight, d_bias, d_lora_A, d_lora_B, None, None, None, None
+
+
 # ----------------------------------------------------------------------------------------------------
 # public entry point
 # ----------------------------------------------------------------------------------------------------
@@ -260,12 +287,13 @@ def lora_linear(
     _check_inputs(x, weight, bias, lora_A, lora_B, scaling, dropout_p)
     effective_p = float(dropout_p) if training else 0.0
     if seed is None:
-        seed = draw_dropout_seed() if effective_p > 0.0 else torch.zeros((), dtype=torch.int64)
+        seed = draw_dropout_seed() if effective_p > 0.0 else _NO_DROPOUT_SEED
     name = _dispatch.resolve(backend, x.device, x.dtype)
     leading = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
-    y, _ = torch.ops.lowpeft.lora_linear(
-        x2, weight, bias, lora_A, lora_B, float(scaling), effective_p, seed, name
-    )
+    if torch.compiler.is_compiling():
+        y, _ = torch.ops.lowpeft.lora_linear(x2, weight, bias, lora_A, lora_B, float(scaling), effective_p, seed, name)
+    else:
+        y = LoRALinearFunction.apply(x2, weight, bias, lora_A, lora_B, float(scaling), effective_p, int(seed), name)
     # A 2-D input gets the op's own output (not a view: FSDP2 warns about module outputs that are views).
     return y if x.dim() == 2 else y.reshape(*leading, weight.shape[0])
