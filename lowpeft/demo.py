@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -17,10 +18,22 @@ import time
 
 import torch
 
-__all__ = ["main", "run_demo", "build_parser"]
+__all__ = ["main", "run_demo", "parse_args", "build_parser", "DemoResult"]
 
 _TOLERANCE_RELOAD = 1e-5  # reloading the same weights: the same computation, so equal up to 1e-5 relative
 _TOLERANCE_MERGE = 1e-4  # merged W + s·B·A against the unmerged two-path sum: float32 rounding only
+
+
+@dataclasses.dataclass
+class DemoResult:
+    """What the demo measured: whether every check passed, the training losses, and the loss on a fixed batch of
+    the text before and after fine-tuning."""
+
+    ok: bool
+    losses: list
+    loss_before: float
+    loss_after: float
+    seconds: float
 
 
 def build_parser(prog: str = "lowpeft demo") -> argparse.ArgumentParser:
@@ -43,7 +56,7 @@ def build_parser(prog: str = "lowpeft demo") -> argparse.ArgumentParser:
     return parser
 
 
-def _parse_args(argv, prog):
+def parse_args(argv=None, prog: str = "lowpeft demo") -> argparse.Namespace:
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     if args.steps < 1:
@@ -102,8 +115,8 @@ def _gpu_bench_summary() -> None:
                "--providers", "frozen,lowpeft,peft,eager"])
 
 
-def run_demo(args: argparse.Namespace) -> bool:
-    """The demo's steps, printed as they go; True when every check passed."""
+def run_demo(args: argparse.Namespace) -> DemoResult:
+    """The demo's steps, printed as they go."""
     import lowpeft
     from lowpeft.bench.model import PRESETS, TARGET_MODULES, ProgressBar, build_llama
 
@@ -199,12 +212,12 @@ def run_demo(args: argparse.Namespace) -> bool:
     if device.type == "cuda" and not args.no_bench:
         print("\n[GPU] fused LoRA layer against PEFT and eager LoRA (forward + backward):")
         _gpu_bench_summary()
-    print(f"\n{'all checks passed' if ok else 'SOME CHECKS FAILED'} in {time.perf_counter() - started:.0f} s")
-    return ok
+    seconds = time.perf_counter() - started
+    print(f"\n{'all checks passed' if ok else 'SOME CHECKS FAILED'} in {seconds:.0f} s")
+    return DemoResult(bool(ok), losses, loss_before, loss_after, seconds)
 
 
 def main(argv=None, prog: str = "lowpeft demo") -> int:
-    args = _parse_args(argv, prog)
-    ok = run_demo(args)
+    result = run_demo(parse_args(argv, prog))
     sys.stdout.flush()
-    return 0 if ok else 1
+    return 0 if result.ok else 1

@@ -91,11 +91,12 @@ def speedups(rows: list[dict], ours: str | None = None) -> tuple[list[str], dict
     for provider in providers:
         if provider == ours:
             continue
-        provider_rows = [row for row in rows if row["provider"] == provider]
-        if len(provider_rows) == 1 and len(cases) > 1:
-            times = {case: provider_rows[0][time_key] for case in cases}  # one baseline row shared by every case
-        else:
-            times = {_case_label(row, keys): row[time_key] for row in provider_rows}
+        times = {}
+        for row in (row for row in rows if row["provider"] == provider):
+            if keys and all(row.get(key) is None for key in keys):
+                times.update({case: row[time_key] for case in cases})  # a baseline row that holds for every case
+            else:
+                times[_case_label(row, keys)] = row[time_key]
         table[provider] = [times[case] / ours_time[case] if case in times else None for case in cases]
     return cases, table, time_key, ours
 
