@@ -7,7 +7,7 @@ import types
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from lowpeft import reference
@@ -71,7 +71,10 @@ def _check_against_oracle(backend, device, dtype, tokens, dim, bottleneck, layou
 
 @pytest.mark.parametrize("backend,device,dtype", backend_params())
 def test_matches_oracle(backend, device, dtype):
-    @settings(max_examples=examples_for(backend, device))
+    # On the GPU every new shape compiles kernels, so a failing example is reported as drawn, unshrunk.
+    phases = (Phase.explicit, Phase.reuse, Phase.generate) if device == "cuda" else tuple(Phase)
+
+    @settings(max_examples=examples_for(backend, device), phases=phases)
     @given(
         tokens=TOKENS, dim=DIMS, bottleneck=BOTTLENECKS, layout=st.sampled_from(["2d", "3d", "transposed", "sliced"]),
         down_bias=st.booleans(), up_bias=st.booleans(), activation=ACTIVATIONS,
@@ -85,12 +88,10 @@ def test_matches_oracle(backend, device, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("activation", reference.ACTIVATIONS)
-def test_triton_interpreter_takes_bfloat16_and_float64(dtype, activation):
-    # The shared backend table runs the interpreter in float32 / float16; the kernels upcast bf16 dot operands
-    # when interpreting, so bf16 (and float64) are covered on the CPU as well.
-    if DEVICE != "cpu":
-        pytest.skip("covered by test_matches_oracle on the GPU")
-    _check_against_oracle("triton", "cpu", dtype, 37, 123, 40, "sliced", True, True, activation, 0.7, seed=11)
+def test_triton_takes_bfloat16_and_float64(dtype, activation):
+    # The shared backend table runs the interpreter in float32 / float16 and the GPU without float64; the kernels
+    # upcast bf16 dot operands when interpreting, so bf16 and float64 are covered on both.
+    _check_against_oracle("triton", DEVICE, dtype, 37, 123, 40, "sliced", True, True, activation, 0.7, seed=11)
 
 
 @pytest.mark.parametrize("backend,device,dtype", backend_params())

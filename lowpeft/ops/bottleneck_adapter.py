@@ -3,7 +3,9 @@
 # with per-backend kernels.
 #
 # Trade-off: the public function checks arguments, flattens leading dimensions (a view whenever strides allow)
-# and handles autocast, then calls one opaque op whose `backend` argument is already resolved. The op saves h
+# and handles autocast, then calls one opaque op whose `backend` argument is already resolved (under
+# torch.compile the custom op; in eager mode an autograd.Function running the very same backend functions,
+# because the custom op's Python dispatch costs several times more host time per call). The op saves h
 # itself (no copy) and the small pre-activation z [T, M] (float32, or float64 for float64 inputs) instead of
 # the activation a or anything [T, D]-sized, so the backward recomputes act(z) and act'(z) on the fly; z is
 # marked non-differentiable (it is a saved intermediate, not a result). Gradients are computed only for the
@@ -169,6 +171,29 @@ def _backward(ctx, grad_out, grad_z):
 torch.library.register_autograd("lowpeft::bottleneck_adapter", _backward, setup_context=_setup_context)
 
 
+class _EagerBottleneckAdapter(torch.autograd.Function):
+    """The same forward / backward as the custom op, for eager calls: torch.library's Python dispatch and
+    autograd wrapping cost several times an autograd.Function's host time (measured ~4x), which at small
+    shapes is the whole step. Under torch.compile the public function calls the custom op instead."""
+
+    @staticmethod
+    def forward(ctx, h, down_weight, down_bias, up_weight, up_bias, activation, scale, backend):
+        out, z = _FORWARD[backend](h, down_weight, down_bias, up_weight, up_bias, activation, scale)
+        _setup_context(ctx, (h, down_weight, down_bias, up_weight, up_bias, activation, scale, backend), (out, z))
+        return out, z
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_z):
+        h, down_weight, down_bias, up_weight, z = ctx.saved_tensors
+        if not any(ctx.needs):
+            return (None,) * 8
+        grads = _BACKWARD[ctx.backend](
+            grad_out.contiguous() if grad_out.stride(-1) != 1 else grad_out,
+            h, down_weight, down_bias, up_weight, z, ctx.activation, ctx.scale, ctx.needs,
+        )
+        return tuple(grads) + (None, None, None)
+
+
 # ----------------------------------------------------------------------------------------------------
 # public entry point
 # ----------------------------------------------------------------------------------------------------
@@ -244,7 +269,10 @@ def bottleneck_adapter(
         )
     leading = h.shape[:-1]
     h2 = h.reshape(-1, h.shape[-1])
-    out, _ = torch.ops.lowpeft.bottleneck_adapter(
-        h2, down_weight, down_bias, up_weight, up_bias, activation, float(scale), name
-    )
+    if torch.compiler.is_compiling():
+        out, _ = torch.ops.lowpeft.bottleneck_adapter(
+            h2, down_weight, down_bias, up_weight, up_bias, activation, float(scale), name
+        )
+    else:
+        out, _ = _EagerBottleneckAdapter.apply(h2, down_weight, down_bias, up_weight, up_bias, activation, float(scale), name)
     return out.reshape(*leading, h.shape[-1])
