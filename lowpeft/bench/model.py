@@ -383,9 +383,10 @@ def _acceptance_lines(summary: list[dict]) -> list[str]:
     return lines
 
 
-def run_benchmark(args: argparse.Namespace) -> tuple[list[dict], list[dict], dict]:
+def run_benchmark(args: argparse.Namespace, row_done=None) -> tuple[list[dict], list[dict], dict]:
     """Run every requested provider (frozen once, the LoRA ones once per dropout value); return rows, summary and
-    the settings used."""
+    the settings used. row_done(rows, settings), when given, is called after each provider's run (so a long run
+    can save partial results)."""
     device = torch.device(args.device)
     preset = dataclasses.replace(
         PRESETS[args.preset],
@@ -403,6 +404,7 @@ def run_benchmark(args: argparse.Namespace) -> tuple[list[dict], list[dict], dic
     generator = torch.Generator().manual_seed(args.seed)
     batches = [sample_windows(tokens, preset.batch_size, preset.seq_len, generator).to(device) for _ in range(args.steps)]
     adapters = _initial_adapters(preset, args.rank, args.seed)
+    settings = _settings(args, preset, backend, device)
     rows = []
     plan = [("frozen", 0.0, 0)] if "frozen" in args.providers else []
     for dropout in args.dropout:
@@ -418,13 +420,22 @@ def run_benchmark(args: argparse.Namespace) -> tuple[list[dict], list[dict], dic
         if provider == "lowpeft":
             row["backend"] = backend
         rows.append(row)
+        print(f"{row['provider']}{'' if provider == 'frozen' else f' (dropout {dropout:g})'}: step {row['step_ms']:.1f} ms, "
+              f"{row['tokens_per_s']:,.0f} tokens/s, peak "
+              f"{'-' if row['peak_gib'] is None else format(row['peak_gib'], '.2f')} GiB, "
+              f"loss {row['loss_first']:.4f} -> {row['loss_last']:.4f}", file=sys.stderr, flush=True)
+        if row_done is not None:
+            row_done(rows, settings)
     summary = summarize(rows)
-    settings = {
+    return rows, summary, settings
+
+
+def _settings(args: argparse.Namespace, preset: Preset, backend: str | None, device: torch.device) -> dict:
+    return {
         "preset": args.preset, **dataclasses.asdict(preset), "rank": args.rank, "alpha": args.alpha, "lr": args.lr,
         "steps": args.steps, "warmup_steps_excluded_from_timing": args.warmup, "seed": args.seed,
         "target_modules": list(TARGET_MODULES), "lowpeft_backend": backend, "device": str(device),
     }
-    return rows, summary, settings
 
 
 COLUMNS = ["provider", "dropout", "backend", "step_ms", "tokens_per_s", "time_vs_frozen", "peak_gib",
@@ -531,9 +542,8 @@ def parse_args(argv=None, prog: str = "lowpeft bench model") -> argparse.Namespa
     return args
 
 
-def main(argv=None, prog: str = "lowpeft bench model") -> int:
-    args = parse_args(argv, prog)
-    rows, summary, settings = run_benchmark(args)
+def write(rows: list[dict], summary: list[dict], settings: dict, args: argparse.Namespace) -> str:
+    """Write the requested JSON / CSV / markdown files; return the markdown text."""
     env = environment(torch.device(args.device))
     title = f"lowpeft bench model: preset {args.preset}, {settings['batch_size']} x {settings['seq_len']} tokens, r={args.rank}"
     verdicts = _acceptance_lines(summary) if args.preset == "1b" and torch.device(args.device).type == "cuda" else []
@@ -544,7 +554,7 @@ def main(argv=None, prog: str = "lowpeft bench model") -> int:
     ]
     notes = MEASURE_NOTE + "\n\nlowpeft against the others:\n" + "\n".join(ratio_lines)
     if verdicts:
-        notes += "\n\nIssue 7 acceptance (H100, bf16, 1b preset):\n" + "\n".join(verdicts)
+        notes += "\n\nIssue 7 acceptance (bf16, 1b preset, this GPU):\n" + "\n".join(verdicts)
     # Loss deviations are small numbers: the table shows them in scientific notation, the JSON keeps the floats.
     shown = [{**row, "loss_dev_vs_peft": f"{row['loss_dev_vs_peft']:.2e}"} if "loss_dev_vs_peft" in row else row
              for row in rows]
@@ -554,5 +564,15 @@ def main(argv=None, prog: str = "lowpeft bench model") -> int:
         with open(args.json, "w") as handle:
             json.dump({"title": title, "environment": env, "settings": settings, "rows": rows, "summary": summary},
                       handle, indent=2)
-    print(text)
+    return text
+
+
+def main(argv=None, prog: str = "lowpeft bench model") -> int:
+    args = parse_args(argv, prog)
+
+    def save_partial(rows, settings):
+        write(rows, summarize(rows), settings, args)
+
+    rows, summary, settings = run_benchmark(args, save_partial if (args.json or args.md or args.csv) else None)
+    print(write(rows, summary, settings, args))
     return 0
