@@ -223,3 +223,29 @@ def test_explicit_backend_that_cannot_run_is_an_error_not_a_fallback():
     kwargs = _valid()
     with pytest.raises(ValueError, match="backend: 'cuda' was requested"):
         lora_linear(**kwargs, backend="cuda")
+
+
+@pytest.mark.parametrize("strategy", ["cublas", "fused"])
+@pytest.mark.parametrize("backend,device,dtype", [p for p in backend_params() if p.values[0] == "triton"])
+def test_both_triton_gemm_strategies_match_oracle(strategy, backend, device, dtype, monkeypatch):
+    monkeypatch.setenv("LOWPEFT_TRITON_GEMM", strategy)
+
+    @settings(max_examples=examples_for(backend, device, base=12))
+    @given(
+        tokens=st.sampled_from([1, 33, 123]), in_features=SIZES, out_features=SIZES, rank=RANKS,
+        layout=st.sampled_from(["2d", "transposed"]), with_bias=st.booleans(),
+        dropout_p=st.sampled_from([0.0, 0.3]), seed=st.integers(0, 2**31 - 2),
+    )
+    def run(**kwargs):
+        _check_against_oracle(backend, device, dtype, **kwargs)
+
+    run()
+
+
+def test_unknown_triton_gemm_strategy_is_a_named_error(monkeypatch):
+    pytest.importorskip("triton")
+    from lowpeft.kernels.lora_linear import gemm_strategy
+
+    monkeypatch.setenv("LOWPEFT_TRITON_GEMM", "magic")
+    with pytest.raises(ValueError, match="LOWPEFT_TRITON_GEMM.*'magic'"):
+        gemm_strategy()

@@ -131,6 +131,18 @@ def row_block_configs() -> list[triton.Config]:
     ])
 
 
+def expand_configs() -> list[triton.Config]:
+    """Tiles for the in-place expand-add out[T, K] += mask ⊙ (dS A): memory-bound (one read and one write of
+    out), so wide column blocks for 16-byte accesses; chosen by reasoning about H100 bandwidth, not yet tuned."""
+    if interpreting():
+        return [triton.Config({"BLOCK_T": 32, "BLOCK_K": 32}, num_warps=4, num_stages=1)]
+    return _tuned([
+        triton.Config({"BLOCK_T": 64, "BLOCK_K": 128}, num_warps=4, num_stages=2),
+        triton.Config({"BLOCK_T": 32, "BLOCK_K": 256}, num_warps=4, num_stages=2),
+        triton.Config({"BLOCK_T": 128, "BLOCK_K": 128}, num_warps=8, num_stages=2),
+    ])
+
+
 def split_t_configs() -> list[triton.Config]:
     """Tiles for the split-T weight-gradient partials (dA = dSᵀ x_dropped, dB = gᵀ S): a column block of
     the big matrix, reduced over a slice of the tokens."""

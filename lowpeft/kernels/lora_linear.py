@@ -1,20 +1,28 @@
-# Launchers of the fused LoRA linear layer on the triton backend: lora_linear_fwd and lora_linear_bwd,
-# called by lowpeft.ops.lora_linear (no autograd here).
+# Launchers of the LoRA linear layer on the triton backend: lora_linear_fwd and lora_linear_bwd, called by
+# lowpeft.ops.lora_linear (no autograd here). Two strategies, chosen per call by $LOWPEFT_TRITON_GEMM:
 #
-# Forward: without dropout, one GEMM launch computes y = x Wᵀ + b + s·S Bᵀ and S = x Aᵀ together; with
-# dropout (or r above FUSED_RANK_LIMIT) a one-pass shrink kernel writes S first. Backward: one fused dx
-# GEMM (also writing dS = s·g B), split-T partial kernels for dA (one pass over x, mask regenerated) and
-# dB + db (one pass over g), and dW = gᵀ x through torch (cuBLAS) only when the frozen weight needs it.
-# Trade-off: the big GEMMs run in Triton, not cuBLAS, because folding the LoRA terms into the GEMM's
-# accumulator is what removes the [T, N] / [T, K] temporaries and their extra passes; the price is that
-# the frozen GEMM itself must be as fast as cuBLAS's (see benchmarks/NOTES_lora.md).
+# "cublas" (the default: it measured faster on the H100, benchmarks/NOTES_lora.md): the two frozen GEMMs run
+#   in cuBLAS and the LoRA terms are folded into their outputs — y = x Wᵀ + b, then y += s·S Bᵀ with cuBLAS's
+#   beta = 1 accumulation; dx = g W, then dx += dS A (beta = 1) or, with dropout, the Triton expand-add kernel
+#   with the mask in its epilogue. Triton kernels compute what cuBLAS cannot: S = dropout(x) Aᵀ and dA with
+#   the mask regenerated from the seed (never stored), dS = s·g B in one pass over g; the skinny products
+#   dB = s·gᵀ S and (without dropout) dA = dSᵀ x run in cuBLAS too. Cost over the frozen layer: one read +
+#   write of y and of dx, one pass over x (S), two over g (dS, dB), one over x (dA).
+# "fused": the frozen GEMMs run in lowpeft's own Triton kernels (persistent TMA on Hopper) whose accumulators
+#   also take the LoRA terms, so y and dx are written once and S / dS ride along in the main loop. This is
+#   the design's memory-traffic floor, but at present its epilogue makes the GEMM ~1.3x slower than cuBLAS.
+# Trade-off: keeping both lets the benchmark show the measured cost of each honestly; the default follows
+# the measurement. dW = gᵀ x (only when the frozen weight needs it) always runs in cuBLAS.
 from __future__ import annotations
+
+import os
 
 import torch
 
 from .. import reference
 from ._tuning import FUSED_RANK_LIMIT, interpreting, padded_rank
 from .lora_backward_dx import lora_dx_gemm
+from .lora_expand import lora_expand_add
 from .lora_forward import lora_forward_gemm
 from .lora_grad_weights import lora_grad_A, lora_grad_B
 from .lora_shrink import lora_shrink
@@ -22,6 +30,15 @@ from .lora_shrink import lora_shrink
 __all__ = ["lora_linear_fwd", "lora_linear_bwd"]
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+GEMM_STRATEGIES = ("cublas", "fused")
+
+
+def gemm_strategy() -> str:
+    """$LOWPEFT_TRITON_GEMM: "cublas" (default) or "fused" (see the header)."""
+    name = os.environ.get("LOWPEFT_TRITON_GEMM", "cublas")
+    if name not in GEMM_STRATEGIES:
+        raise ValueError(f"LOWPEFT_TRITON_GEMM: expected one of {GEMM_STRATEGIES}, got {name!r}")
+    return name
 _MAX_RANK = 256
 
 
@@ -84,6 +101,13 @@ def lora_linear_fwd(x, weight, bias, lora_A, lora_B, scaling: float, dropout_p: 
     rank_padded = padded_rank(rank)
     dot_precision, dot_upcast = _dot_settings(x.dtype)
     has_dropout, threshold, inv_keep = _dropout_args(dropout_p)
+    if gemm_strategy() == "cublas":
+        lora_shrink(x, lora_A.t(), shrink, scale=1.0, seed=seed, threshold=threshold, inv_keep=inv_keep,
+                    has_dropout=has_dropout, rank_padded=rank_padded, dot_precision=dot_precision,
+                    dot_upcast=dot_upcast)
+        torch.mm(x, weight.t(), out=y) if bias is None else torch.addmm(bias, x, weight.t(), out=y)
+        y.addmm_(shrink.to(x.dtype), lora_B.t(), alpha=scaling)
+        return y, shrink
     fuse_shrink = not has_dropout and rank_padded <= FUSED_RANK_LIMIT and out_features > 0
     if not fuse_shrink:
         lora_shrink(x, lora_A.t(), shrink, scale=1.0, seed=seed, threshold=threshold, inv_keep=inv_keep,
@@ -126,19 +150,31 @@ def lora_linear_bwd(grad_out, x, weight, lora_A, lora_B, shrink, scaling: float,
     dot_args = dict(rank_padded=rank_padded, dot_precision=dot_precision, dot_upcast=dot_upcast)
 
     dx = d_shrink = grad_A = grad_B = grad_W = grad_b = None
+    cublas = gemm_strategy() == "cublas"
     if need_dx or need_dA:
         d_shrink = torch.empty(tokens, rank, dtype=torch.float32, device=device)
-        fuse_ds = need_dx and rank_padded <= FUSED_RANK_LIMIT and width > 0
+        fuse_ds = not cublas and need_dx and rank_padded <= FUSED_RANK_LIMIT and width > 0
         if not fuse_ds:
             lora_shrink(grad_out, lora_B, d_shrink, scale=scaling, seed=0, threshold=0, inv_keep=1.0,
                         has_dropout=False, **dot_args)
-        if need_dx:
+        if need_dx and cublas:
+            dx = torch.mm(grad_out, weight)
+            if has_dropout:
+                lora_expand_add(d_shrink, lora_A, dx, seed=seed, threshold=threshold, inv_keep=inv_keep,
+                                has_dropout=True, rank_padded=rank_padded, dot_precision=dot_precision)
+            else:
+                dx.addmm_(d_shrink.to(dtype), lora_A)
+        elif need_dx:
             dx = torch.empty(tokens, width, dtype=dtype, device=device)
             lora_dx_gemm(grad_out, weight, lora_A, lora_B, d_shrink, dx, scaling=scaling, fuse_ds=fuse_ds,
                          **dropout_args, **dot_args)
-    if need_dA:
+    if need_dA and cublas and not has_dropout:
+        grad_A = torch.mm(d_shrink.t().to(dtype), x)
+    elif need_dA:
         grad_A = lora_grad_A(x, d_shrink, **dropout_args, **dot_args).to(dtype)
-    if need_dB:
+    if need_dB and cublas:
+        grad_B = torch.mm(grad_out.t(), shrink.to(dtype)).mul_(scaling)
+    elif need_dB:
         grad_B, grad_b = lora_grad_B(grad_out, shrink, scaling=scaling, with_bias_grad=need_db, **dot_args)
         grad_B = grad_B.to(dtype)
     if need_db:

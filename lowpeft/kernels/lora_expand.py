@@ -1,0 +1,68 @@
+# The LoRA "expand-add" kernel: out[T, K] += mask ⊙ (dS [T, r] @ A [r, K]), in place, mask regenerated.
+#
+# Used by the cuBLAS-GEMM strategy's backward with dropout: dx = g W runs in cuBLAS, then this kernel adds
+# the low-rank term with the dropout mask in its epilogue (cuBLAS's beta = 1 accumulation cannot apply a
+# mask). Trade-off: one extra read + write of dx (memory-bound, ≈ 45 µs at 8192 × 4096 bf16 on an H100)
+# instead of a [T, K] temporary and a materialised mask; r is small, so each program's dot is cheap and
+# the Philox draws hide behind the memory traffic.
+import triton
+import triton.language as tl
+
+from ._tuning import expand_configs, token_bucket
+from .lora_common import dropout_keep_scale, mma
+
+
+@triton.autotune(configs=expand_configs(), key=["T_BUCKET", "K", "R_PAD", "HAS_DROPOUT"])
+@triton.jit(do_not_specialize=["seed", "threshold"])
+def _lora_expand_add_kernel(
+    small_ptr, a_ptr, out_ptr,
+    T, K, R, T_BUCKET,
+    stride_st, stride_ar, stride_ak, stride_ot, stride_ok,
+    seed, threshold, inv_keep,
+    HAS_DROPOUT: tl.constexpr, R_PAD: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_t = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rows = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    ranks = tl.arange(0, R_PAD)
+    rows_in = rows < T
+    cols_in = cols < K
+    ranks_in = ranks < R
+    small = tl.load(small_ptr + rows.to(tl.int64)[:, None] * stride_st + ranks[None, :],
+                    mask=rows_in[:, None] & ranks_in[None, :], other=0.0)
+    a = tl.load(a_ptr + ranks[:, None] * stride_ar + cols[None, :] * stride_ak,
+                mask=ranks_in[:, None] & cols_in[None, :], other=0.0).to(tl.float32)
+    term = mma(small, a, tl.zeros((BLOCK_T, BLOCK_K), dtype=tl.float32), DOT_PRECISION, DOT_UPCAST)
+    if HAS_DROPOUT:
+        term = term * dropout_keep_scale(seed, rows, cols, threshold, inv_keep)
+    out_ptrs = out_ptr + rows.to(tl.int64)[:, None] * stride_ot + cols[None, :] * stride_ok
+    inside = rows_in[:, None] & cols_in[None, :]
+    out = tl.load(out_ptrs, mask=inside, other=0.0)
+    tl.store(out_ptrs, (out.to(tl.float32) + term).to(out_ptr.dtype.element_ty), mask=inside)
+
+
+def lora_expand_add(small, lora_A, out, *, seed, threshold, inv_keep, has_dropout, rank_padded, dot_precision):
+    """out += mask ⊙ (small @ lora_A) in place; small is the float32 [T, r] dS, lora_A [r, K] (any strides),
+    the mask reference.dropout_keep_mask(seed, T, K, p) scaled by 1 / (1 - p) when has_dropout."""
+    tokens, width = out.shape
+    if tokens == 0 or width == 0:
+        return out
+
+    def grid(meta):
+        return (triton.cdiv(tokens, meta["BLOCK_T"]), triton.cdiv(width, meta["BLOCK_K"]))
+
+    _lora_expand_add_kernel[grid](
+        small, lora_A, out,
+        tokens, width, lora_A.shape[0], token_bucket(tokens),
+        small.stride(0), lora_A.stride(0), lora_A.stride(1), out.stride(0), out.stride(1),
+        int(seed), int(threshold), float(inv_keep),
+        HAS_DROPOUT=has_dropout, R_PAD=rank_padded,
+        DOT_PRECISION=dot_precision, DOT_UPCAST=False,
+    )
+    return out
+
+
+__all__ = ["lora_expand_add"]
