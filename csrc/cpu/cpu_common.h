@@ -1,5 +1,5 @@
-// Row-level building blocks of the CPU kernels: widening row loads, elementwise multiply / add over float or
-// double rows, and the row grain of at::parallel_for.
+// Row-level building blocks of the CPU kernels: widening row loads, dropout multipliers, elementwise multiply /
+// add over float or double rows, and the row grain of at::parallel_for.
 //
 // Trade-off: the vector loops are plain C++ loops compiled once per ISA (GCC target_clones: AVX-512,
 // AVX2, baseline) and picked at load time, rather than at::vec::Vectorized, whose width is fixed by the
@@ -25,6 +25,19 @@ LOWPEFT_CPU_CLONES static void multiply(const float* m, float* y, int64_t n) {
 LOWPEFT_CPU_CLONES static void multiply(const double* m, double* y, int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) y[i] *= m[i];
+}
+
+// out[i] = draws[i] >= threshold ? keep_scale : 0 (the dropout multipliers of one row)
+LOWPEFT_CPU_CLONES static void keep_multipliers(const uint32_t* draws, uint32_t threshold, float keep_scale,
+                                                float* out, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) out[i] = draws[i] >= threshold ? keep_scale : 0.f;
+}
+
+LOWPEFT_CPU_CLONES static void keep_multipliers(const uint32_t* draws, uint32_t threshold, double keep_scale,
+                                                double* out, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) out[i] = draws[i] >= threshold ? keep_scale : 0.0;
 }
 
 // y += x (elementwise)

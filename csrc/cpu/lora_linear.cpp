@@ -3,7 +3,7 @@
 //
 // Trade-off: on a CPU the skinny LoRA products (rank r ≪ K, N) run fastest as GEMMs too, so the fused path
 // keeps them in ATen and removes what eager LoRA spends around them: no mask tensor and no bernoulli draw
-// (the mask is regenerated from Philox, vectorized per ISA, inside the pass that applies it), no [T, N]
+// (the mask is regenerated from Philox, AVX-512 / AVX2 intrinsics, inside the pass that applies it), no [T, N]
 // temporary or extra add for the LoRA term (y.addmm_(S, Bᵀ) accumulates onto the frozen GEMM's output,
 // dx.addmm_(dS, A) likewise when p = 0), and with dropout the dx epilogue and the dropped input for dA come
 // out of one pass over x. Only with dropout does backward hold a [T, K] temporary (the dropped x) for the
@@ -20,16 +20,10 @@
 
 #include "../lowpeft_common.h"
 #include "cpu_common.h"
+#include "philox_rows.h"
 
 namespace lowpeft::cpu {
 namespace {
-
-// Philox draws of one row (counters c0 = col0 + i, c1 = row); cloned per ISA so the lane loop vectorizes.
-LOWPEFT_CPU_CLONES void philox_row(uint32_t key0, uint32_t key1, uint32_t row, int64_t count, uint32_t* draws) {
-  for (int64_t i = 0; i < count; ++i) {
-    draws[i] = philox_first_word(static_cast<uint32_t>(i), row, key0, key1);
-  }
-}
 
 // The dropout multipliers of one row: 1/(1-p) where kept, 0 where dropped (reference.dropout_keep_mask).
 template <typename acc_t>
@@ -42,7 +36,7 @@ class RowDropout {
   const acc_t* row(int64_t t) {
     const int64_t cols = static_cast<int64_t>(draws_.size());
     philox_row(key_.low, key_.high, static_cast<uint32_t>(t), cols, draws_.data());
-    for (int64_t k = 0; k < cols; ++k) multipliers_[k] = draws_[k] >= threshold_ ? keep_scale_ : acc_t(0);
+    keep_multipliers(draws_.data(), threshold_, keep_scale_, multipliers_.data(), cols);
     return multipliers_.data();
   }
 
