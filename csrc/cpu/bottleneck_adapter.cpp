@@ -99,9 +99,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bottlenec
   }
   if (need.d_up_weight) {
     const at::Tensor act = activation_operand(z_acc, activation, need.d_up_bias, dtype);
-    const at::Tensor grads = at::mm(grad_out.t(), act).mul_(scale);
-    d_up_weight = grads.narrow(1, 0, bottleneck).contiguous();
-    if (need.d_up_bias) d_up_bias = grads.select(1, bottleneck).contiguous();
+    // [dW_up | db_up]ᵀ = s · [a | 1]ᵀ g: MKL runs this orientation faster than gᵀ [a | 1].
+    const at::Tensor grads_t = at::mm(act.t(), grad_out).mul_(scale);
+    d_up_weight = grads_t.narrow(0, 0, bottleneck).t().contiguous();
+    if (need.d_up_bias) d_up_bias = grads_t.select(0, bottleneck).clone();
   } else if (need.d_up_bias) {
     d_up_bias = grad_out.sum(0).mul_(scale);
   }
