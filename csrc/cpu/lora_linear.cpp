@@ -111,7 +111,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lora_line
   const auto acc_dtype = accumulate_dtype(dtype);
   const at::Tensor grad_acc = grad_out.to(acc_dtype);
   at::Tensor dx = not_needed(x), d_lora_A = not_needed(x), d_lora_B = not_needed(x);
-  if (need.d_lora_B) d_lora_B = at::mm(grad_acc.t(), shrink).mul_(scaling).to(dtype);
+  // dB = s · gᵀ S, computed as (Sᵀ g)ᵀ: MKL runs the [r, T] x [T, N] orientation faster.
+  if (need.d_lora_B) d_lora_B = at::mm(shrink.t(), grad_acc).mul_(scaling).t().contiguous().to(dtype);
   if (need.dx || need.d_lora_A) {
     const at::Tensor d_shrink = at::mm(grad_acc, lora_B.to(acc_dtype)).mul_(scaling);
     if (need.dx) dx = at::mm(grad_out, weight);
