@@ -117,6 +117,7 @@ def _peft_provider(case):
 PROVIDERS = {
     "frozen": _frozen_provider,
     "lowpeft": _op_provider("triton"),
+    "lowpeft_cuda": _op_provider("cuda"),
     "peft": _peft_provider,
     "eager": _eager_provider,
     "compile": _compile_provider,
@@ -318,6 +319,7 @@ def main(argv=None) -> int:
     env = environment(device)
     env["dtype"] = args.dtype
     env["LOWPEFT_AUTOTUNE"] = os.environ.get("LOWPEFT_AUTOTUNE", "1")
+    env["LOWPEFT_TRITON_GEMM"] = os.environ.get("LOWPEFT_TRITON_GEMM", "cublas")
     columns = ["shape", "r", "p", "provider", "mode", "ms", "tflops", "vs_frozen", "peak_extra_mib", "mem_vs_frozen",
                "max_rel_err_vs_eager", "error"]
 
@@ -332,7 +334,10 @@ def main(argv=None) -> int:
 
 def _notes(rows, providers):
     return ("## Forward + backward, ratio to the frozen nn.Linear (same run)\n\n" + summarize(rows, providers)
-             + "\n\nlowpeft = backend 'triton' (persistent TMA GEMMs for row-major aligned operands at these shapes). "
+             + "\n\nlowpeft = backend 'triton' with the GEMM strategy in $LOWPEFT_TRITON_GEMM (environment above; default "
+             "'cublas': frozen GEMMs in cuBLAS with the LoRA terms folded in, Triton kernels for the masked LoRA parts; "
+             "'fused': persistent TMA Triton GEMMs whose accumulators take the LoRA terms); lowpeft_cuda = the compiled "
+             "cuda backend. "
                "peak_extra_mib = torch.cuda.max_memory_allocated during one forward + backward minus what was "
                "allocated before (inputs, weights). max_rel_err_vs_eager: max |ours - eager| / max |eager| over y, dx, "
                "dA, dB (p = 0 only).")

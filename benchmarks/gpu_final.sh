@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The lead's integrated device calls (one H100 each, results in $OUT, committed under benchmarks/results/):
+#   benchmarks/gpu_final.sh layers   build lowpeft._C (sm_90); LoRA layer benchmark with both Triton GEMM strategies
+#                                    and the cuda backend; adapter benchmark
+#   benchmarks/gpu_final.sh model    build; the ~1B Llama training benchmark; the shared op / layer tests on the GPU
+# Every step has its own time limit so one slow step cannot starve the rest.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/final_out}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.draw,memory.used --format=csv
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+start=$(date +%s)
+TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 python3 -m pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1 \
+  || { tail -40 "$OUT/build.log"; echo "BUILD FAILED"; }
+echo "build: $(( $(date +%s) - start )) s"
+CASES=8192x4096x4096:16:0,8192x4096x4096:64:0,8192x4096x4096:16:0.1,8192x4096x11008:16:0,4096x2048x2048:16:0,2048x1024x1024:16:0
+case "${1:-layers}" in
+  layers)
+    LOWPEFT_AUTOTUNE=0 timeout 300 python3 benchmarks/bench_lora.py --cases "$CASES" \
+      --providers frozen,lowpeft,lowpeft_cuda,eager,peft,compile \
+      --json "$OUT/lora_h100.json" --md "$OUT/lora_h100.md" > "$OUT/lora_bench.log" 2>&1
+    echo "lora bench exit $?"; grep -A12 "^| case" "$OUT/lora_h100.md" | head -14
+    LOWPEFT_TRITON_GEMM=fused LOWPEFT_AUTOTUNE=0 timeout 100 python3 benchmarks/bench_lora.py --cases "$CASES" \
+      --providers frozen,lowpeft --modes forward+backward \
+      --json "$OUT/lora_h100_fused.json" --md "$OUT/lora_h100_fused.md" > "$OUT/lora_fused.log" 2>&1
+    echo "fused bench exit $?"; grep -A8 "^| case" "$OUT/lora_h100_fused.md" | head -10
+    timeout 120 python3 benchmarks/bench_adapter.py --json "$OUT/adapter_h100.json" --md "$OUT/adapter_h100.md" \
+      > "$OUT/adapter_bench.log" 2>&1
+    echo "adapter bench exit $?"; tail -14 "$OUT/adapter_h100.md"
+    ;;
+  model)
+    timeout 280 python3 -m lowpeft bench model --preset 1b --steps 30 --dropout 0,0.05 --no-progress \
+      --json "$OUT/model_1b_h100.json" --md "$OUT/model_1b_h100.md" > "$OUT/model_bench.log" 2>&1
+    echo "model bench exit $?"; tail -20 "$OUT/model_1b_h100.md"
+    LOWPEFT_AUTOTUNE=0 LOWPEFT_HYPOTHESIS_EXAMPLES=4 timeout 200 python3 -m pytest -q -p no:cacheprovider \
+      tests/test_lora_op.py tests/test_lora_layer.py tests/test_import.py > "$OUT/gpu_tests.log" 2>&1
+    echo "pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_tests.log" | tail -20
+    ;;
+esac
