@@ -18,9 +18,9 @@ from lowpeft.ops.bottleneck_adapter import bottleneck_adapter  # noqa: E402
 
 SHAPES = ((8192, 4096), (4096, 1024), (16384, 8192))
 BOTTLENECKS = (16, 64, 256)
-# (BLOCK_T, BLOCK_D, BLOCK_MC, num_warps, num_stages); BLOCK_MC = 0 means the whole padded bottleneck.
-COLUMN_TILES = ((64, 128, 0, 8, 3), (64, 128, 0, 4, 3), (32, 128, 0, 4, 3), (64, 64, 0, 4, 3), (64, 64, 0, 4, 4),
-                (64, 64, 64, 8, 3), (64, 64, 64, 4, 3), (64, 128, 64, 8, 3), (32, 64, 64, 4, 4), (64, 64, 32, 4, 3))
+# (BLOCK_T, BLOCK_D, num_warps, num_stages), each tried with split factors 1 and 2.
+COLUMN_TILES = ((64, 128, 8, 3), (64, 128, 4, 3), (32, 128, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (64, 64, 4, 4),
+                (32, 64, 4, 4), (128, 64, 8, 3), (32, 32, 4, 4), (64, 256, 8, 3))
 SPLIT_FACTORS = (1, 2)
 
 
@@ -48,22 +48,17 @@ def sweep_columns(inputs, tokens, dim, bottleneck):
     args = [inputs[k].detach() for k in ("h", "down_weight", "down_bias", "up_weight", "up_bias")]
     _, z = kernels.bottleneck_adapter_fwd(*args, "gelu", 1.0)
     block_m = max(16, 1 << (bottleneck - 1).bit_length())
-    default_tile = kernels.column_block_config(tokens, dim, block_m)
+    default = kernels.column_block_config(tokens, dim, block_m)
     original = kernels.column_block_config, kernels._t_splits
-
-    def tiles(tile):
-        return -(-bottleneck // tile[2]) * -(-dim // tile[1])
-
-    default_splits = original[1](tokens, tiles(default_tile), default_tile[0], args[0].device)
+    default_tile, default_factor = default[:4], default[4]
+    default_splits = original[1](tokens, dim, default_tile[0], default_tile[1], default_factor, args[0].device)
     results = []
     try:
         for tile, factor in itertools.product(COLUMN_TILES, SPLIT_FACTORS):
-            tile = (tile[0], tile[1], tile[2] or block_m, tile[3], tile[4])
-            if tile[2] > block_m or tile[1] * tile[2] > 16384:
+            if tile[1] * block_m > 16384:
                 continue
-            kernels.column_block_config = lambda T, D, M_pad, tile=tile: tile
-            splits = max(1, factor * original[1](tokens, tiles(tile), tile[0], args[0].device))
-            kernels._t_splits = lambda *a, splits=splits: splits
+            kernels.column_block_config = lambda *a, tile=tile, factor=factor: tile + (factor,)
+            splits = original[1](tokens, dim, tile[0], tile[1], factor, args[0].device)
             fn = lambda: kernels.bottleneck_adapter_bwd(inputs["grad_out"], args[0], args[1], args[2], args[3], z,  # noqa: E731
                                                         "gelu", 1.0, (True,) * 5)
             try:
@@ -73,8 +68,8 @@ def sweep_columns(inputs, tokens, dim, bottleneck):
     finally:
         kernels.column_block_config, kernels._t_splits = original
     results.sort(key=lambda r: r[0])
-    default = [r for r in results if r[1] == default_tile and r[2] == default_splits]
-    print(f"    default {default_tile} splits {default_splits}: {default[0][0] * 1e3 if default else float('nan'):.1f} us")
+    chosen = [r for r in results if r[1] == default_tile and r[2] == default_splits]
+    print(f"    default {default_tile} splits {default_splits}: {chosen[0][0] * 1e3 if chosen else float('nan'):.1f} us")
     for ms, tile, splits in results[:4]:
         print(f"    best    {tile} splits {splits}: {ms * 1e3:.1f} us")
 

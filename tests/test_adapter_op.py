@@ -89,8 +89,13 @@ def test_matches_oracle(backend, device, dtype):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("activation", reference.ACTIVATIONS)
 def test_triton_takes_bfloat16_and_float64(dtype, activation):
-    # The shared backend table runs the interpreter in float32 / float16 and the GPU without float64; the kernels
-    # upcast bf16 dot operands when interpreting, so bf16 and float64 are covered on both.
+    # The shared backend table runs the interpreter in float32 / float16; the kernels upcast bf16 dot operands
+    # when interpreting, so bf16 and float64 are covered there too. On CUDA float64 is refused by name.
+    if DEVICE == "cuda" and dtype == torch.float64:
+        args = _make_inputs(4, 16, 4, dtype, DEVICE, seed=11)
+        with pytest.raises(TypeError, match="h: the triton backend takes float32, float16 or bfloat16 on CUDA"):
+            bottleneck_adapter(*args, activation, backend="triton")
+        return
     _check_against_oracle("triton", DEVICE, dtype, 37, 123, 40, "sliced", True, True, activation, 0.7, seed=11)
 
 
@@ -281,11 +286,16 @@ def test_triton_rejects_a_bottleneck_wider_than_256():
 
 
 @needs_cuda
-@pytest.mark.parametrize("tokens,dim,bottleneck", [(1000, 4096, 64), (300, 16384, 200), (129, 1024, 256), (77, 8192, 16)])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_triton_at_benchmark_sizes(tokens, dim, bottleneck, dtype):
-    for activation in ("gelu", "silu"):
-        _check_against_oracle("triton", "cuda", dtype, tokens, dim, bottleneck, "2d", True, True, activation, 0.5, 13)
+@pytest.mark.parametrize(
+    "tokens,dim,bottleneck,dtype,activation",
+    [(1000, 4096, 64, torch.bfloat16, "gelu"), (300, 16384, 200, torch.bfloat16, "silu"),
+     (129, 1024, 256, torch.bfloat16, "gelu_tanh"), (77, 8192, 16, torch.bfloat16, "relu"),
+     (4100, 4096, 64, torch.bfloat16, "gelu"), (513, 4096, 64, torch.float32, "gelu"),
+     (200, 2048, 128, torch.float16, "silu")],
+)
+def test_triton_at_benchmark_sizes(tokens, dim, bottleneck, dtype, activation):
+    # 4100 rows: above the autotuning threshold, so the tuned configurations are checked too.
+    _check_against_oracle("triton", "cuda", dtype, tokens, dim, bottleneck, "2d", True, True, activation, 0.5, 13)
 
 
 @needs_cuda

@@ -3,8 +3,9 @@
 #
 # Kernels (no autograd, no nn; called by lowpeft/ops/bottleneck_adapter.py):
 #   forward        one program per block of rows: pass 1 over D builds z [BT, M] in registers (saved, float32),
-#                  pass 2 over D re-reads the row block of h (an L2 hit: the block is small and was read
-#                  microseconds before) and writes out. One DRAM read of h, one write of out.
+#                  pass 2 over D re-reads the row block of h (meant as an L2 hit: the block was read
+#                  microseconds before; on the H100 it runs at ~2x the one-read ideal, see
+#                  benchmarks/NOTES_adapter.md) and writes out.
 #   backward_rows  one program per block of rows: da = s · g W_up over all of D, then dz = da ⊙ act'(z) and
 #                  a = act(z), both written as [T, M] in the dot operand dtype. One read of g.
 #   backward_cols  a (D-chunk × T-split) grid: reads g and h once, writes dh = g + dz W_down and keeps the four
@@ -41,15 +42,14 @@ def _interpreting() -> bool:
 
 def row_block_configs():
     """Candidates for the two row-block kernels (forward, backward_rows), autotuned per (bucketed T, D, padded
-    M, dtype). From an H100 run (bf16, T 4096-16384, D 1024-8192, M 16-256) and the sm_90 SASS: 64-row tiles
-    with 8 warps use wgmma and do not spill up to M = 64 (the first one is taken untuned for small T); 32-row
-    tiles fall back to mma.sync; the last candidate is a small fallback that fits any shared-memory budget."""
+    M, dtype). The H100 autotuner (bf16, T 4096-16384, D 1024-8192, M 16-256; benchmarks/results/
+    adapter_tuning_h100.log) picked the first one almost everywhere, so it is also the untuned choice for small T;
+    the last candidate is a small fallback that fits any shared-memory budget."""
     if _interpreting():
         return [triton.Config({"BLOCK_T": 16, "BLOCK_D": 32}, num_warps=4, num_stages=1)]
     return [
-        triton.Config({"BLOCK_T": 64, "BLOCK_D": 64}, num_warps=8, num_stages=3),
-        triton.Config({"BLOCK_T": 64, "BLOCK_D": 128}, num_warps=8, num_stages=3),
         triton.Config({"BLOCK_T": 32, "BLOCK_D": 128}, num_warps=4, num_stages=3),
+        triton.Config({"BLOCK_T": 64, "BLOCK_D": 128}, num_warps=8, num_stages=3),
         triton.Config({"BLOCK_T": 64, "BLOCK_D": 64}, num_warps=4, num_stages=4),
         triton.Config({"BLOCK_T": 128, "BLOCK_D": 64}, num_warps=8, num_stages=3),
         triton.Config({"BLOCK_T": 32, "BLOCK_D": 32}, num_warps=4, num_stages=2),
@@ -69,11 +69,11 @@ def _row_block_shared_memory(config, block_m: int, element_size: int) -> int:
 def prune_row_block_configs(configs, named_args, **kwargs):
     """Autotune only where it pays: below 2048 rows the first candidate is taken without benchmarking (small
     launches are bound by launch latency), and tiles whose [BLOCK_T, M] float32 accumulator would not fit in
-    registers (BLOCK_T × padded M > 16384) or whose pipeline would overflow shared memory are never tried; the
+    registers (BLOCK_T × padded M > 8192) or whose pipeline would overflow shared memory are never tried; the
     last candidate is the small fallback that always fits."""
     block_m = kwargs.get("BLOCK_M", named_args.get("BLOCK_M"))
     element_size = named_args["h_ptr" if "h_ptr" in named_args else "g_ptr"].element_size()
-    fitting = [c for c in configs if c.kwargs["BLOCK_T"] * block_m <= 16384
+    fitting = [c for c in configs if c.kwargs["BLOCK_T"] * block_m <= 8192
                and _row_block_shared_memory(c, block_m, element_size) <= _SHARED_MEMORY_BUDGET] or configs[-1:]
     if named_args["T_BUCKET"] < 2048:
         return fitting[:1]
@@ -81,16 +81,19 @@ def prune_row_block_configs(configs, named_args, **kwargs):
 
 
 def column_block_config(T: int, D: int, M_pad: int, element_size: int = 2):
-    """Tile of backward_cols: (BLOCK_T, BLOCK_D, BLOCK_MC, num_warps, num_stages), BLOCK_MC being the bottleneck
-    chunk one program accumulates. Chosen for sm_90 (bf16) from the H100 sweep of benchmarks/adapter_tuning.py and
-    the compiled SASS: 64 rows × 64 columns with 8 warps is the widest tile whose two [BLOCK_MC, BLOCK_D] float32
-    accumulators compile without register spills at BLOCK_MC ≤ 64; bottlenecks above 64 split into chunks of
-    64 (separate programs); 4- and 8-byte elements take fewer rows per step so the pipeline fits in shared
+    """Tile of backward_cols: (BLOCK_T, BLOCK_D, num_warps, num_stages, split factor). The fastest of the H100
+    sweep in benchmarks/adapter_tuning.py (bf16; benchmarks/results/adapter_tuning_h100.log): 64 rows × 128
+    columns up to D = 4096 and 64 columns beyond; 8 warps only for the 128-column tile with M ≥ 64;
+    bottlenecks above 64 take 32 × 64 tiles (the two [BLOCK_D, M] float32 accumulators must stay in registers)
+    and twice the T splits. 4- and 8-byte elements take fewer rows per step so the pipeline fits in shared
     memory."""
     if _interpreting():
-        return 16, 32, min(M_pad, 32), 4, 1
-    block_t = {2: 64, 4: 32}.get(element_size, 16)
-    return block_t, 64, min(M_pad, 64), 8, 3
+        return 16, 32, 4, 1, 1
+    if M_pad > 64:
+        return max(16, 64 // element_size), 64, 4, 4, 2
+    block_d = 128 if D <= 4096 and element_size <= 4 else 64
+    warps = 8 if block_d == 128 and M_pad >= 64 else 4
+    return {2: 64, 4: 32}.get(element_size, 16), block_d, warps, 3, 1
 
 
 @functools.lru_cache(maxsize=None)
@@ -98,14 +101,13 @@ def _multiprocessors(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def _t_splits(T: int, tiles: int, block_t: int, device: torch.device) -> int:
-    """How many T ranges backward_cols splits the rows into, given `tiles` (D chunks × bottleneck chunks)
-    programs per range: enough programs to fill every multiprocessor once, never more splits than row blocks
-    (each split owns whole row blocks)."""
+def _t_splits(T: int, D: int, block_t: int, block_d: int, factor: int, device: torch.device) -> int:
+    """How many T ranges backward_cols splits the rows into: `factor` times enough programs to fill every
+    multiprocessor once, never more splits than row blocks (each split owns whole row blocks)."""
     if device.type != "cuda":
         return max(1, min(3, triton.cdiv(T, block_t)))
     index = device.index if device.index is not None else torch.cuda.current_device()
-    wanted = triton.cdiv(_multiprocessors(index), tiles)
+    wanted = factor * triton.cdiv(_multiprocessors(index), triton.cdiv(D, block_d))
     return max(1, min(wanted, triton.cdiv(T, block_t)))
 
 
@@ -201,10 +203,8 @@ def _forward_kernel(
     tl.store(z_ptr + rows[:, None] * stride_z_t + cols_m[None, :], z, mask=row_mask[:, None] & m_mask[None, :])
     # Padded bottleneck columns are forced to zero: an Inf in h makes them Inf · 0 = NaN otherwise.
     a = tl.where(m_mask[None, :], _activation(z, ACTIVATION), 0.0).to(h_ptr.dtype.element_ty)
-    # Pass 2 walks D backwards: the chunks of h read last in pass 1 are the likeliest still in L2.
-    chunks = tl.cdiv(D, BLOCK_D)
-    for i in range(0, chunks):
-        cols_d = (chunks - 1 - i) * BLOCK_D + tl.arange(0, BLOCK_D)
+    for d0 in range(0, D, BLOCK_D):
+        cols_d = d0 + tl.arange(0, BLOCK_D)
         d_mask = cols_d < D
         up_w = tl.load(up_w_ptr + cols_d[None, :] * stride_uw_d + cols_m[:, None] * stride_uw_m,
                        mask=d_mask[None, :] & m_mask[:, None], other=0.0)
@@ -257,86 +257,52 @@ def _backward_cols_kernel(
     stride_g_t, stride_g_d, stride_h_t, stride_h_d, stride_dw_m, stride_dw_d, stride_small_t, stride_dh_t,
     scale,
     NEED_DH: tl.constexpr, NEED_WEIGHT_GRADS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-    ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_MC: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    # Grid (bottleneck chunk, D chunk, T split); the bottleneck chunk varies fastest, so the programs sharing a
-    # tile of g and h run together and all but the first read it from L2. The first bottleneck chunk also
-    # writes dh (a reduction over the whole bottleneck). Both weight gradients are accumulated as [chunk, D]
-    # (small transposed A operand, the large g / h tiles as the B operand in their natural layout).
-    # Partial layout per split (float32):
+    # Grid (D chunk, T split). Partial layout per split (float32):
     # [dW_down (M × D, row-major) | dW_up (D × M) | db_up (D) | db_down (M)].
-    pid_c = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    split = tl.program_id(2)
-    splits = tl.num_programs(2)
+    pid_d = tl.program_id(0)
+    split = tl.program_id(1)
+    splits = tl.num_programs(1)
     rows_per_split = tl.cdiv(tl.cdiv(T, splits), BLOCK_T) * BLOCK_T
     row_start = split.to(tl.int64) * rows_per_split
     row_end = tl.minimum(row_start + rows_per_split, T)
     cols_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     d_mask = cols_d < D
-    cols_c = pid_c * BLOCK_MC + tl.arange(0, BLOCK_MC)
-    c_mask = cols_c < M
-    d_up_w_t = tl.zeros([BLOCK_MC, BLOCK_D], dtype=ACC)
-    d_down_w = tl.zeros([BLOCK_MC, BLOCK_D], dtype=ACC)
-    # With chunks of 64 the bias gradients are products with a block of ones (every row / column of the result
-    # is the sum; the tensor cores have room) because per-step cross-thread sums would spill the accumulators;
-    # narrower chunks sum directly, which is the cheaper form there (both read off the sm_90 SASS).
-    BIAS_BY_DOT: tl.constexpr = BLOCK_MC >= 64
-    d_up_b16 = tl.zeros([16, BLOCK_D], dtype=ACC)
-    d_down_b16 = tl.zeros([BLOCK_MC, 16], dtype=ACC)
+    cols_m = tl.arange(0, BLOCK_M)
+    m_mask = cols_m < M
+    down_w = tl.load(down_w_ptr + cols_m[:, None] * stride_dw_m + cols_d[None, :] * stride_dw_d,
+                     mask=m_mask[:, None] & d_mask[None, :], other=0.0)
+    d_up_w = tl.zeros([BLOCK_D, BLOCK_M], dtype=ACC)
+    d_down_w = tl.zeros([BLOCK_M, BLOCK_D], dtype=ACC)
     d_up_b = tl.zeros([BLOCK_D], dtype=ACC)
-    d_down_b = tl.zeros([BLOCK_MC], dtype=ACC)
-    ones_rows = tl.full([16, BLOCK_T], 1.0, g_ptr.dtype.element_ty)
-    ones_cols = tl.full([BLOCK_T, 16], 1.0, dz_ptr.dtype.element_ty)
+    d_down_b = tl.zeros([BLOCK_M], dtype=ACC)
     for t0 in range(row_start, row_end, BLOCK_T):
         rows = t0 + tl.arange(0, BLOCK_T)
         row_mask = rows < row_end
         tile_mask = row_mask[:, None] & d_mask[None, :]
+        small_mask = row_mask[:, None] & m_mask[None, :]
         g = tl.load(g_ptr + rows[:, None] * stride_g_t + cols_d[None, :] * stride_g_d, mask=tile_mask, other=0.0)
-        dz = tl.load(dz_ptr + rows[:, None] * stride_small_t + cols_c[None, :], mask=row_mask[:, None] & c_mask[None, :],
-                     other=0.0)
+        dz = tl.load(dz_ptr + rows[:, None] * stride_small_t + cols_m[None, :], mask=small_mask, other=0.0)
         if NEED_DH:
-            if pid_c == 0:
-                # dh = g + dz W_down, over the bottleneck in chunks of BLOCK_MC (chunk 0 is this program's dz);
-                # W_down is re-loaded every row block (an L1 hit) so registers go to the accumulators.
-                dh = g.to(ACC)
-                for chunk in tl.static_range(0, BLOCK_M // BLOCK_MC):
-                    cols_k = chunk * BLOCK_MC + tl.arange(0, BLOCK_MC)
-                    k_mask = cols_k < M
-                    if chunk == 0:
-                        dz_k = dz
-                    else:
-                        dz_k = tl.load(dz_ptr + rows[:, None] * stride_small_t + cols_k[None, :],
-                                       mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-                    down_w = tl.load(down_w_ptr + cols_k[:, None] * stride_dw_m + cols_d[None, :] * stride_dw_d,
-                                     mask=k_mask[:, None] & d_mask[None, :], other=0.0)
-                    dh = _dot(dz_k, down_w, dh, PRECISION, UPCAST)
-                tl.store(dh_ptr + rows[:, None] * stride_dh_t + cols_d[None, :], dh.to(dh_ptr.dtype.element_ty),
-                         mask=tile_mask)
+            dh = _dot(dz, down_w, g.to(ACC), PRECISION, UPCAST)
+            tl.store(dh_ptr + rows[:, None] * stride_dh_t + cols_d[None, :], dh.to(dh_ptr.dtype.element_ty),
+                     mask=tile_mask)
         if NEED_WEIGHT_GRADS:
             h = tl.load(h_ptr + rows[:, None] * stride_h_t + cols_d[None, :] * stride_h_d, mask=tile_mask, other=0.0)
-            a = tl.load(a_ptr + rows[:, None] * stride_small_t + cols_c[None, :], mask=row_mask[:, None] & c_mask[None, :],
-                        other=0.0)
-            d_up_w_t = _dot(tl.trans(a), g, d_up_w_t, PRECISION, UPCAST)
+            a = tl.load(a_ptr + rows[:, None] * stride_small_t + cols_m[None, :], mask=small_mask, other=0.0)
+            d_up_w = _dot(tl.trans(g), a, d_up_w, PRECISION, UPCAST)
             d_down_w = _dot(tl.trans(dz), h, d_down_w, PRECISION, UPCAST)
-            if BIAS_BY_DOT:
-                d_up_b16 = _dot(ones_rows, g, d_up_b16, PRECISION, UPCAST)
-                d_down_b16 = _dot(tl.trans(dz), ones_cols, d_down_b16, PRECISION, UPCAST)
-            else:
-                d_up_b += tl.sum(g.to(ACC), axis=0)
-                d_down_b += tl.sum(dz.to(ACC), axis=0)
+            d_up_b += tl.sum(g.to(ACC), axis=0)
+            d_down_b += tl.sum(dz.to(ACC), axis=0)
     if NEED_WEIGHT_GRADS:
-        if BIAS_BY_DOT:
-            d_up_b = tl.sum(d_up_b16, axis=0) * (1.0 / 16)
-            d_down_b = tl.sum(d_down_b16, axis=1) * (1.0 / 16)
         base = partial_ptr + split.to(tl.int64) * PARTIAL_LEN
-        tl.store(base + cols_c[:, None] * D + cols_d[None, :], d_down_w, mask=c_mask[:, None] & d_mask[None, :])
-        tl.store(base + M * D + cols_d[None, :] * M + cols_c[:, None], d_up_w_t * scale,
-                 mask=c_mask[:, None] & d_mask[None, :])
-        if pid_c == 0:
-            tl.store(base + 2 * M * D + cols_d, d_up_b * scale, mask=d_mask)
+        tl.store(base + cols_m[:, None] * D + cols_d[None, :], d_down_w, mask=m_mask[:, None] & d_mask[None, :])
+        tl.store(base + M * D + cols_d[:, None] * M + cols_m[None, :], d_up_w * scale,
+                 mask=d_mask[:, None] & m_mask[None, :])
+        tl.store(base + 2 * M * D + cols_d, d_up_b * scale, mask=d_mask)
         if pid_d == 0:
-            tl.store(base + 2 * M * D + D + cols_c, d_down_b, mask=c_mask)
+            tl.store(base + 2 * M * D + D + cols_m, d_down_b, mask=m_mask)
 
 
 @triton.jit(do_not_specialize=["SPLITS", "M", "PARTIAL_LEN"])
@@ -385,6 +351,10 @@ def _launch_row_kernel(kernel, T: int, key: tuple, args: tuple, kwargs: dict) ->
 def _check_supported(h: torch.Tensor, M: int) -> None:
     if h.dtype not in _SUPPORTED_DTYPES:
         raise TypeError(f"h: the triton backend takes float32, float16, bfloat16 or float64, got {h.dtype}")
+    if h.dtype == torch.float64 and h.device.type == "cuda":
+        # float64 runs only under the interpreter (for gradcheck); on the H100 its tests failed (2026-11-24).
+        raise TypeError("h: the triton backend takes float32, float16 or bfloat16 on CUDA, got torch.float64 "
+                        "(use backend='torch' for float64)")
     if M > MAX_BOTTLENECK:
         raise ValueError(f"down_weight: the triton backend takes a bottleneck of at most {MAX_BOTTLENECK} rows, got {M}")
 
@@ -409,7 +379,8 @@ def _accumulator_dtype(dtype: torch.dtype):
 
 
 def bottleneck_adapter_fwd(h, down_weight, down_bias, up_weight, up_bias, activation, scale):
-    """(out [T, D] in h's dtype, z [T, M] float32 (float64 for float64 h)) for h [T, D] of any strides."""
+    """(out [T, D] in h's dtype, z [T, M] float32 (float64 for float64 h, interpreter only)) for h [T, D] of any
+    strides."""
     T, D = h.shape
     M = down_weight.shape[0]
     _check_supported(h, M)
@@ -466,11 +437,8 @@ def bottleneck_adapter_bwd(grad_out, h, down_weight, down_bias, up_weight, z, ac
     precision, upcast = dot_precision(h.dtype), _upcast(h.dtype)
     operand_dtype = h.dtype
     a, dz = torch.empty((2, T, M), dtype=operand_dtype, device=h.device).unbind(0)
-    block_t, block_d, block_mc, warps, stages = column_block_config(T, D, block_m, h.element_size())
-    if not need_weight_grads:
-        block_mc = block_m
-    grid = (triton.cdiv(M, block_mc), triton.cdiv(D, block_d))
-    splits = _t_splits(T, grid[0] * grid[1], block_t, h.device)
+    block_t, block_d, warps, stages, split_factor = column_block_config(T, D, block_m, h.element_size())
+    splits = _t_splits(T, D, block_t, block_d, split_factor, h.device)
     partial_len = 2 * M * D + D + M
     partials = torch.empty((splits, partial_len) if need_weight_grads else (0,), dtype=z.dtype, device=h.device)
     with _device_context(h):
@@ -482,14 +450,14 @@ def bottleneck_adapter_bwd(grad_out, h, down_weight, down_bias, up_weight, z, ac
              float(scale)),
             dict(ACTIVATION=ACTIVATION_CODES[activation], PRECISION=precision, UPCAST=upcast, BLOCK_M=block_m),
         )
-        _backward_cols_kernel[grid + (splits,)](
+        _backward_cols_kernel[(triton.cdiv(D, block_d), splits)](
             grad_out, h, down_weight, a, dz, dh if dh is not None else a, partials,
             T, D, M, partial_len,
             grad_out.stride(0), grad_out.stride(1), h.stride(0), h.stride(1),
             down_weight.stride(0), down_weight.stride(1), a.stride(0), dh.stride(0) if dh is not None else 0,
             float(scale),
             NEED_DH=need_dh, NEED_WEIGHT_GRADS=need_weight_grads, PRECISION=precision, UPCAST=upcast,
-            ACC=_accumulator_dtype(h.dtype), BLOCK_M=block_m, BLOCK_MC=block_mc, BLOCK_T=block_t, BLOCK_D=block_d,
+            ACC=_accumulator_dtype(h.dtype), BLOCK_M=block_m, BLOCK_T=block_t, BLOCK_D=block_d,
             num_warps=warps, num_stages=stages,
         )
         if need_weight_grads:
