@@ -1,5 +1,5 @@
-// Row-level building blocks of the CPU kernels: widening row loads, dropout multipliers, elementwise multiply /
-// add over float or double rows, and the row grain of at::parallel_for.
+// Row-level building blocks of the CPU kernels: widening row loads, dropout multipliers, elementwise multiply
+// over float or double rows, and the row grain of at::parallel_for.
 //
 // Trade-off: the vector loops are plain C++ loops compiled once per ISA (GCC target_clones: AVX-512,
 // AVX2, baseline) and picked at load time, rather than at::vec::Vectorized, whose width is fixed by the
@@ -40,17 +40,6 @@ LOWPEFT_CPU_CLONES static void keep_multipliers(const uint32_t* draws, uint32_t 
   for (int64_t i = 0; i < n; ++i) out[i] = draws[i] >= threshold ? keep_scale : 0.0;
 }
 
-// y += x (elementwise)
-LOWPEFT_CPU_CLONES static void add(const float* x, float* y, int64_t n) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) y[i] += x[i];
-}
-
-LOWPEFT_CPU_CLONES static void add(const double* x, double* y, int64_t n) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) y[i] += x[i];
-}
-
 // dst[i] = src[i * stride] widened to acc_t.
 template <typename scalar_t, typename acc_t>
 inline void load_row(const scalar_t* src, int64_t stride, int64_t n, acc_t* dst) {
@@ -63,13 +52,13 @@ inline void load_row(const scalar_t* src, int64_t stride, int64_t n, acc_t* dst)
   for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<acc_t>(src[i * stride]);
 }
 
-// dst[i] += add[i], dst in the input dtype (contiguous), the sum taken in acc_t.
+// row[i] *= m[i] for a row in the input dtype (the product taken in acc_t).
 template <typename scalar_t, typename acc_t>
-inline void add_into_row(const acc_t* addend, scalar_t* dst, int64_t n) {
+inline void multiply_row(const acc_t* m, scalar_t* row, int64_t n) {
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    add(addend, dst, n);
+    multiply(m, row, n);
   } else {
-    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<scalar_t>(static_cast<acc_t>(dst[i]) + addend[i]);
+    for (int64_t i = 0; i < n; ++i) row[i] = static_cast<scalar_t>(static_cast<acc_t>(row[i]) * m[i]);
   }
 }
 

@@ -4,9 +4,9 @@
 // Trade-off: on a CPU the skinny LoRA products (rank r ≪ K, N) run fastest as GEMMs too, so the fused path
 // keeps them in ATen and removes what eager LoRA spends around them: no mask tensor and no bernoulli draw
 // (the mask is regenerated from Philox, AVX-512 / AVX2 intrinsics, inside the pass that applies it), no [T, N]
-// temporary or extra add for the LoRA term (y.addmm_(S, Bᵀ) accumulates onto the frozen GEMM's output,
-// dx.addmm_(dS, A) likewise when p = 0), and with dropout the dx epilogue and the dropped input for dA come
-// out of one pass over x. Only with dropout does backward hold a [T, K] temporary (the dropped x) for the
+// temporary or extra add for the LoRA term (a rank-(r+1) GEMM [s·S | 1] [B | b]ᵀ writes y, bias included,
+// and the frozen GEMM accumulates onto it with beta = 1; in backward dS A is written to dx first and g W
+// accumulated onto it), and with dropout the mask on dx and the dropped input for dA come out of one pass. Only with dropout does backward hold a [T, K] temporary (the dropped x) for the
 // dA GEMM. 16-bit inputs are widened to float32 for the small products (S, dS, dA, dB are accumulated in
 // float32; the frozen GEMMs keep the input dtype, as nn.Linear does).
 #include <optional>
@@ -48,20 +48,17 @@ class RowDropout {
   std::vector<acc_t> multipliers_;
 };
 
-// One pass over x (and, if given, over lora = dS A and dx): dropped[t] = x[t] ⊙ m[t] (if wanted) and
-// dx[t] += lora[t] ⊙ m[t] (if dx is given), m regenerated from Philox row by row.
+// One pass over the rows, m regenerated from Philox row by row: dropped[t] = x[t] ⊙ m[t] (if wanted) and
+// dx[t] *= m[t] in place (if given: dx then holds dS A, the LoRA part of dx, before the frozen GEMM adds g W).
 template <typename scalar_t, typename acc_t>
-void dropout_pass(const at::Tensor& x, double dropout_p, int64_t seed, at::Tensor* dropped, const at::Tensor* lora,
-                  at::Tensor* dx) {
+void dropout_pass(const at::Tensor& x, double dropout_p, int64_t seed, at::Tensor* dropped, at::Tensor* dx) {
   const int64_t rows = x.size(0), cols = x.size(1);
   const scalar_t* x_data = x.const_data_ptr<scalar_t>();
   const int64_t row_stride = x.stride(0), col_stride = x.stride(1);
   acc_t* dropped_data = dropped ? dropped->mutable_data_ptr<acc_t>() : nullptr;
-  const acc_t* lora_data = lora ? lora->const_data_ptr<acc_t>() : nullptr;
   scalar_t* dx_data = dx ? dx->mutable_data_ptr<scalar_t>() : nullptr;
   at::parallel_for(0, rows, row_grain(64 * cols), [&](int64_t begin, int64_t end) {
     RowDropout<acc_t> dropout(seed, dropout_p, cols);
-    std::vector<acc_t> scratch(lora_data ? cols : 0);
     for (int64_t t = begin; t < end; ++t) {
       const acc_t* multipliers = dropout.row(t);
       if (dropped_data) {
@@ -69,11 +66,7 @@ void dropout_pass(const at::Tensor& x, double dropout_p, int64_t seed, at::Tenso
         load_row(x_data + t * row_stride, col_stride, cols, out);
         multiply(multipliers, out, cols);
       }
-      if (dx_data) {
-        std::copy(lora_data + t * cols, lora_data + (t + 1) * cols, scratch.begin());
-        multiply(multipliers, scratch.data(), cols);
-        add_into_row(scratch.data(), dx_data + t * cols, cols);
-      }
+      if (dx_data) multiply_row(multipliers, dx_data + t * cols, cols);
     }
   });
 }
@@ -84,7 +77,7 @@ at::Tensor dropped_input(const at::Tensor& x, double dropout_p, int64_t seed) {
   if (dropout_p == 0.0) return x.to(acc_dtype);
   at::Tensor dropped = at::empty(x.sizes(), x.options().dtype(acc_dtype));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lowpeft_dropped_input", [&] {
-    dropout_pass<scalar_t, at::opmath_type<scalar_t>>(x, dropout_p, seed, &dropped, nullptr, nullptr);
+    dropout_pass<scalar_t, at::opmath_type<scalar_t>>(x, dropout_p, seed, &dropped, nullptr);
   });
   return dropped;
 }
@@ -96,8 +89,15 @@ std::tuple<at::Tensor, at::Tensor> lora_linear_fwd(const at::Tensor& x, const at
   check_lora_forward("native_lora_linear_fwd", x, weight, bias, lora_A, lora_B, scaling, dropout_p);
   const auto acc_dtype = accumulate_dtype(x.scalar_type());
   at::Tensor shrink = at::mm(dropped_input(x, dropout_p, seed), lora_A.to(acc_dtype).t());
-  at::Tensor y = bias.has_value() ? at::addmm(*bias, x, weight.t()) : at::mm(x, weight.t());
-  y.addmm_(shrink.to(x.scalar_type()), lora_B.t(), 1.0, scaling);
+  // y = [s·S | 1] [B | b]ᵀ writes y once (LoRA term and bias), then the frozen GEMM accumulates onto it.
+  at::Tensor low = shrink.mul(scaling).to(x.scalar_type());
+  at::Tensor up = lora_B;
+  if (bias.has_value()) {
+    low = at::cat({low, at::ones({x.size(0), 1}, x.options())}, 1);
+    up = at::cat({lora_B, bias->unsqueeze(1)}, 1);
+  }
+  at::Tensor y = at::mm(low, up.t());
+  y.addmm_(x, weight.t());
   return {y, shrink};
 }
 
@@ -115,20 +115,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lora_line
   if (need.d_lora_B) d_lora_B = at::mm(shrink.t(), grad_acc).mul_(scaling).t().contiguous().to(dtype);
   if (need.dx || need.d_lora_A) {
     const at::Tensor d_shrink = at::mm(grad_acc, lora_B.to(acc_dtype)).mul_(scaling);
-    if (need.dx) dx = at::mm(grad_out, weight);
+    // dx = (dS A) ⊙ m/(1-p) written first, then the frozen GEMM accumulates g W onto it (beta = 1).
+    if (need.dx) dx = at::mm(d_shrink.to(dtype), lora_A);
     if (dropout_p == 0.0) {
-      if (need.dx) dx.addmm_(d_shrink.to(dtype), lora_A);
       if (need.d_lora_A) d_lora_A = at::mm(d_shrink.t(), x.to(acc_dtype)).to(dtype);
     } else {
-      at::Tensor dropped, lora;
+      at::Tensor dropped;
       if (need.d_lora_A) dropped = at::empty(x.sizes(), x.options().dtype(acc_dtype));
-      if (need.dx) lora = at::mm(d_shrink, lora_A.to(acc_dtype));
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "native_lora_linear_bwd", [&] {
         dropout_pass<scalar_t, at::opmath_type<scalar_t>>(x, dropout_p, seed, need.d_lora_A ? &dropped : nullptr,
-                                                          need.dx ? &lora : nullptr, need.dx ? &dx : nullptr);
+                                                          need.dx ? &dx : nullptr);
       });
       if (need.d_lora_A) d_lora_A = at::mm(d_shrink.t(), dropped).to(dtype);
     }
+    if (need.dx) dx.addmm_(grad_out, weight);
   }
   return {dx, d_lora_A, d_lora_B, need.d_weight ? at::mm(grad_out.t(), x) : not_needed(x),
           need.d_bias ? grad_out.sum(0) : not_needed(x)};

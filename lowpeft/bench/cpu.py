@@ -138,9 +138,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
     rows = run(args.rounds)
+    env = environment("cpu")
+    env["load_average_1m"] = f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after (other processes share the cores)"
     text = write_results(
-        rows, COLUMNS, "lowpeft cpu backend vs eager PyTorch (float32, forward + backward)", environment("cpu"),
+        rows, COLUMNS, "lowpeft cpu backend vs eager PyTorch (float32, forward + backward)", env,
         json_path=os.path.join(args.out_dir, args.name + ".json"),
         md_path=os.path.join(args.out_dir, args.name + ".md"),
         notes=f"Interleaved timing, median of {args.rounds} rounds; x / h require grad; eager LoRA is "
