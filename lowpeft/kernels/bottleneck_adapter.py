@@ -1,5 +1,5 @@
-# Fused bottleneck-adapter kernels (Triton) and their launchers: out = h + s · (act(h W_downᵀ + b_down) W_upᵀ + b_up)
-# and its backward, with no [T, D] temporary ever reaching memory.
+# Fused bottleneck-adapter kernels (Triton) and their launchers:
+# out = h + s · (act(h W_downᵀ + b_down) W_upᵀ + b_up) and its backward, no [T, D] temporary reaching memory.
 #
 # Kernels (no autograd, no nn; called by lowpeft/ops/bottleneck_adapter.py):
 #   forward        one program per block of rows: pass 1 over D builds z [BT, M] in registers (saved, float32),
@@ -356,7 +356,9 @@ def _check_supported(h: torch.Tensor, M: int) -> None:
         raise TypeError("h: the triton backend takes float32, float16 or bfloat16 on CUDA, got torch.float64 "
                         "(use backend='torch' for float64)")
     if M > MAX_BOTTLENECK:
-        raise ValueError(f"down_weight: the triton backend takes a bottleneck of at most {MAX_BOTTLENECK} rows, got {M}")
+        raise ValueError(
+            f"down_weight: the triton backend takes a bottleneck of at most {MAX_BOTTLENECK} rows, got {M}"
+        )
 
 
 def _padded_bottleneck(M: int) -> int:

@@ -171,7 +171,8 @@ class AdapterLinear(nn.Module):
         )
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, bottleneck: int = 64, activation: str = "gelu", **kwargs) -> "AdapterLinear":
+    def from_linear(cls, linear: nn.Linear, bottleneck: int = 64, activation: str = "gelu",
+                    **kwargs) -> "AdapterLinear":
         """Wrap `linear`, sharing its weight and bias Parameters (no copy); keyword arguments as AdapterLinear."""
         return cls(linear, bottleneck, activation, **kwargs)
 

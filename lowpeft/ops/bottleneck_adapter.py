@@ -23,7 +23,7 @@ from . import _dispatch
 
 __all__ = ["bottleneck_adapter", "saved_dtype", "MAX_TRITON_BOTTLENECK"]
 
-MAX_TRITON_BOTTLENECK = 256
+MAX_TRITON_BOTTLENECK = 256  # = lowpeft.kernels.bottleneck_adapter.MAX_BOTTLENECK (not imported: it imports triton)
 
 
 def saved_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -77,7 +77,9 @@ def _triton_backward(*args):
 
 def _native_forward(h, down_weight, down_bias, up_weight, up_bias, activation, scale):
     _extension.load()
-    return torch.ops.lowpeft.native_bottleneck_adapter_fwd(h, down_weight, down_bias, up_weight, up_bias, activation, scale)
+    return torch.ops.lowpeft.native_bottleneck_adapter_fwd(
+        h, down_weight, down_bias, up_weight, up_bias, activation, scale
+    )
 
 
 def _native_backward(grad_out, h, down_weight, down_bias, up_weight, z, activation, scale, needs):
@@ -249,7 +251,8 @@ def bottleneck_adapter(
     *,
     backend: str = "auto",
 ) -> Tensor:
-    """Fused bottleneck adapter (Houlsby / Pfeiffer): h + scale · (act(h down_weightᵀ + down_bias) up_weightᵀ + up_bias).
+    """Fused bottleneck adapter (Houlsby / Pfeiffer):
+    h + scale · (act(h down_weightᵀ + down_bias) up_weightᵀ + up_bias).
 
     h: [..., dim]; down_weight: [bottleneck, dim]; down_bias: [bottleneck] or None; up_weight: [dim, bottleneck];
     up_bias: [dim] or None; activation: "gelu" (erf form), "gelu_tanh", "relu" or "silu". Gradients flow to every
@@ -274,5 +277,7 @@ def bottleneck_adapter(
             h2, down_weight, down_bias, up_weight, up_bias, activation, float(scale), name
         )
     else:
-        out, _ = _EagerBottleneckAdapter.apply(h2, down_weight, down_bias, up_weight, up_bias, activation, float(scale), name)
+        out, _ = _EagerBottleneckAdapter.apply(
+            h2, down_weight, down_bias, up_weight, up_bias, activation, float(scale), name
+        )
     return out.reshape(*leading, h.shape[-1])
