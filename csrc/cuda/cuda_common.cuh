@@ -54,6 +54,10 @@ inline bool vector_friendly(const void* data, int64_t row_stride, int64_t col_st
          reinterpret_cast<uintptr_t>(data) % (vec * element_size) == 0;
 }
 
+inline bool is_aligned(const void* data, int64_t bytes) {
+  return reinterpret_cast<uintptr_t>(data) % bytes == 0;
+}
+
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 }  // namespace lowpeft::cuda

@@ -211,7 +211,8 @@ void launch_row_reduce(const at::Tensor& in, const at::Tensor& weight_rows, doub
         cols, rank, static_cast<acc_t>(scale), dropout, out.mutable_data_ptr<acc_t>(), low, low_width,
         static_cast<acc_t>(low_scale), ones_column);
   };
-  const bool vectorized = vector_friendly(in.const_data_ptr(), in.stride(0), in.stride(1), cols, vec, sizeof(scalar_t));
+  const bool vectorized = vector_friendly(in.const_data_ptr(), in.stride(0), in.stride(1), cols, vec, sizeof(scalar_t)) &&
+                          is_aligned(weight_rows.const_data_ptr(), vec * sizeof(scalar_t));
   if (vectorized) {
     run(std::integral_constant<int, vec>{});
   } else {
@@ -251,7 +252,7 @@ at::Tensor launch_col_reduce(const at::Tensor& in, const at::Tensor& coef, const
         lora_A ? lora_A->const_data_ptr<scalar_t>() : nullptr, dx ? dx->mutable_data_ptr<scalar_t>() : nullptr);
   };
   const bool vectorized = vector_friendly(in.const_data_ptr(), in.stride(0), in.stride(1), cols, vec, sizeof(scalar_t)) &&
-                          cols % vec == 0;
+                          (lora_A == nullptr || is_aligned(lora_A->const_data_ptr(), vec * sizeof(scalar_t)));
   if (vectorized) {
     run(std::integral_constant<int, vec>{});
   } else {
