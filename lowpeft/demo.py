@@ -51,6 +51,9 @@ def build_parser(prog: str = "lowpeft demo") -> argparse.ArgumentParser:
     parser.add_argument("--output", default=None, metavar="DIR",
                         help="keep the saved adapter in DIR (default: a temporary directory, removed at the end)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads for torch (default 1: the demo's matrices are too small to gain from more, "
+                             "and a busy machine slows multi-threaded small products down many times)")
     parser.add_argument("--no-bench", action="store_true", help="skip the layer benchmark that runs on a GPU")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -65,6 +68,8 @@ def parse_args(argv=None, prog: str = "lowpeft demo") -> argparse.Namespace:
         parser.error(f"argument --rank: expected a positive integer, got {args.rank}")
     if not 0.0 <= args.dropout < 1.0:
         parser.error(f"argument --dropout: expected a float in [0, 1), got {args.dropout}")
+    if args.threads < 1:
+        parser.error(f"argument --threads: expected a positive integer, got {args.threads}")
     if not args.lr > 0:
         parser.error(f"argument --lr: expected a positive number, got {args.lr}")
     if args.device is None:
@@ -116,7 +121,16 @@ def _gpu_bench_summary() -> None:
 
 
 def run_demo(args: argparse.Namespace) -> DemoResult:
-    """The demo's steps, printed as they go."""
+    """The demo's steps, printed as they go (torch's CPU thread count is set to args.threads for the run)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return _run_demo(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_demo(args: argparse.Namespace) -> DemoResult:
     import lowpeft
     from lowpeft.bench.model import PRESETS, TARGET_MODULES, ProgressBar, build_llama
 
@@ -130,7 +144,8 @@ def run_demo(args: argparse.Namespace) -> DemoResult:
     preset = PRESETS["demo"]
     print(f"lowpeft {lowpeft.__version__} demo on {device.type}"
           f"{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, "
-          f"backend {args.resolved_backend}, torch {torch.__version__}")
+          f"backend {args.resolved_backend}, torch {torch.__version__}"
+          f"{f', {args.threads} CPU thread' + ('s' if args.threads > 1 else '') if device.type == 'cpu' else ''}")
 
     tokenizer = ByteTokenizer()
     tokens = tokenizer.encode(load_text())
