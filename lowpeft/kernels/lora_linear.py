@@ -4,9 +4,11 @@
 # "cublas" (the default: it measured faster on the H100, benchmarks/NOTES_lora.md): the two frozen GEMMs run
 #   in cuBLAS and the LoRA terms are folded into their outputs — y = x Wᵀ + b, then y += s·S Bᵀ with cuBLAS's
 #   beta = 1 accumulation; dx = g W, then dx += dS A (beta = 1) or, with dropout, the Triton expand-add kernel
-#   with the mask in its epilogue. Triton kernels compute what cuBLAS cannot: S = dropout(x) Aᵀ and dA with
-#   the mask regenerated from the seed (never stored), dS = s·g B in one pass over g; the skinny products
-#   dB = s·gᵀ S and (without dropout) dA = dSᵀ x run in cuBLAS too. Cost over the frozen layer: one read +
+#   with the mask in its epilogue. Triton kernels compute only what cuBLAS cannot: with dropout, S =
+#   dropout(x) Aᵀ and dA with the mask regenerated from the seed (never stored). Every other product
+#   (S and dA without dropout, dS = s·g B, dB = s·gᵀ S) is a skinny cuBLAS GEMM in the inputs' dtype, as
+#   eager PyTorch computes it: each Triton launch costs tens of microseconds of host time, which small
+#   layers cannot hide. Cost over the frozen layer: one read +
 #   write of y and of dx, one pass over x (S), two over g (dS, dB), one over x (dA).
 # "fused": the frozen GEMMs run in lowpeft's own Triton kernels (persistent TMA on Hopper) whose accumulators
 #   also take the LoRA terms, so y and dx are written once and S / dS ride along in the main loop. This is
@@ -102,11 +104,16 @@ def lora_linear_fwd(x, weight, bias, lora_A, lora_B, scaling: float, dropout_p: 
     dot_precision, dot_upcast = _dot_settings(x.dtype)
     has_dropout, threshold, inv_keep = _dropout_args(dropout_p)
     if gemm_strategy() == "cublas":
-        lora_shrink(x, lora_A.t(), shrink, scale=1.0, seed=seed, threshold=threshold, inv_keep=inv_keep,
-                    has_dropout=has_dropout, rank_padded=rank_padded, dot_precision=dot_precision,
-                    dot_upcast=dot_upcast)
+        if has_dropout:
+            lora_shrink(x, lora_A.t(), shrink, scale=1.0, seed=seed, threshold=threshold, inv_keep=inv_keep,
+                        has_dropout=True, rank_padded=rank_padded, dot_precision=dot_precision,
+                        dot_upcast=dot_upcast)
+            shrink_compute = shrink.to(x.dtype)
+        else:
+            shrink_compute = torch.mm(x, lora_A.t())
+            shrink.copy_(shrink_compute)
         torch.mm(x, weight.t(), out=y) if bias is None else torch.addmm(bias, x, weight.t(), out=y)
-        y.addmm_(shrink.to(x.dtype), lora_B.t(), alpha=scaling)
+        y.addmm_(shrink_compute, lora_B.t(), alpha=scaling)
         return y, shrink
     fuse_shrink = not has_dropout and rank_padded <= FUSED_RANK_LIMIT and out_features > 0
     if not fuse_shrink:
@@ -152,26 +159,29 @@ def lora_linear_bwd(grad_out, x, weight, lora_A, lora_B, shrink, scaling: float,
     dx = d_shrink = grad_A = grad_B = grad_W = grad_b = None
     cublas = gemm_strategy() == "cublas"
     if need_dx or need_dA:
-        d_shrink = torch.empty(tokens, rank, dtype=torch.float32, device=device)
         fuse_ds = not cublas and need_dx and rank_padded <= FUSED_RANK_LIMIT and width > 0
-        if not fuse_ds:
+        if cublas:
+            d_shrink = torch.mm(grad_out, lora_B).mul_(scaling)
+        else:
+            d_shrink = torch.empty(tokens, rank, dtype=torch.float32, device=device)
+        if not cublas and not fuse_ds:
             lora_shrink(grad_out, lora_B, d_shrink, scale=scaling, seed=0, threshold=0, inv_keep=1.0,
                         has_dropout=False, **dot_args)
         if need_dx and cublas:
             dx = torch.mm(grad_out, weight)
             if has_dropout:
-                lora_expand_add(d_shrink, lora_A, dx, seed=seed, threshold=threshold, inv_keep=inv_keep,
+                lora_expand_add(d_shrink.float(), lora_A, dx, seed=seed, threshold=threshold, inv_keep=inv_keep,
                                 has_dropout=True, rank_padded=rank_padded, dot_precision=dot_precision)
             else:
-                dx.addmm_(d_shrink.to(dtype), lora_A)
+                dx.addmm_(d_shrink, lora_A)
         elif need_dx:
             dx = torch.empty(tokens, width, dtype=dtype, device=device)
             lora_dx_gemm(grad_out, weight, lora_A, lora_B, d_shrink, dx, scaling=scaling, fuse_ds=fuse_ds,
                          **dropout_args, **dot_args)
     if need_dA and cublas and not has_dropout:
-        grad_A = torch.mm(d_shrink.t().to(dtype), x)
+        grad_A = torch.mm(d_shrink.t(), x)
     elif need_dA:
-        grad_A = lora_grad_A(x, d_shrink, **dropout_args, **dot_args).to(dtype)
+        grad_A = lora_grad_A(x, d_shrink.float(), **dropout_args, **dot_args).to(dtype)
     if need_dB and cublas:
         grad_B = torch.mm(grad_out.t(), shrink.to(dtype)).mul_(scaling)
     elif need_dB:

@@ -1,4 +1,5 @@
 # lowpeft.nn: drop-in modules built on lowpeft.ops.
+from .adapter import AdapterLinear, BottleneckAdapter
 from .lora_linear import LoRALinear
 
-__all__ = ["LoRALinear"]
+__all__ = ["LoRALinear", "BottleneckAdapter", "AdapterLinear"]
