@@ -38,7 +38,7 @@ case "${1:-layers}" in
     timeout 190 python3 -m lowpeft bench model --preset 1b --steps 30 --dropout 0 --no-progress \
       --json "$OUT/model_1b_h100.json" --md "$OUT/model_1b_h100.md" > "$OUT/model_bench.log" 2>&1
     echo "model bench exit $?"; tail -16 "$OUT/model_1b_h100.md"
-    LOWPEFT_AUTOTUNE=0 LOWPEFT_HYPOTHESIS_EXAMPLES=3 timeout 120 python3 -m pytest -q -p no:cacheprovider -x \
+    LOWPEFT_AUTOTUNE=0 LOWPEFT_HYPOTHESIS_EXAMPLES=3 timeout 120 python3 -m pytest -q -p no:cacheprovider --maxfail=5 \
       tests/test_lora_op.py > "$OUT/gpu_tests.log" 2>&1
     echo "pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed|^E " "$OUT/gpu_tests.log" | tail -12
     ;;
