@@ -204,6 +204,27 @@ def test_bench_model_tiny_every_provider_same_start_and_agreeing_losses(capsys, 
     assert "| frozen |" in out
 
 
+def test_bench_model_records_a_failing_provider_and_runs_the_others(capsys, tmp_path, monkeypatch):
+    real_apply = bench_model._apply_provider
+
+    def apply_or_fail(model, provider, *args):
+        if provider == "eager":
+            raise RuntimeError("out of memory (simulated)")
+        return real_apply(model, provider, *args)
+
+    monkeypatch.setattr(bench_model, "_apply_provider", apply_or_fail)
+    results = tmp_path / "model.json"
+    status, out, err = run_cli(capsys, "bench", "model", "--preset", "tiny", "--steps", "2", "--device", "cpu",
+                               "--providers", "frozen,eager,lowpeft", "--backend", "torch", "--no-progress",
+                               "--json", str(results))
+    assert status == 0
+    assert "eager (dropout 0): FAILED RuntimeError('out of memory (simulated)')" in err
+    rows = {row["provider"]: row for row in json.loads(results.read_text())["rows"]}
+    assert rows["eager"]["error"] == "RuntimeError('out of memory (simulated)')" and "step_ms" not in rows["eager"]
+    assert rows["lowpeft"]["step_ms"] > 0 and rows["frozen"]["step_ms"] > 0
+    assert "out of memory (simulated)" in out
+
+
 def test_bench_model_copies_one_adapter_init_into_every_provider():
     preset = bench_model.PRESETS["tiny"]
     values = bench_model._initial_adapters(preset, 4, seed=0)

@@ -329,6 +329,7 @@ def summarize(rows: list[dict]) -> list[dict]:
     The floor is the deviation of eager LoRA from PEFT (same masks, different rounding) and, with dropout > 0,
     also that of a PEFT run with other dropout masks (lowpeft's masks differ from PEFT's): the larger one counts.
     """
+    rows = [row for row in rows if "error" not in row]
     frozen = next((row for row in rows if row["provider"] == "frozen"), None)
     summary = []
     for dropout in sorted({row["dropout"] for row in rows if row["dropout"] is not None}):
@@ -412,18 +413,25 @@ def run_benchmark(args: argparse.Namespace, row_done=None) -> tuple[list[dict], 
         if dropout > 0 and {"lowpeft", "peft"} <= set(args.providers):
             plan.append(("peft", dropout, 1))
     for provider, dropout, mask_seed_offset in plan:
-        row = _run_provider(provider, preset, device, dtype, batches, args, dropout, adapters, not args.no_progress,
-                            mask_seed_offset)
-        if mask_seed_offset:
-            row["provider"] = OTHER_MASKS
+        name = OTHER_MASKS if mask_seed_offset else provider
+        label = name if provider == "frozen" else f"{name} (dropout {dropout:g})"
+        try:
+            row = _run_provider(provider, preset, device, dtype, batches, args, dropout, adapters,
+                                not args.no_progress, mask_seed_offset)
+        except Exception as exc:  # recorded in the results and the run goes on: one failure must not hide the rest
+            row = {"provider": name, "dropout": None if provider == "frozen" else dropout, "error": repr(exc)[:300]}
+            print(f"{label}: FAILED {exc!r}", file=sys.stderr, flush=True)
+            del exc  # its traceback holds the failed run's model: free it before the next provider starts
+            _release(device)
+        else:
+            row["provider"] = name
+            print(f"{label}: step {row['step_ms']:.1f} ms, {row['tokens_per_s']:,.0f} tokens/s, peak "
+                  f"{'-' if row['peak_gib'] is None else format(row['peak_gib'], '.2f')} GiB, "
+                  f"loss {row['loss_first']:.4f} -> {row['loss_last']:.4f}", file=sys.stderr, flush=True)
         row.update(preset=args.preset, dtype=preset.dtype, steps=args.steps, tokens_per_step=preset.batch_size * preset.seq_len)
         if provider == "lowpeft":
             row["backend"] = backend
         rows.append(row)
-        print(f"{row['provider']}{'' if provider == 'frozen' else f' (dropout {dropout:g})'}: step {row['step_ms']:.1f} ms, "
-              f"{row['tokens_per_s']:,.0f} tokens/s, peak "
-              f"{'-' if row['peak_gib'] is None else format(row['peak_gib'], '.2f')} GiB, "
-              f"loss {row['loss_first']:.4f} -> {row['loss_last']:.4f}", file=sys.stderr, flush=True)
         if row_done is not None:
             row_done(rows, settings)
     summary = summarize(rows)
@@ -439,7 +447,7 @@ def _settings(args: argparse.Namespace, preset: Preset, backend: str | None, dev
 
 
 COLUMNS = ["provider", "dropout", "backend", "step_ms", "tokens_per_s", "time_vs_frozen", "peak_gib",
-           "memory_vs_frozen", "loss_first", "loss_last", "loss_dev_vs_peft"]
+           "memory_vs_frozen", "loss_first", "loss_last", "loss_dev_vs_peft", "error"]
 
 MEASURE_NOTE = (
     "Step: forward + backward + AdamW step on the trainable parameters, batches of the shipped text (byte tokens), "
