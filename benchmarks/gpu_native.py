@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from lowpeft import _extension  # noqa: E402
 from lowpeft.bench._common import environment, peak_memory_mib, time_ms, write_results  # noqa: E402
 from lowpeft.ops.bottleneck_adapter import bottleneck_adapter  # noqa: E402
 from lowpeft.ops.lora_linear import lora_linear  # noqa: E402
@@ -147,6 +148,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=os.environ.get("OUT", "/tmp/out"))
     args = parser.parse_args()
+    _extension.load()  # registers the lowpeft::native_* ops timed directly below
     rows = []
     lora_rows(8192, 4096, 4096, 16, 0.0, rows)
     lora_rows(8192, 4096, 4096, 16, 0.1, rows)
