@@ -249,3 +249,19 @@ def test_unknown_triton_gemm_strategy_is_a_named_error(monkeypatch):
     monkeypatch.setenv("LOWPEFT_TRITON_GEMM", "magic")
     with pytest.raises(ValueError, match="LOWPEFT_TRITON_GEMM.*'magic'"):
         gemm_strategy()
+
+
+GPU_CASES = [(123, 256, 200, 7, "transposed"), (1000, 512, 384, 16, "3d")]
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="GPU-only: every dtype at fixed shapes (few kernel compilations)")
+@pytest.mark.parametrize("strategy", ["cublas", "fused"])
+@pytest.mark.parametrize("dropout_p", [0.0, 0.3])
+@pytest.mark.parametrize("backend,device,dtype", backend_params())
+def test_gpu_fixed_shapes_every_dtype(backend, device, dtype, dropout_p, strategy, monkeypatch):
+    if strategy == "fused" and backend != "triton":
+        pytest.skip("the GEMM strategy is a triton-backend setting")
+    monkeypatch.setenv("LOWPEFT_TRITON_GEMM", strategy)
+    for tokens, in_features, out_features, rank, layout in GPU_CASES:
+        _check_against_oracle(backend, device, dtype, tokens, in_features, out_features, rank, layout,
+                              with_bias=True, dropout_p=dropout_p, seed=tokens + rank)
