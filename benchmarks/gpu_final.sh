@@ -2,7 +2,9 @@
 # The lead's integrated device calls (one H100 each, results in $OUT, committed under benchmarks/results/):
 #   benchmarks/gpu_final.sh layers   build lowpeft._C (sm_90); LoRA layer benchmark with both Triton GEMM strategies
 #                                    and the cuda backend; adapter benchmark
-#   benchmarks/gpu_final.sh model    build; the ~1B Llama training benchmark; the shared op / layer tests on the GPU
+#   benchmarks/gpu_final.sh model    build; the LoRA layer benchmark again; the ~1B Llama training benchmark
+#   benchmarks/gpu_final.sh checks   build; GPU correctness at fixed shapes (every backend, dtype, dropout, strategy),
+#                                    the adapter op on the GPU, the ~1B Llama benchmark with dropout 0.05
 # Every step has its own time limit so one slow step cannot starve the rest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -41,5 +43,16 @@ case "${1:-layers}" in
     LOWPEFT_AUTOTUNE=0 LOWPEFT_HYPOTHESIS_EXAMPLES=3 timeout 120 python3 -m pytest -q -p no:cacheprovider --maxfail=5 \
       tests/test_lora_op.py > "$OUT/gpu_tests.log" 2>&1
     echo "pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed|^E " "$OUT/gpu_tests.log" | tail -12
+    ;;
+  checks)
+    LOWPEFT_AUTOTUNE=0 timeout 170 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_lora_op.py \
+      -k "gpu_fixed" > "$OUT/gpu_lora_tests.log" 2>&1
+    echo "lora pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_lora_tests.log" | tail -12
+    LOWPEFT_HYPOTHESIS_EXAMPLES=2 timeout 90 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_adapter_op.py \
+      -k "cuda" > "$OUT/gpu_adapter_tests.log" 2>&1
+    echo "adapter pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_adapter_tests.log" | tail -12
+    timeout 170 python3 -m lowpeft bench model --preset 1b --steps 30 --dropout 0.05 --no-progress \
+      --json "$OUT/model_1b_h100_dropout.json" --md "$OUT/model_1b_h100_dropout.md" > "$OUT/model_bench_dropout.log" 2>&1
+    echo "model bench exit $?"; grep -E "^\| (lowpeft|peft|eager|frozen)|^- dropout" "$OUT/model_1b_h100_dropout.md"
     ;;
 esac
