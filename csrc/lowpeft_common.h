@@ -1,9 +1,9 @@
-// Shared by every lowpeft C++/CUDA source: the Philox-4x32-10 dropout draw, the activation functions and
-// their derivatives (host and device), and the argument checks every backend's kernels run first.
+// Shared by every lowpeft C++/CUDA source: the Philox-4x32-10 dropout draw (host and device), the adapter's
+// activation functions and derivatives (used by the CUDA kernels), and the argument checks every backend runs.
 //
-// Trade-off: the dropout mask and the activations are defined once here as __host__ __device__ inline
-// functions, so the CPU and CUDA kernels cannot drift apart from each other; both follow
-// lowpeft/reference.py exactly (the mask bit for bit, the activations in closed form).
+// Trade-off: the dropout mask is defined once here as a __host__ __device__ inline function, so the CPU and
+// CUDA kernels cannot drift apart; both follow lowpeft/reference.py bit for bit. The CPU path takes its
+// activations from ATen's vectorized ops instead of these scalar ones (same closed forms as the reference).
 #pragma once
 
 #include <cmath>
