@@ -242,10 +242,12 @@ at::Tensor launch_col_reduce(const at::Tensor& in, const at::Tensor& coef, const
     return partial;
   }
   constexpr int vec = kColVec < 16 / static_cast<int>(sizeof(scalar_t)) ? kColVec : 16 / sizeof(scalar_t);
-  const dim3 grid(ceil_div(cols, kColThreads * vec), chunks, want_partial ? ceil_div(rank, kRankTile) : 1);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   auto run = [&](auto vec_tag) {
     constexpr int V = decltype(vec_tag)::value;
+    // Each thread covers V columns, so the grid follows the width actually launched (V = 1 for strided
+    // inputs): sizing it from `vec` left columns unwritten (found by the GPU oracle test, 2026-11-24).
+    const dim3 grid(ceil_div(cols, kColThreads * V), chunks, want_partial ? ceil_div(rank, kRankTile) : 1);
     col_reduce_kernel<scalar_t, acc_t, V><<<grid, kColThreads, 0, stream>>>(
         in.const_data_ptr<scalar_t>(), in.stride(0), in.stride(1), coef.const_data_ptr<acc_t>(), rows, cols, rank,
         chunk_rows, dropout, want_partial ? partial.mutable_data_ptr<acc_t>() : nullptr,
