@@ -19,23 +19,8 @@ from lowpeft import reference
 from tests.tolerance import assert_matches_oracle
 
 transformers = pytest.importorskip("transformers")
+from tests.tiny_models import DEVICES, tiny_gpt2, tiny_llama
 peft = pytest.importorskip("peft")
-
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
-
-
-def tiny_llama(seed=0):
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-                                      num_key_value_heads=2, vocab_size=97, max_position_embeddings=64)
-    return transformers.LlamaForCausalLM(config).eval()
-
-
-def tiny_gpt2(seed=0):
-    torch.manual_seed(seed)
-    config = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=97, n_positions=64,
-                                     bos_token_id=0, eos_token_id=0)
-    return transformers.GPT2LMHeadModel(config).eval()
 
 
 MODELS = {"llama": tiny_llama, "gpt2": tiny_gpt2}

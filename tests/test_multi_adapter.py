@@ -10,15 +10,7 @@ import lowpeft
 from lowpeft import model as model_level
 
 transformers = pytest.importorskip("transformers")
-
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
-
-
-def tiny_llama(seed=0):
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-                                      num_key_value_heads=2, vocab_size=97, max_position_embeddings=64)
-    return transformers.LlamaForCausalLM(config).eval()
+from tests.tiny_models import DEVICES, tiny_llama
 
 
 CONFIGS = {

@@ -16,24 +16,14 @@ from lowpeft import peft_interop
 from tests.tolerance import assert_matches_oracle
 
 transformers = pytest.importorskip("transformers")
+from tests.tiny_models import DEVICES, tiny_gpt2
+from tests.tiny_models import tiny_llama as _tiny_llama
 peft = pytest.importorskip("peft")
-
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
 
 
 def tiny_llama(seed=0):
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-                                      num_key_value_heads=2, vocab_size=97, max_position_embeddings=64,
-                                      attention_bias=True)
-    return transformers.LlamaForCausalLM(config).eval()
-
-
-def tiny_gpt2(seed=0):
-    torch.manual_seed(seed)
-    config = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=97, n_positions=64,
-                                     bos_token_id=0, eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    return transformers.GPT2LMHeadModel(config).eval()
+    """The shared tiny Llama with attention biases (so bias="all" has q/k/v/o biases to train and save)."""
+    return _tiny_llama(seed, attention_bias=True)
 
 
 MODELS = {"llama": tiny_llama, "gpt2": tiny_gpt2}

@@ -8,20 +8,17 @@ import torch
 import lowpeft
 
 transformers = pytest.importorskip("transformers")
+from tests.tiny_models import tiny_gpt2 as _tiny_gpt2
+from tests.tiny_models import tiny_llama as _tiny_llama
 
 
 def tiny_llama(seed=0):
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
-                                      num_key_value_heads=2, vocab_size=97, max_position_embeddings=64)
-    return transformers.LlamaForCausalLM(config)
+    """Three blocks, so "the last N blocks" has a first block to leave frozen; in training mode."""
+    return _tiny_llama(seed, layers=3).train()
 
 
 def tiny_gpt2(seed=0):
-    torch.manual_seed(seed)
-    config = transformers.GPT2Config(n_embd=32, n_layer=3, n_head=2, vocab_size=97, n_positions=64,
-                                     bos_token_id=0, eos_token_id=0)
-    return transformers.GPT2LMHeadModel(config)
+    return _tiny_gpt2(seed, layers=3).train()
 
 
 def _count(*modules):
