@@ -76,6 +76,7 @@ def _compile_provider(inputs, activation, scale):
 PROVIDERS = {
     "floor": _floor_provider,
     "triton": _op_provider("triton"),
+    "cuda": _op_provider("cuda"),
     "eager": _eager_provider,
     "compile": _compile_provider,
 }
@@ -172,7 +173,7 @@ def main(argv=None) -> int:
                         help="comma-separated bottleneck widths M (default: %(default)s)")
     parser.add_argument("--dtype", choices=sorted(_DTYPES), default="bf16")
     parser.add_argument("--activation", default="gelu", choices=("gelu", "gelu_tanh", "relu", "silu"))
-    parser.add_argument("--providers", default=",".join(PROVIDERS),
+    parser.add_argument("--providers", default="floor,triton,eager,compile",
                         help=f"comma-separated subset of {sorted(PROVIDERS)} (default: all)")
     parser.add_argument("--device", default=None, help="cuda (default when present) or cpu")
     parser.add_argument("--no-breakdown", action="store_true", help="skip the direct forward / backward kernel timings")
