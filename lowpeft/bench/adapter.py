@@ -174,7 +174,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", choices=sorted(_DTYPES), default="bf16")
     parser.add_argument("--activation", default="gelu", choices=("gelu", "gelu_tanh", "relu", "silu"))
     parser.add_argument("--providers", default="floor,triton,eager,compile",
-                        help=f"comma-separated subset of {sorted(PROVIDERS)} (default: all)")
+                        help=f"comma-separated subset of {sorted(PROVIDERS)} (default: all but cuda)")
     parser.add_argument("--device", default=None, help="cuda (default when present) or cpu")
     parser.add_argument("--no-breakdown", action="store_true", help="skip the direct forward / backward kernel timings")
     parser.add_argument("--json", help="write the rows and environment as JSON here")
