@@ -40,8 +40,12 @@ def backend_params(device: str = DEVICE):
     return params
 
 
-def examples_for(backend: str, device: str, base: int = 25) -> int:
-    """Hypothesis example budget: the Triton interpreter is ~1000x slower than compiled code."""
+def examples_for(backend: str, device: str, base: int | None = None) -> int:
+    """Hypothesis example budget: the profile's max_examples ($LOWPEFT_HYPOTHESIS_EXAMPLES, tests/conftest.py)
+    unless a test asks for fewer; a third of it under the Triton interpreter, ~1000x slower than compiled code."""
+    from hypothesis import settings
+
+    budget = settings.default.max_examples if base is None else min(base, settings.default.max_examples)
     if backend == "triton" and device == "cpu":
-        return max(4, base // 4)
-    return base
+        return max(4, budget // 3)
+    return budget

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 
 settings.register_profile(
     "ci",
-    max_examples=int(os.environ.get("LOWPEFT_HYPOTHESIS_EXAMPLES", "25")),
+    max_examples=int(os.environ.get("LOWPEFT_HYPOTHESIS_EXAMPLES", "50")),
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
