@@ -88,6 +88,9 @@ def _worker(rank, port, wrapper, mixed_dtype, queue):
         # Plain lists cross the process boundary safely (shared-memory tensors die with the worker).
         grads = {k.replace("module.", ""): v.detach().tolist() for k, v in _lora_grads(model).items()}
         queue.put((rank, grads, frozen_grads))
+        # Both ranks finish every collective before either tears the group down (a rank destroying the gloo
+        # group while the other still talks to it aborts with "terminate called without an active exception").
+        dist.barrier()
     except Exception:
         queue.put((rank, traceback.format_exc(), None))
         raise
