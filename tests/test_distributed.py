@@ -67,29 +67,36 @@ def _single_process_grads(mixed_dtype):
     return _lora_grads(model)
 
 
+def _train_one_step(rank, wrapper, mixed_dtype):
+    """One data-parallel step on this rank's shard: (LoRA gradients as lists, names of frozen params with grads)."""
+    model = _model(mixed_dtype)
+    if wrapper == "ddp":
+        model = nn.parallel.DistributedDataParallel(model)
+    else:
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in model:
+            if isinstance(layer, lowpeft.LoRALinear):
+                fully_shard(layer)
+        fully_shard(model)
+    x, target = _batch()
+    shard = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
+    _loss(model, x[shard], target[shard]).backward()
+    frozen_grads = [n for n, p in model.named_parameters() if "lora_" not in n and p.grad is not None]
+    # Plain lists cross the process boundary safely (shared-memory tensors die with the worker).
+    grads = {k.replace("module.", ""): v.detach().tolist() for k, v in _lora_grads(model).items()}
+    return grads, frozen_grads
+
+
 def _worker(rank, port, wrapper, mixed_dtype, queue):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
-        model = _model(mixed_dtype)
-        if wrapper == "ddp":
-            model = nn.parallel.DistributedDataParallel(model)
-        else:
-            from torch.distributed.fsdp import fully_shard
-
-            for layer in model:
-                if isinstance(layer, lowpeft.LoRALinear):
-                    fully_shard(layer)
-            fully_shard(model)
-        x, target = _batch()
-        shard = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
-        _loss(model, x[shard], target[shard]).backward()
-        frozen_grads = [n for n, p in model.named_parameters() if "lora_" not in n and p.grad is not None]
-        # Plain lists cross the process boundary safely (shared-memory tensors die with the worker).
-        grads = {k.replace("module.", ""): v.detach().tolist() for k, v in _lora_grads(model).items()}
+        # The wrapped model (which holds the process group) is released before the group is torn down, and
+        # both ranks meet at a barrier first: a gloo group destroyed during interpreter shutdown, or while the
+        # other rank still uses it, can abort with "terminate called without an active exception".
+        grads, frozen_grads = _train_one_step(rank, wrapper, mixed_dtype)
         queue.put((rank, grads, frozen_grads))
-        # Both ranks finish every collective before either tears the group down (a rank destroying the gloo
-        # group while the other still talks to it aborts with "terminate called without an active exception").
         dist.barrier()
     except Exception:
         queue.put((rank, traceback.format_exc(), None))
