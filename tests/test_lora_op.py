@@ -211,11 +211,11 @@ def test_bad_input_is_a_named_error(change, error, words):
         assert word in str(info.value), f"{word!r} not in {info.value}"
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device to put tensors on two devices")
-def test_tensors_on_different_devices():
+@pytest.mark.parametrize("device", ["meta"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_tensors_on_different_devices(device):
     kwargs = _valid()
-    kwargs["weight"] = kwargs["weight"].cuda()
-    with pytest.raises(ValueError, match="weight.*cuda"):
+    kwargs["lora_B"] = kwargs["lora_B"].to(device)
+    with pytest.raises(ValueError, match=f"lora_B: expected a tensor on cpu .x's device., got one on {device}"):
         lora_linear(**kwargs)
 
 
