@@ -116,7 +116,7 @@ def _peft_provider(case):
 
 PROVIDERS = {
     "frozen": _frozen_provider,
-    "lowpeft": _op_provider("triton"),
+    "lowpeft": _op_provider("auto"),
     "lowpeft_cuda": _op_provider("cuda"),
     "peft": _peft_provider,
     "eager": _eager_provider,
@@ -261,7 +261,12 @@ def summarize(rows, providers):
         lines.append(f"| {shape} r={rank} p={p} | {frozen:.3f} | " + " | ".join(cells)
                      + f" | {'' if mem is None else f'{mem:.2f}'} | {target or ''} | {met} |")
     lines.append("")
-    lines.append("lowpeft slower than eager LoRA at: " + (", ".join(slower_than_eager) or "no benchmarked case"))
+    failed = sorted({f"{row['provider']}: {row['error']}" for row in rows if row.get("error")})
+    ran = any(row.get("provider") == "lowpeft" and "ms" in row for row in rows)
+    if ran:
+        lines.append("lowpeft slower than eager LoRA at: " + (", ".join(slower_than_eager) or "no benchmarked case"))
+    if failed:
+        lines.append("Providers that failed (no numbers): " + "; ".join(failed))
     return "\n".join(lines)
 
 
@@ -285,7 +290,8 @@ def main(argv=None) -> int:
     parser.add_argument("--shapes", default=None, help="comma-separated TxKxN; crossed with --ranks and --dropouts")
     parser.add_argument("--ranks", default="8,16,64,128", help="ranks crossed with --shapes")
     parser.add_argument("--dropouts", default="0,0.1", help="dropout probabilities crossed with --shapes")
-    parser.add_argument("--providers", default=",".join(PROVIDERS), help=f"subset of {','.join(PROVIDERS)}")
+    parser.add_argument("--providers", default="frozen,lowpeft,peft,eager,compile",
+                        help=f"subset of {','.join(PROVIDERS)} (default: all but lowpeft_cuda)")
     parser.add_argument("--modes", default=",".join(MODES), help=f"subset of {','.join(MODES)}")
     parser.add_argument("--dtype", choices=sorted(_DTYPES), default="bf16")
     parser.add_argument("--device", default=None, help="cuda (default when present) or cpu")
@@ -332,9 +338,17 @@ def main(argv=None) -> int:
     return 0
 
 
+def _auto_backend_text():
+    from ..ops import _dispatch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return f"here: {_dispatch.resolve('auto', torch.device(device))} on {device}"
+
+
 def _notes(rows, providers):
     return ("## Forward + backward, ratio to the frozen nn.Linear (same run)\n\n" + summarize(rows, providers)
-             + "\n\nlowpeft = backend 'triton' with the GEMM strategy in $LOWPEFT_TRITON_GEMM (environment above; default "
+             + "\n\nlowpeft = backend 'auto' (" + _auto_backend_text() + "); the triton backend runs the GEMM strategy in "
+             "$LOWPEFT_TRITON_GEMM (environment above; default "
              "'cublas': frozen GEMMs in cuBLAS with the LoRA terms folded in, Triton kernels for the masked LoRA parts; "
              "'fused': persistent TMA Triton GEMMs whose accumulators take the LoRA terms); lowpeft_cuda = the compiled "
              "cuda backend. "
