@@ -95,6 +95,8 @@ def lora_linear_fwd(x, weight, bias, lora_A, lora_B, scaling: float, dropout_p: 
         _check_matrix(name, tensor)
     _check_dtypes([("x", x), ("weight", weight), ("bias", bias), ("lora_A", lora_A), ("lora_B", lora_B)])
     rank = _check_rank(lora_A)
+    if gemm_strategy() == "cublas":
+        return _forward_cublas(x, weight, bias, lora_A, lora_B, scaling, dropout_p, seed)
     tokens, out_features = x.shape[0], weight.shape[0]
     y = torch.empty(tokens, out_features, dtype=x.dtype, device=x.device)
     shrink = torch.empty(tokens, rank, dtype=torch.float32, device=x.device)
@@ -103,18 +105,6 @@ def lora_linear_fwd(x, weight, bias, lora_A, lora_B, scaling: float, dropout_p: 
     rank_padded = padded_rank(rank)
     dot_precision, dot_upcast = _dot_settings(x.dtype)
     has_dropout, threshold, inv_keep = _dropout_args(dropout_p)
-    if gemm_strategy() == "cublas":
-        if has_dropout:
-            lora_shrink(x, lora_A.t(), shrink, scale=1.0, seed=seed, threshold=threshold, inv_keep=inv_keep,
-                        has_dropout=True, rank_padded=rank_padded, dot_precision=dot_precision,
-                        dot_upcast=dot_upcast)
-            shrink_compute = shrink.to(x.dtype)
-        else:
-            shrink_compute = torch.mm(x, lora_A.t())
-            shrink.copy_(shrink_compute)
-        torch.mm(x, weight.t(), out=y) if bias is None else torch.addmm(bias, x, weight.t(), out=y)
-        y.addmm_(shrink_compute, lora_B.t(), alpha=scaling)
-        return y, shrink
     fuse_shrink = not has_dropout and rank_padded <= FUSED_RANK_LIMIT and out_features > 0
     if not fuse_shrink:
         lora_shrink(x, lora_A.t(), shrink, scale=1.0, seed=seed, threshold=threshold, inv_keep=inv_keep,
@@ -122,6 +112,25 @@ def lora_linear_fwd(x, weight, bias, lora_A, lora_B, scaling: float, dropout_p: 
                     dot_upcast=dot_upcast)
     lora_forward_gemm(x, weight, bias, lora_A, lora_B, shrink, y, scaling=scaling, fuse_shrink=fuse_shrink,
                       rank_padded=rank_padded, dot_precision=dot_precision, dot_upcast=dot_upcast)
+    return y, shrink
+
+
+def _forward_cublas(x, weight, bias, lora_A, lora_B, scaling, dropout_p, seed):
+    """The cuBLAS strategy's forward (see the header); without dropout it launches no Triton kernel, as few
+    host-side operations as eager PyTorch needs."""
+    if dropout_p == 0.0:
+        shrink_compute = torch.mm(x, lora_A.t())
+        shrink = shrink_compute.float()
+    else:
+        shrink = torch.empty(x.shape[0], lora_A.shape[0], dtype=torch.float32, device=x.device)
+        dot_precision, dot_upcast = _dot_settings(x.dtype)
+        _, threshold, inv_keep = _dropout_args(dropout_p)
+        lora_shrink(x, lora_A.t(), shrink, scale=1.0, seed=seed, threshold=threshold, inv_keep=inv_keep,
+                    has_dropout=True, rank_padded=padded_rank(lora_A.shape[0]), dot_precision=dot_precision,
+                    dot_upcast=dot_upcast)
+        shrink_compute = shrink.to(x.dtype)
+    y = torch.mm(x, weight.t()) if bias is None else torch.addmm(bias, x, weight.t())
+    y.addmm_(shrink_compute, lora_B.t(), alpha=scaling)
     return y, shrink
 
 
