@@ -18,6 +18,8 @@ import time
 
 import torch
 
+from .ops._dispatch import CHOICES as BACKEND_CHOICES
+
 __all__ = ["main", "run_demo", "parse_args", "build_parser", "DemoResult"]
 
 _TOLERANCE_RELOAD = 1e-5  # reloading the same weights: the same computation, so equal up to 1e-5 relative
@@ -46,7 +48,7 @@ def build_parser(prog: str = "lowpeft demo") -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate (default 3e-3)")
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16)")
     parser.add_argument("--dropout", type=float, default=0.05, help="LoRA dropout (default 0.05)")
-    parser.add_argument("--backend", choices=("auto", "triton", "cuda", "cpu", "torch"), default="auto",
+    parser.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
                         help="lowpeft backend (default auto: the fastest available)")
     parser.add_argument("--output", default=None, metavar="DIR",
                         help="keep the saved adapter in DIR (default: a temporary directory, removed at the end)")

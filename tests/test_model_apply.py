@@ -19,8 +19,9 @@ from lowpeft import reference
 from tests.tolerance import assert_matches_oracle
 
 transformers = pytest.importorskip("transformers")
-from tests.tiny_models import DEVICES, tiny_gpt2, tiny_llama
 peft = pytest.importorskip("peft")
+
+from tests.tiny_models import DEVICES, tiny_gpt2, tiny_llama  # noqa: E402
 
 
 MODELS = {"llama": tiny_llama, "gpt2": tiny_gpt2}

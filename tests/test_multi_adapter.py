@@ -10,7 +10,8 @@ import lowpeft
 from lowpeft import model as model_level
 
 transformers = pytest.importorskip("transformers")
-from tests.tiny_models import DEVICES, tiny_llama
+
+from tests.tiny_models import DEVICES, tiny_llama  # noqa: E402
 
 
 CONFIGS = {

@@ -10,8 +10,9 @@ import lowpeft
 from lowpeft import model as model_level
 
 transformers = pytest.importorskip("transformers")
-from tests.tiny_models import DEVICES, tiny_llama
 peft = pytest.importorskip("peft")
+
+from tests.tiny_models import DEVICES, tiny_llama  # noqa: E402
 
 
 def test_prompt_embedding_shapes_and_bad_input():

@@ -16,17 +16,11 @@ from lowpeft import model as model_level
 from tests.tolerance import assert_matches_oracle
 
 transformers = pytest.importorskip("transformers")
-from tests.tiny_models import DEVICES, tiny_gpt2
-from tests.tiny_models import tiny_llama as _tiny_llama
 peft = pytest.importorskip("peft")
 
-
-def tiny_llama(seed=0):
-    """The shared tiny Llama with attention biases (so bias="all" has q/k/v/o biases to train and save)."""
-    return _tiny_llama(seed, attention_bias=True)
-
-
-MODELS = {"llama": tiny_llama, "gpt2": tiny_gpt2}
+from tests.tiny_models import DEVICES  # noqa: E402  (after the importorskips: it needs transformers)
+from tests.tiny_models import ROUND_TRIP_MODELS as MODELS  # noqa: E402
+from tests.tiny_models import tiny_llama_with_attention_bias as tiny_llama  # noqa: E402
 
 
 def _randomise_trainable(model, seed=3):

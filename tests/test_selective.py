@@ -8,8 +8,9 @@ import torch
 import lowpeft
 
 transformers = pytest.importorskip("transformers")
-from tests.tiny_models import tiny_gpt2 as _tiny_gpt2
-from tests.tiny_models import tiny_llama as _tiny_llama
+
+from tests.tiny_models import tiny_gpt2 as _tiny_gpt2  # noqa: E402
+from tests.tiny_models import tiny_llama as _tiny_llama  # noqa: E402
 
 
 def tiny_llama(seed=0):

@@ -26,3 +26,11 @@ def tiny_gpt2(seed=0, layers=2):
     config = transformers.GPT2Config(n_embd=32, n_layer=layers, n_head=2, vocab_size=97, n_positions=64,
                                      bos_token_id=0, eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     return transformers.GPT2LMHeadModel(config).eval()
+
+
+def tiny_llama_with_attention_bias(seed=0):
+    """The tiny Llama with q/k/v/o biases, so bias="all" / "lora_only" have biases to train, save and load."""
+    return tiny_llama(seed, attention_bias=True)
+
+
+ROUND_TRIP_MODELS = {"llama": tiny_llama_with_attention_bias, "gpt2": tiny_gpt2}

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..data import ByteTokenizer, load_text, sample_windows
+from ..ops._dispatch import CHOICES as BACKEND_CHOICES
 from ._common import environment, write_results
 
 __all__ = [
@@ -511,7 +512,7 @@ def build_parser(prog: str = "lowpeft bench model") -> argparse.ArgumentParser:
     parser.add_argument("--seq-len", type=_positive_int, default=None, help="override the preset's sequence length")
     parser.add_argument("--batch-size", type=_positive_int, default=None, help="override the preset's batch size")
     parser.add_argument("--dtype", choices=sorted(_DTYPES), default=None, help="override the preset's dtype")
-    parser.add_argument("--backend", choices=("auto", "triton", "cuda", "cpu", "torch"), default="auto",
+    parser.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
                         help="lowpeft backend for the lowpeft provider (default auto)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="PATH", help="write rows, per-step losses and the summary as JSON")
