@@ -5,6 +5,8 @@
 #   benchmarks/gpu_final.sh model    build; the LoRA layer benchmark again; the ~1B Llama training benchmark
 #   benchmarks/gpu_final.sh checks   build; GPU correctness at fixed shapes (every backend, dtype, dropout, strategy),
 #                                    the adapter op on the GPU, the ~1B Llama benchmark with dropout 0.05
+#   benchmarks/gpu_final.sh probe    build; GPU correctness at fixed shapes and the native-backend tests; the
+#                                    building-block timings of benchmarks/gpu_probe_components.py
 # Every step has its own time limit so one slow step cannot starve the rest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -54,5 +56,15 @@ case "${1:-layers}" in
     timeout 170 python3 -m lowpeft bench model --preset 1b --steps 30 --dropout 0.05 --no-progress \
       --json "$OUT/model_1b_h100_dropout.json" --md "$OUT/model_1b_h100_dropout.md" > "$OUT/model_bench_dropout.log" 2>&1
     echo "model bench exit $?"; grep -E "^\| (lowpeft|peft|eager|frozen)|^- dropout" "$OUT/model_1b_h100_dropout.md"
+    ;;
+  probe)
+    LOWPEFT_AUTOTUNE=0 timeout 200 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_lora_op.py \
+      -k "gpu_fixed" > "$OUT/gpu_lora_tests.log" 2>&1
+    echo "lora pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_lora_tests.log" | tail -12
+    timeout 120 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_native_backends.py \
+      > "$OUT/gpu_native_tests.log" 2>&1
+    echo "native pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_native_tests.log" | tail -12
+    timeout 200 python3 benchmarks/gpu_probe_components.py > "$OUT/probe_components.log" 2>&1
+    echo "probe exit $?"; cat "$OUT/probe_components.log" | tail -60
     ;;
 esac
