@@ -21,8 +21,13 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def autotuning() -> bool:
+    """False under LOWPEFT_AUTOTUNE=0: every kernel runs its first (fitting) config, no benchmarking."""
+    return os.environ.get("LOWPEFT_AUTOTUNE", "1") != "0"
+
+
 def _tuned(configs: list[triton.Config]) -> list[triton.Config]:
-    return configs if os.environ.get("LOWPEFT_AUTOTUNE", "1") != "0" else configs[:1]
+    return configs if autotuning() else configs[:1]
 
 
 def token_bucket(tokens: int) -> int:
@@ -40,7 +45,7 @@ def gemm_configs() -> list[triton.Config]:
     step BLOCK_K. Tuned on an H100 at 8192 x 4096 -> 4096 / 11008 and 2048..4096 x 1024..2048, bf16."""
     if interpreting():
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}, num_warps=4, num_stages=1)]
-    return _tuned([
+    return [
         triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
         triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=4),
         triton.Config({"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
@@ -48,7 +53,7 @@ def gemm_configs() -> list[triton.Config]:
         triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=4),
         triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=4),
         triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8}, num_warps=4, num_stages=4),
-    ])
+    ]
 
 
 def _set_forward_tma_blocks(nargs):
@@ -74,11 +79,11 @@ def _gemm_tma_configs(pre_hook) -> list[triton.Config]:
     (11008) cuBLAS's speed, 128x128x64 / 4 warps / 4 stages at 0.95x on the two small shapes."""
     shapes = [(128, 256, 8, 3, False), (128, 256, 8, 3, True), (128, 256, 8, 4, False), (128, 128, 4, 4, True),
               (128, 128, 8, 4, True)]
-    return _tuned([
+    return [
         triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": 64, "GROUP_M": 8, "FLATTEN": flatten},
                       num_warps=warps, num_stages=stages, pre_hook=pre_hook)
         for m, n, warps, stages, flatten in shapes
-    ])
+    ]
 
 
 def forward_tma_configs() -> list[triton.Config]:
@@ -95,7 +100,9 @@ _EPILOGUE_MARGIN = 16 * 1024
 
 def prune_gemm_configs(configs, named_args, **kwargs):
     """Drop tiles whose pipelined operand buffers cannot fit in shared memory for this dtype (fp32 inputs
-    need twice the bytes of 16-bit ones) and tiles far larger than a small problem."""
+    need twice the bytes of 16-bit ones) and tiles far larger than a small problem. The GEMM config lists
+    are never cut by LOWPEFT_AUTOTUNE=0 up front (triton skips pruning for a one-config list, so fp32 would
+    get a 16-bit tile that overflows shared memory); the switch applies here, after the fit check."""
     operand = next(named_args[name] for name in ("x_ptr", "g_ptr", "x_desc", "g_desc") if name in named_args)
     element_bytes = getattr(operand, "base", operand).element_size()
     rows = named_args["T"]
@@ -115,7 +122,7 @@ def prune_gemm_configs(configs, named_args, **kwargs):
             continue
         kept.append(config)
     if kept:
-        return kept
+        return kept if autotuning() else kept[:1]
     # Nothing fits (fp32 with the 16-bit tiles): shrink the last config's pipeline, then its K step.
     last = configs[-1]
     meta, stages = dict(last.kwargs), last.num_stages

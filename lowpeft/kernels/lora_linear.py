@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 
 import torch
+import torch.nn.functional as F
 
 from .. import reference
 from ._tuning import FUSED_RANK_LIMIT, interpreting, padded_rank
@@ -44,32 +45,11 @@ def gemm_strategy() -> str:
 _MAX_RANK = 256
 
 
-def _check_dtypes(named):
-    dtype = named[0][1].dtype
-    for name, tensor in named:
-        if tensor is None:
-            continue
-        if tensor.dtype not in _DTYPES:
-            raise TypeError(
-                f"{name}: the triton backend takes float32, float16 or bfloat16 tensors, got {tensor.dtype} "
-                "(use backend='torch' or 'cpu' for float64)"
-            )
-        if tensor.dtype != dtype:
-            raise TypeError(f"{name}: expected dtype {dtype} (like {named[0][0]}), got {tensor.dtype}")
-        if tensor.device != named[0][1].device:
-            raise ValueError(f"{name}: expected a tensor on {named[0][1].device}, got one on {tensor.device}")
-
-
 def _check_rank(lora_A):
     rank = lora_A.shape[0]
     if not 1 <= rank <= _MAX_RANK:
         raise ValueError(f"lora_A: the triton backend takes ranks 1..{_MAX_RANK}, got r={rank}")
     return rank
-
-
-def _check_matrix(name, tensor):
-    if tensor.dim() != 2:
-        raise ValueError(f"{name}: expected a 2-D tensor, got shape {tuple(tensor.shape)}")
 
 
 def _dot_settings(dtype):
@@ -89,11 +69,29 @@ def _dropout_args(dropout_p):
     return True, reference.dropout_threshold(dropout_p), 1.0 / (1.0 - dropout_p)
 
 
+def _check_operands(named):
+    """One pass over (name, tensor) pairs: 2-D (bias 1-D), a supported dtype shared by all, one device."""
+    dtype, device = named[0][1].dtype, named[0][1].device
+    if dtype not in _DTYPES:
+        raise TypeError(
+            f"{named[0][0]}: the triton backend takes float32, float16 or bfloat16 tensors, got {dtype} "
+            "(use backend='torch' or 'cpu' for float64)"
+        )
+    for name, tensor in named:
+        if tensor is None:
+            continue
+        if tensor.dim() != (1 if name == "bias" else 2):
+            raise ValueError(f"{name}: expected a {1 if name == 'bias' else 2}-D tensor, got shape "
+                             f"{tuple(tensor.shape)}")
+        if tensor.dtype != dtype:
+            raise TypeError(f"{name}: expected dtype {dtype} (like {named[0][0]}), got {tensor.dtype}")
+        if tensor.device != device:
+            raise ValueError(f"{name}: expected a tensor on {device}, got one on {tensor.device}")
+
+
 def lora_linear_fwd(x, weight, bias, lora_A, lora_B, scaling: float, dropout_p: float, seed: int):
     """(y [T, N] in x's dtype, S = dropout(x) Aᵀ [T, r] in float32) for 2-D x of any strides."""
-    for name, tensor in (("x", x), ("weight", weight), ("lora_A", lora_A), ("lora_B", lora_B)):
-        _check_matrix(name, tensor)
-    _check_dtypes([("x", x), ("weight", weight), ("bias", bias), ("lora_A", lora_A), ("lora_B", lora_B)])
+    _check_operands((("x", x), ("weight", weight), ("bias", bias), ("lora_A", lora_A), ("lora_B", lora_B)))
     rank = _check_rank(lora_A)
     if gemm_strategy() == "cublas":
         return _forward_cublas(x, weight, bias, lora_A, lora_B, scaling, dropout_p, seed)
@@ -119,7 +117,7 @@ def _forward_cublas(x, weight, bias, lora_A, lora_B, scaling, dropout_p, seed):
     """The cuBLAS strategy's forward (see the header); without dropout it launches no Triton kernel, as few
     host-side operations as eager PyTorch needs."""
     if dropout_p == 0.0:
-        shrink_compute = torch.mm(x, lora_A.t())
+        shrink_compute = F.linear(x, lora_A)
         shrink = shrink_compute.float()
     else:
         shrink = torch.empty(x.shape[0], lora_A.shape[0], dtype=torch.float32, device=x.device)
@@ -129,18 +127,37 @@ def _forward_cublas(x, weight, bias, lora_A, lora_B, scaling, dropout_p, seed):
                     has_dropout=True, rank_padded=padded_rank(lora_A.shape[0]), dot_precision=dot_precision,
                     dot_upcast=dot_upcast)
         shrink_compute = shrink.to(x.dtype)
-    y = torch.mm(x, weight.t()) if bias is None else torch.addmm(bias, x, weight.t())
+    y = F.linear(x, weight, bias)
     y.addmm_(shrink_compute, lora_B.t(), alpha=scaling)
     return y, shrink
+
+
+def _backward_cublas_no_dropout(grad_out, x, weight, lora_A, lora_B, shrink, scaling, needs):
+    """The cuBLAS strategy's backward without dropout: six cuBLAS calls, the scaling folded into alpha
+    (addmm with beta = 0 ignores its input, so lora_B / a row of it only lends a shape)."""
+    need_dx, need_dA, need_dB, need_dW, need_db = needs
+    dx = grad_A = grad_B = grad_W = grad_b = None
+    if need_dx or need_dA:
+        d_shrink = torch.addmm(lora_B[0], grad_out, lora_B, beta=0, alpha=scaling)
+        if need_dx:
+            dx = torch.mm(grad_out, weight).addmm_(d_shrink, lora_A)
+        if need_dA:
+            grad_A = torch.mm(d_shrink.t(), x)
+    if need_dB:
+        grad_B = torch.addmm(lora_B, grad_out.t(), shrink.to(x.dtype), beta=0, alpha=scaling)
+    if need_dW:
+        grad_W = grad_out.t() @ x
+    if need_db:
+        grad_b = torch.sum(grad_out, 0, dtype=torch.float32).to(x.dtype)
+    return dx, grad_A, grad_B, grad_W, grad_b
 
 
 def lora_linear_bwd(grad_out, x, weight, lora_A, lora_B, shrink, scaling: float, dropout_p: float, seed: int,
                     needs):
     """(dx, dA, dB, dW, db), each None where its `needs` flag (same order) is False."""
-    for name, tensor in (("grad_out", grad_out), ("x", x), ("weight", weight), ("lora_A", lora_A),
-                         ("lora_B", lora_B), ("shrink", shrink)):
-        _check_matrix(name, tensor)
-    _check_dtypes([("x", x), ("grad_out", grad_out), ("weight", weight), ("lora_A", lora_A), ("lora_B", lora_B)])
+    _check_operands((("x", x), ("grad_out", grad_out), ("weight", weight), ("lora_A", lora_A), ("lora_B", lora_B)))
+    if shrink.dim() != 2:
+        raise ValueError(f"shrink: expected a 2-D tensor, got shape {tuple(shrink.shape)}")
     if grad_out.shape[1] > 1 and grad_out.stride(1) != 1:
         raise ValueError(f"grad_out: expected a row-major last dimension (stride 1), got strides {grad_out.stride()}")
     if shrink.dtype != torch.float32:
@@ -159,14 +176,18 @@ def lora_linear_bwd(grad_out, x, weight, lora_A, lora_B, shrink, scaling: float,
             zeros(out_features, width) if need_dW else None,
             zeros(out_features) if need_db else None,
         )
+    cublas = gemm_strategy() == "cublas"
+    if cublas and dropout_p == 0.0:
+        return _backward_cublas_no_dropout(grad_out, x, weight, lora_A, lora_B, shrink, scaling,
+                                           (need_dx, need_dA, need_dB, need_dW, need_db))
     rank_padded = padded_rank(rank)
     dot_precision, dot_upcast = _dot_settings(dtype)
     has_dropout, threshold, inv_keep = _dropout_args(dropout_p)
     dropout_args = dict(seed=seed, threshold=threshold, inv_keep=inv_keep, has_dropout=has_dropout)
     dot_args = dict(rank_padded=rank_padded, dot_precision=dot_precision, dot_upcast=dot_upcast)
 
+    # From here on the cuBLAS strategy has dropout: the masked products run in Triton.
     dx = d_shrink = grad_A = grad_B = grad_W = grad_b = None
-    cublas = gemm_strategy() == "cublas"
     if need_dx or need_dA:
         fuse_ds = not cublas and need_dx and rank_padded <= FUSED_RANK_LIMIT and width > 0
         if cublas:
@@ -178,21 +199,16 @@ def lora_linear_bwd(grad_out, x, weight, lora_A, lora_B, shrink, scaling: float,
                         has_dropout=False, **dot_args)
         if need_dx and cublas:
             dx = torch.mm(grad_out, weight)
-            if has_dropout:
-                lora_expand_add(d_shrink.float(), lora_A, dx, seed=seed, threshold=threshold, inv_keep=inv_keep,
-                                has_dropout=True, rank_padded=rank_padded, dot_precision=dot_precision)
-            else:
-                dx.addmm_(d_shrink, lora_A)
+            lora_expand_add(d_shrink.float(), lora_A, dx, seed=seed, threshold=threshold, inv_keep=inv_keep,
+                            has_dropout=True, rank_padded=rank_padded, dot_precision=dot_precision)
         elif need_dx:
             dx = torch.empty(tokens, width, dtype=dtype, device=device)
             lora_dx_gemm(grad_out, weight, lora_A, lora_B, d_shrink, dx, scaling=scaling, fuse_ds=fuse_ds,
                          **dropout_args, **dot_args)
-    if need_dA and cublas and not has_dropout:
-        grad_A = torch.mm(d_shrink.t(), x)
-    elif need_dA:
+    if need_dA:
         grad_A = lora_grad_A(x, d_shrink.float(), **dropout_args, **dot_args).to(dtype)
     if need_dB and cublas:
-        grad_B = torch.mm(grad_out.t(), shrink.to(dtype)).mul_(scaling)
+        grad_B = torch.addmm(lora_B, grad_out.t(), shrink.to(dtype), beta=0, alpha=scaling)
     elif need_dB:
         grad_B, grad_b = lora_grad_B(grad_out, shrink, scaling=scaling, with_bias_grad=need_db, **dot_args)
         grad_B = grad_B.to(dtype)

@@ -168,12 +168,15 @@ class LoRALinear(nn.Module):
         compute_dtype = weight.dtype
         if isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type):
             compute_dtype = torch.get_autocast_dtype(x.device.type)
+        lora_A, lora_B = self.lora_A, self.lora_B
+        if lora_A.dtype != compute_dtype or lora_B.dtype != compute_dtype:
+            lora_A, lora_B = lora_A.to(compute_dtype), lora_B.to(compute_dtype)
         return lora_linear(
             x,
             weight,
             self.bias,
-            self.lora_A.to(compute_dtype),
-            self.lora_B.to(compute_dtype),
+            lora_A,
+            lora_B,
             self.scaling,
             self.dropout_p,
             self.training,

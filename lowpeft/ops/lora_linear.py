@@ -222,6 +222,28 @@ def _check_tensor(name, value, ndim, expected_shape_text):
         raise ValueError(f"{name}: expected a {ndim}-D tensor {expected_shape_text}, got shape {tuple(value.shape)}")
 
 
+def _inputs_plainly_valid(x, weight, bias, lora_A, lora_B, scaling, dropout_p) -> bool:
+    """A cheap conservative pre-check (a few attribute reads): True only for arguments _check_inputs accepts.
+    Every layer call pays for argument checking, and small layers are host-bound; the detailed checks with
+    their named errors run only when this says no."""
+    try:
+        dtype, device = x.dtype, x.device
+        out_features, in_features = weight.shape
+        rank, lora_in = lora_A.shape
+        return (
+            dtype.is_floating_point and x.shape[-1] == in_features == lora_in and rank >= 1
+            and lora_B.shape[0] == out_features and lora_B.shape[1] == rank and lora_B.dim() == 2
+            and weight.dtype == dtype and lora_A.dtype == dtype and lora_B.dtype == dtype
+            and weight.device == device and lora_A.device == device and lora_B.device == device
+            and (bias is None or (bias.dim() == 1 and bias.shape[0] == out_features and bias.dtype == dtype
+                                  and bias.device == device))
+            and type(scaling) is float and math.isfinite(scaling)
+            and type(dropout_p) is float and 0.0 <= dropout_p < 1.0
+        )
+    except (AttributeError, ValueError, TypeError, IndexError):
+        return False
+
+
 def _check_inputs(x, weight, bias, lora_A, lora_B, scaling, dropout_p):
     if not isinstance(x, Tensor):
         raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
@@ -284,16 +306,18 @@ def lora_linear(
         dtype = torch.get_autocast_dtype(x.device.type)
         x, weight, lora_A, lora_B = (t.to(dtype) for t in (x, weight, lora_A, lora_B))
         bias = None if bias is None else bias.to(dtype)
-    _check_inputs(x, weight, bias, lora_A, lora_B, scaling, dropout_p)
+    if not _inputs_plainly_valid(x, weight, bias, lora_A, lora_B, scaling, dropout_p):
+        _check_inputs(x, weight, bias, lora_A, lora_B, scaling, dropout_p)
     effective_p = float(dropout_p) if training else 0.0
     if seed is None:
         seed = draw_dropout_seed() if effective_p > 0.0 else _NO_DROPOUT_SEED
     name = _dispatch.resolve(backend, x.device, x.dtype)
-    leading = x.shape[:-1]
-    x2 = x.reshape(-1, x.shape[-1])
+    flat = x.dim() == 2
+    x2 = x if flat else x.reshape(-1, x.shape[-1])
     if torch.compiler.is_compiling():
         y, _ = torch.ops.lowpeft.lora_linear(x2, weight, bias, lora_A, lora_B, float(scaling), effective_p, seed, name)
     else:
-        y = LoRALinearFunction.apply(x2, weight, bias, lora_A, lora_B, float(scaling), effective_p, int(seed), name)
+        seed_value = int(seed) if effective_p > 0.0 else 0
+        y = LoRALinearFunction.apply(x2, weight, bias, lora_A, lora_B, float(scaling), effective_p, seed_value, name)
     # A 2-D input gets the op's own output (not a view: FSDP2 warns about module outputs that are views).
-    return y if x.dim() == 2 else y.reshape(*leading, weight.shape[0])
+    return y if flat else y.reshape(*x.shape[:-1], weight.shape[0])
