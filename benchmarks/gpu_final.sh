@@ -61,10 +61,19 @@ case "${1:-layers}" in
     LOWPEFT_AUTOTUNE=0 timeout 200 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_lora_op.py \
       -k "gpu_fixed" > "$OUT/gpu_lora_tests.log" 2>&1
     echo "lora pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_lora_tests.log" | tail -12
-    timeout 120 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_native_backends.py \
+    timeout 120 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_native_backends.py -k "not bad_input" \
       > "$OUT/gpu_native_tests.log" 2>&1
     echo "native pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_native_tests.log" | tail -12
-    timeout 200 python3 benchmarks/gpu_probe_components.py > "$OUT/probe_components.log" 2>&1
-    echo "probe exit $?"; cat "$OUT/probe_components.log" | tail -60
+    if command -v gdb >/dev/null; then
+      timeout 120 gdb -q -batch -ex run -ex bt --args python3 benchmarks/diag_native_errors.py > "$OUT/diag_native.log" 2>&1
+    else
+      timeout 120 python3 -X faulthandler benchmarks/diag_native_errors.py > "$OUT/diag_native.log" 2>&1
+    fi
+    echo "diag exit $?"; grep -vE "^\[(New|Thread)|^warning" "$OUT/diag_native.log" | tail -30
+    LOWPEFT_AUTOTUNE=0 LOWPEFT_HYPOTHESIS_EXAMPLES=3 timeout 150 python3 -m pytest -q -p no:cacheprovider -rfE \
+      tests/test_triton_lora.py -k "dropout or mask or keep" > "$OUT/gpu_dropout_tests.log" 2>&1
+    echo "dropout pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_dropout_tests.log" | tail -12
+    timeout 150 python3 benchmarks/gpu_probe_components.py > "$OUT/probe_components.log" 2>&1
+    echo "probe exit $?"; grep -E "host|launcher|triton|frozen nn|composed" "$OUT/probe_components.log" | tail -30
     ;;
 esac

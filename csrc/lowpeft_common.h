@@ -23,7 +23,7 @@
 namespace lowpeft {
 
 // ---------------------------------------------------------------------------------------------------
-// Dropout: element (t, k) is kept iff Philox4x32-10(key = seed; counters k, t, 0, 0)[0] >= threshold.
+// Dropout: element (t, k) is kept iff word k % 4 of Philox4x32-10(key = seed; counters k / 4, t, 0, 0) >= threshold.
 // ---------------------------------------------------------------------------------------------------
 struct PhiloxKey {
   uint32_t low;
@@ -35,9 +35,13 @@ inline PhiloxKey philox_key(int64_t seed) {
   return {static_cast<uint32_t>(bits & 0xffffffffu), static_cast<uint32_t>(bits >> 32)};
 }
 
-// First output word of Philox-4x32-10 for counters (c0, c1, 0, 0); bit-exact with
-// reference.philox_uint32 and Triton's tl.philox(seed, c0, c1, 0, 0)[0].
-LOWPEFT_HOST_DEVICE uint32_t philox_first_word(uint32_t c0, uint32_t c1, uint32_t key0, uint32_t key1) {
+struct PhiloxWords {
+  uint32_t w0, w1, w2, w3;
+};
+
+// The four output words of Philox-4x32-10 for counters (c0, c1, 0, 0); bit-exact with reference.philox_words
+// and Triton's tl.philox(seed, c0, c1, 0, 0).
+LOWPEFT_HOST_DEVICE PhiloxWords philox_words(uint32_t c0, uint32_t c1, uint32_t key0, uint32_t key1) {
   uint32_t c2 = 0, c3 = 0;
 #if defined(__CUDACC__)
 #pragma unroll
@@ -56,7 +60,18 @@ LOWPEFT_HOST_DEVICE uint32_t philox_first_word(uint32_t c0, uint32_t c1, uint32_
     key0 += 0x9E3779B9u;
     key1 += 0xBB67AE85u;
   }
-  return c0;
+  return {c0, c1, c2, c3};
+}
+
+// Word `index` (0..3) of a Philox result, without dynamic indexing (which would put the words in local memory
+// on a GPU).
+LOWPEFT_HOST_DEVICE uint32_t philox_word(const PhiloxWords& words, uint32_t index) {
+  return index == 0 ? words.w0 : index == 1 ? words.w1 : index == 2 ? words.w2 : words.w3;
+}
+
+// The draw of dropout element (row, col): reference.dropout_draws.
+LOWPEFT_HOST_DEVICE uint32_t dropout_draw(uint32_t col, uint32_t row, uint32_t key0, uint32_t key1) {
+  return philox_word(philox_words(col >> 2, row, key0, key1), col & 3u);
 }
 
 // reference.dropout_threshold: keep iff draw >= min(int(p * 2^32), 2^32 - 1).

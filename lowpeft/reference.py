@@ -44,10 +44,10 @@ def _umul32(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return high & _MASK32, low & _MASK32
 
 
-def philox_uint32(seed: int, counter0: torch.Tensor, counter1: torch.Tensor) -> torch.Tensor:
-    """First output word of Philox-4x32-10 for counters (counter0, counter1, 0, 0) and a 64-bit key.
+def philox_words(seed: int, counter0: torch.Tensor, counter1: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The four output words of Philox-4x32-10 for counters (counter0, counter1, 0, 0) and a 64-bit key.
 
-    Bit-exact with `tl.philox(seed, counter0.to(tl.uint32), counter1.to(tl.uint32), 0, 0)[0]`.
+    Bit-exact with `tl.philox(seed, counter0.to(tl.uint32), counter1.to(tl.uint32), 0, 0)`.
     """
     key0 = seed & _MASK32
     key1 = (seed >> 32) & _MASK32
@@ -61,7 +61,15 @@ def philox_uint32(seed: int, counter0: torch.Tensor, counter1: torch.Tensor) -> 
         c0, c1, c2, c3 = hi_b ^ c1 ^ key0, lo_b, hi_a ^ c3 ^ key1, lo_a
         key0 = (key0 + _PHILOX_KEY_A) & _MASK32
         key1 = (key1 + _PHILOX_KEY_B) & _MASK32
-    return c0
+    return c0, c1, c2, c3
+
+
+def dropout_draws(seed: int, row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+    """The uint32 draw (as int64) of element (row, col): word col % 4 of Philox(seed; counters col // 4, row).
+    One Philox evaluation serves four neighbouring columns, so regenerating the mask costs a quarter of the
+    integer work of one call per element."""
+    words = philox_words(seed, torch.div(col, 4, rounding_mode="floor"), row)
+    return torch.stack(words, dim=-1).gather(-1, (col % 4).unsqueeze(-1)).squeeze(-1)
 
 
 def dropout_threshold(p: float) -> int:
@@ -71,12 +79,12 @@ def dropout_threshold(p: float) -> int:
 
 def dropout_keep_mask(seed: int, rows: int, cols: int, p: float, device=None) -> torch.Tensor:
     """The keep mask (bool [rows, cols]) every backend regenerates from `seed`: element (t, k) is kept iff
-    Philox(seed; counters k, t) >= dropout_threshold(p). No backend ever stores it."""
+    word k % 4 of Philox(seed; counters k // 4, t, 0, 0) >= dropout_threshold(p). No backend ever stores it."""
     if p == 0.0:
         return torch.ones(rows, cols, dtype=torch.bool, device=device)
     row = torch.arange(rows, dtype=torch.int64, device=device).unsqueeze(1).expand(rows, cols)
     col = torch.arange(cols, dtype=torch.int64, device=device).unsqueeze(0).expand(rows, cols)
-    return philox_uint32(int(seed), col, row) >= dropout_threshold(p)
+    return dropout_draws(int(seed), row, col) >= dropout_threshold(p)
 
 
 def _dropped(x: torch.Tensor, keep_mask: torch.Tensor | None, p: float) -> torch.Tensor:

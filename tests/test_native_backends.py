@@ -4,6 +4,9 @@
 # float64, empty batches, non-contiguous inputs, NaN propagation, determinism, 64-bit offsets (GPU) and named
 # errors for bad input. In CI (CI=true) the extension must load: its absence fails instead of skipping.
 import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -150,6 +153,33 @@ def test_lora_backend_agrees_with_torch_backend_under_the_same_seed(device, dtyp
         assert_matches_oracle(ours.reshape(ref.shape), theirs.reshape(ref.shape), ref, name=f"{device}-vs-torch/{name}")
 
 
+_MASK_SCRIPT = textwrap.dedent("""
+    import torch
+    from lowpeft import _extension, reference
+    _extension.load()
+    T, K, p, seed = 5, 150, 0.3, 12345  # 150 columns: full AVX-512 (64) and AVX2 (32) steps plus a ragged tail
+    eye = torch.eye(K, dtype=torch.float64)
+    _, shrink = torch.ops.lowpeft.native_lora_linear_fwd(
+        torch.ones(T, K, dtype=torch.float64), torch.zeros(K, K, dtype=torch.float64), None, eye, eye, 1.0, p, seed)
+    expected = reference.dropout_keep_mask(seed, T, K, p)
+    wrong = ((shrink != 0) ^ expected).nonzero().tolist()
+    assert not wrong, f"mask differs at (row, col) {wrong[:8]}"
+""")
+
+
+@pytest.mark.parametrize("isa", ["widest", "avx2", "scalar"])
+def test_cpu_dropout_mask_is_the_reference_mask_on_every_instruction_set(isa):
+    """The cpu backend's Philox row generator (AVX-512, AVX2 with its 4 x 8 transpose, scalar) draws exactly
+    reference.dropout_keep_mask; each variant in its own process ($LOWPEFT_CPU_ISA is read once)."""
+    _skip_unless_backend("cpu")
+    env = dict(os.environ)
+    if isa != "widest":
+        env["LOWPEFT_CPU_ISA"] = isa
+    run = subprocess.run([sys.executable, "-c", _MASK_SCRIPT], env=env, capture_output=True, text=True, timeout=300,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert run.returncode == 0, run.stderr[-2000:]
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_lora_backward_is_deterministic(device):
     _skip_unless_backend(device)
@@ -221,7 +251,7 @@ def test_cuda_lora_64_bit_offsets():
     y, shrink = torch.ops.lowpeft.native_lora_linear_fwd(x, weight, None, lora_A, lora_B, 1.0, 0.5, 3)
     tail = torch.arange(tokens - 4, tokens, device="cuda")
     cols = torch.arange(in_features, device="cuda")
-    keep = reference.philox_uint32(3, cols.unsqueeze(0).expand(4, -1), tail.unsqueeze(1).expand(-1, in_features))
+    keep = reference.dropout_draws(3, tail.unsqueeze(1).expand(-1, in_features), cols.unsqueeze(0).expand(4, -1))
     mask = keep >= reference.dropout_threshold(0.5)
     x_tail = x[-4:].double()
     ref_shrink = (x_tail * mask / 0.5) @ lora_A.double().t()

@@ -240,7 +240,7 @@ def test_gpu_64bit_offsets_beyond_2_pow_31_elements():
     tail = slice(T - 1000, T)
     rows = torch.arange(T - 1000, T, device=device).unsqueeze(1).expand(1000, K)
     cols = torch.arange(K, device=device).unsqueeze(0).expand(1000, K)
-    keep = reference.philox_uint32(seed, cols, rows) >= reference.dropout_threshold(p)
+    keep = reference.dropout_draws(seed, rows, cols) >= reference.dropout_threshold(p)
     xt = x.detach()[tail].double()
     args64 = (xt, weight.double(), None, lora_A.detach().double(), lora_B.detach().double(), 0.5, keep, p)
     y64 = reference.lora_linear(*args64)

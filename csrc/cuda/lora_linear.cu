@@ -47,10 +47,16 @@ Dropout make_dropout(double p, int64_t seed) {
 template <int VEC, typename acc_t>
 __device__ __forceinline__ void apply_dropout(const Dropout& dropout, int64_t row, int64_t col0, acc_t (&v)[VEC]) {
   if (!dropout.active) return;
+  // One Philox evaluation per aligned group of four columns (vectors start at multiples of VEC).
+  PhiloxWords words = philox_words(static_cast<uint32_t>(col0) >> 2, static_cast<uint32_t>(row), dropout.key0,
+                                   dropout.key1);
 #pragma unroll
   for (int i = 0; i < VEC; ++i) {
-    const uint32_t draw = philox_first_word(static_cast<uint32_t>(col0 + i), static_cast<uint32_t>(row),
-                                            dropout.key0, dropout.key1);
+    const uint32_t col = static_cast<uint32_t>(col0 + i);
+    if (i > 0 && (col & 3u) == 0) {
+      words = philox_words(col >> 2, static_cast<uint32_t>(row), dropout.key0, dropout.key1);
+    }
+    const uint32_t draw = philox_word(words, col & 3u);
     v[i] *= draw >= dropout.threshold ? static_cast<acc_t>(dropout.keep_scale) : acc_t(0);
   }
 }

@@ -55,7 +55,7 @@ def _lora_split_t_kernel(
         if HAS_COLSUM:
             colsum += tl.sum(big.to(tl.float32), axis=0)
         if HAS_DROPOUT:
-            big = (big.to(tl.float32) * dropout_keep_scale(seed, rows, cols_ld, threshold, inv_keep)).to(big.dtype)
+            big = (big.to(tl.float32) * dropout_keep_scale(seed, rows, cols, threshold, inv_keep)).to(big.dtype)
         small = tl.load(small_ptr + rows.to(tl.int64)[:, None] * stride_st + ranks[None, :],
                         mask=rows_in[:, None] & ranks_in[None, :], other=0.0)
         acc = mma(tl.trans(small.to(big.dtype)), big, acc, DOT_PRECISION, DOT_UPCAST)
