@@ -19,7 +19,9 @@ def _extensions():
 
     root = os.path.dirname(os.path.abspath(__file__))
     sources = ["csrc/registration.cpp"] + sorted(
-        os.path.relpath(path, root) for path in glob.glob(os.path.join(root, "csrc", "cpu", "*.cpp"))
+        os.path.relpath(path, root)
+        for folder in ("autograd", "cpu")
+        for path in glob.glob(os.path.join(root, "csrc", folder, "*.cpp"))
     )
     cxx_flags = ["-O3", "-fopenmp"]
     with_cuda = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None

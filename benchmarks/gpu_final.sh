@@ -7,6 +7,8 @@
 #                                    the adapter op on the GPU, the ~1B Llama benchmark with dropout 0.05
 #   benchmarks/gpu_final.sh probe    build; GPU correctness at fixed shapes and the native-backend tests; the
 #                                    building-block timings of benchmarks/gpu_probe_components.py
+#   benchmarks/gpu_final.sh native   build; the native-backend tests (cuda included); host time per layer call;
+#                                    the LoRA layer benchmark with the triton and cuda backends side by side
 # Every step has its own time limit so one slow step cannot starve the rest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -56,6 +58,18 @@ case "${1:-layers}" in
     timeout 170 python3 -m lowpeft bench model --preset 1b --steps 30 --dropout 0.05 --no-progress \
       --json "$OUT/model_1b_h100_dropout.json" --md "$OUT/model_1b_h100_dropout.md" > "$OUT/model_bench_dropout.log" 2>&1
     echo "model bench exit $?"; grep -E "^\| (lowpeft|peft|eager|frozen)|^- dropout" "$OUT/model_1b_h100_dropout.md"
+    ;;
+  native)
+    timeout 150 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_native_backends.py tests/test_lora_op.py \
+      -k "native or cuda" > "$OUT/gpu_native_tests.log" 2>&1
+    echo "native pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_native_tests.log" | tail -12
+    python3 -c "
+import sys; sys.argv = ['x']
+exec(open('benchmarks/gpu_probe_components.py').read().split('if __name__')[0]); host_times()" 2>&1 | grep host
+    LOWPEFT_AUTOTUNE=0 timeout 280 python3 benchmarks/bench_lora.py --cases "$CASES" \
+      --providers frozen,lowpeft,lowpeft_cuda,eager,peft,compile \
+      --json "$OUT/lora_h100.json" --md "$OUT/lora_h100.md" > "$OUT/lora_bench.log" 2>&1
+    echo "lora bench exit $?"; grep -B2 -A14 "^| case" "$OUT/lora_h100.md" | head -40
     ;;
   probe)
     LOWPEFT_AUTOTUNE=0 timeout 200 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_lora_op.py \

@@ -6,6 +6,7 @@
 // The schemas use TORCH_LIBRARY_FRAGMENT because lowpeft/ops/*.py defines other lowpeft:: ops from Python.
 #include <Python.h>
 
+#include <cstdio>
 #include <string>
 
 #include <ATen/ATen.h>
@@ -20,6 +21,17 @@
 namespace lowpeft {
 namespace {
 
+// Numbers enter error messages as text made here (std::to_string / snprintf), never through an ostream: on
+// the H100 build (torch 2.11, 2026-11-24) streaming a double into TORCH_CHECK's message crashed the process
+// (dropout_p = 1.0) while messages of strings alone raised normally.
+std::string number_text(double value) {
+  char buffer[32];
+  std::snprintf(buffer, sizeof(buffer), "%.17g", value);
+  return buffer;
+}
+
+std::string number_text(int64_t value) { return std::to_string(value); }
+
 std::string shape_text(const at::Tensor& t) {
   std::string text = "[";
   for (int64_t d = 0; d < t.dim(); ++d) {
@@ -31,11 +43,11 @@ std::string shape_text(const at::Tensor& t) {
 void check_tensor(std::string_view op, const char* name, const at::Tensor& value, const at::Tensor& x,
                   std::initializer_list<int64_t> shape, const char* shape_name) {
   TORCH_CHECK_VALUE(value.dim() == static_cast<int64_t>(shape.size()), op, ": ", name, ": expected a ",
-                    shape.size(), "-D tensor ", shape_name, ", got shape ", shape_text(value));
+                    number_text(static_cast<int64_t>(shape.size())), "-D tensor ", shape_name, ", got shape ", shape_text(value));
   int64_t d = 0;
   for (int64_t expected : shape) {
     TORCH_CHECK_VALUE(expected < 0 || value.size(d) == expected, op, ": ", name, ": expected shape ", shape_name,
-                      " with size ", expected, " in dimension ", d, ", got shape ", shape_text(value));
+                      " with size ", number_text(expected), " in dimension ", number_text(d), ", got shape ", shape_text(value));
     ++d;
   }
   TORCH_CHECK_VALUE(value.device() == x.device(), op, ": ", name, ": expected a tensor on ", x.device(),
@@ -57,7 +69,7 @@ void check_input(std::string_view op, const char* name, const at::Tensor& x, con
 void check_saved(std::string_view op, const char* name, const at::Tensor& saved, const at::Tensor& x, int64_t rows,
                  int64_t cols, const char* shape_name) {
   TORCH_CHECK_VALUE(saved.dim() == 2 && saved.size(0) == rows && saved.size(1) == cols, op, ": ", name,
-                    ": expected shape ", shape_name, " = [", rows, ", ", cols, "], got ", shape_text(saved));
+                    ": expected shape ", shape_name, " = [", number_text(rows), ", ", number_text(cols), "], got ", shape_text(saved));
   TORCH_CHECK_TYPE(saved.scalar_type() == accumulate_dtype(x.scalar_type()), op, ": ", name, ": expected dtype ",
                    accumulate_dtype(x.scalar_type()), " (the forward's output for ", x.scalar_type(),
                    " inputs), got ", saved.scalar_type());
@@ -66,11 +78,12 @@ void check_saved(std::string_view op, const char* name, const at::Tensor& saved,
 }
 
 void check_needs(std::string_view op, const c10::List<bool>& needs) {
-  TORCH_CHECK_VALUE(needs.size() == 5, op, ": needs: expected 5 booleans (one per gradient), got ", needs.size());
+  TORCH_CHECK_VALUE(needs.size() == 5, op, ": needs: expected 5 booleans (one per gradient), got ",
+                    number_text(static_cast<int64_t>(needs.size())));
 }
 
 void check_finite(std::string_view op, const char* name, double value) {
-  TORCH_CHECK_VALUE(std::isfinite(value), op, ": ", name, ": expected a finite float, got ", value);
+  TORCH_CHECK_VALUE(std::isfinite(value), op, ": ", name, ": expected a finite float, got ", number_text(value));
 }
 
 void check_dropout(std::string_view op, double dropout_p) {

@@ -236,6 +236,35 @@ def test_opcheck_native_lora_ops(device):
                 torch.ops.lowpeft.native_lora_linear_bwd.default,
                 (grad_out, x, weight, lora_A, lora_B, shrink, 0.5, p, 21, needs),
             )
+        leaves = [t.requires_grad_(True) if t is not None else None for t in (x, weight, bias, lora_A, lora_B)]
+        opcheck(torch.ops.lowpeft.native_lora_linear.default, (*leaves, 0.5, p, 21))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("frozen_base", [True, False])
+def test_native_autograd_op_gradients_match_the_backward_op(device, frozen_base):
+    """lowpeft::native_lora_linear (C++ autograd, what the public op calls on the compiled backends) gives the
+    gradients of native_lora_linear_bwd for exactly the inputs that require grad, with and without a bias."""
+    _skip_unless_backend(device)
+    dtype = torch.float64 if device == "cpu" else torch.float32
+    for with_bias in (True, False):
+        x, weight, bias, lora_A, lora_B, grad_out = _lora_inputs(9, 16, 12, 5, dtype, device, "2d", with_bias, 6)
+        leaves = [x, weight, bias, lora_A, lora_B]
+        trainable = [0, 3, 4] if frozen_base else [0, 1, 2, 3, 4]
+        for index in trainable:
+            if leaves[index] is not None:
+                leaves[index].requires_grad_(True)
+        y = torch.ops.lowpeft.native_lora_linear(*leaves, 0.5, 0.2, 21)
+        assert y.grad_fn is not None and "LoraLinearFunction" in type(y.grad_fn).__name__ + y.grad_fn.name()
+        wanted = [t for t in leaves if t is not None and t.requires_grad]
+        grads = torch.autograd.grad(y, wanted, grad_out)
+        _, shrink = torch.ops.lowpeft.native_lora_linear_fwd(x, weight, bias, lora_A, lora_B, 0.5, 0.2, 21)
+        needs = [True, True, True, not frozen_base, with_bias and not frozen_base]
+        dx, dA, dB, dW, db = torch.ops.lowpeft.native_lora_linear_bwd(grad_out, x, weight, lora_A, lora_B, shrink,
+                                                                      0.5, 0.2, 21, needs)
+        expected = {0: dx, 1: dW, 2: db, 3: dA, 4: dB}
+        for got, index in zip(grads, [i for i in range(5) if leaves[i] is not None and leaves[i].requires_grad]):
+            torch.testing.assert_close(got, expected[index], rtol=0, atol=0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU with > 9 GB free")

@@ -1,6 +1,9 @@
 // CUDA kernels of lowpeft::native_lora_linear_fwd / _bwd (DESIGN §2) for sm_90: own kernels for the
 // memory-bound LoRA pieces, cuBLAS (through ATen) for the frozen GEMMs with the LoRA term folded in by beta = 1.
+// Without dropout (no mask to apply) every LoRA product is instead a skinny cuBLAS GEMM, which measured faster
+// on the H100 than the reductions below (S: 36 µs against the row-reduce kernel's ~2x at 8192 x 4096, r = 16).
 //
+// With dropout:
 //   forward:  S = dropout(x) Aᵀ                    row_reduce_kernel (16-byte loads of x, Philox mask in registers)
 //             y = [s·S | 1] [B | b]ᵀ                one rank-(r+1) cuBLAS GEMM writes y (bias included) ...
 //             y += x Wᵀ                             ... and the frozen GEMM accumulates onto it (beta = 1)
@@ -294,6 +297,14 @@ std::tuple<at::Tensor, at::Tensor> lora_linear_fwd(const at::Tensor& x, const at
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t rows = x.size(0), out_features = weight.size(0), rank = lora_A.size(0);
   const auto dtype = x.scalar_type();
+  if (dropout_p == 0.0) {
+    // No mask to apply: S = x Aᵀ is a skinny cuBLAS GEMM (36 µs at 8192 x 4096, r = 16, bf16, on the H100:
+    // at the bandwidth of one read of x) and the LoRA term is folded into y with beta = 1.
+    const at::Tensor shrink_compute = at::linear(x, lora_A);
+    at::Tensor y = at::linear(x, weight, bias);
+    y.addmm_(shrink_compute, lora_B.t(), 1.0, scaling);
+    return {y, shrink_compute.to(accumulate_dtype(dtype))};
+  }
   // The rank-r operand [s·S | 1 | 0...], padded to a multiple of 8 columns for aligned cuBLAS operands.
   const int64_t low_width = round_up(rank + (bias.has_value() ? 1 : 0), 8);
   at::Tensor shrink = at::empty({rows, rank}, x.options().dtype(accumulate_dtype(dtype)));
@@ -322,6 +333,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lora_line
   const auto dtype = x.scalar_type();
   const int64_t rows = x.size(0), rank = lora_A.size(0);
   at::Tensor dx = not_needed(x), d_lora_A = not_needed(x), d_lora_B = not_needed(x);
+  const at::Tensor d_weight = need.d_weight ? at::mm(grad_out.t(), x) : not_needed(x);
+  const at::Tensor d_bias = need.d_bias ? grad_out.sum(0) : not_needed(x);
+  if (dropout_p == 0.0) {
+    // No mask: every LoRA product is a skinny cuBLAS GEMM in the inputs' dtype, deterministic like the kernels.
+    if (need.dx || need.d_lora_A) {
+      const at::Tensor d_shrink = at::mm(grad_out, lora_B).mul_(scaling);
+      if (need.dx) dx = at::mm(grad_out, weight).addmm_(d_shrink, lora_A);
+      if (need.d_lora_A) d_lora_A = at::mm(d_shrink.t(), x);
+    }
+    if (need.d_lora_B) d_lora_B = at::mm(grad_out.t(), shrink.to(dtype)).mul_(scaling);
+    return {dx, d_lora_A, d_lora_B, d_weight, d_bias};
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "native_lora_linear_bwd_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const Dropout no_dropout = make_dropout(0.0, 0);
@@ -343,8 +366,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lora_line
     }
   });
   if (need.dx) dx.addmm_(grad_out, weight, 1.0, 1.0);
-  return {dx, d_lora_A, d_lora_B, need.d_weight ? at::mm(grad_out.t(), x) : not_needed(x),
-          need.d_bias ? grad_out.sum(0) : not_needed(x)};
+  return {dx, d_lora_A, d_lora_B, d_weight, d_bias};
 }
 
 }  // namespace

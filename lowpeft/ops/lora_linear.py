@@ -4,8 +4,9 @@
 # Trade-off: the public function checks arguments, flattens leading dimensions (a view whenever strides
 # allow), handles autocast and draws the dropout seed, then runs the resolved backend. Under torch.compile it
 # calls the opaque torch.library op (no graph break, fake kernels for shapes); in eager mode it calls the
-# same backend functions through a plain autograd.Function (LoRALinearFunction), because the torch.library
-# Python dispatch path costs hundreds of microseconds per call, which small layers cannot afford. Both save
+# same backend functions through a plain autograd.Function (LoRALinearFunction), or for the compiled backends
+# through lowpeft::native_lora_linear whose autograd is C++, because the torch.library Python dispatch path
+# costs hundreds of microseconds per call, which small layers cannot afford. Both save
 # only x (no copy), the small shrink S = dropout(x) Aᵀ [T, r] (float32, or float64 for float64 inputs) and
 # the seed, so the dropout mask is regenerated in backward and never stored. Gradients of the frozen weight
 # and bias are computed only when they require grad.
@@ -188,6 +189,11 @@ def _backward(ctx, grad_y, grad_shrink):
 torch.library.register_autograd("lowpeft::lora_linear", _backward, setup_context=_setup_context)
 
 
+# The compiled backends' eager calls go through lowpeft::native_lora_linear, whose autograd is C++
+# (csrc/autograd/lora_linear.cpp): one dispatcher call forward, no Python in the backward.
+_NATIVE_AUTOGRAD = ("cpu", "cuda")
+
+
 class LoRALinearFunction(torch.autograd.Function):
     """Eager-mode autograd for the same backend functions the torch.library ops call (see the header)."""
 
@@ -318,6 +324,12 @@ def lora_linear(
         y, _ = torch.ops.lowpeft.lora_linear(x2, weight, bias, lora_A, lora_B, float(scaling), effective_p, seed, name)
     else:
         seed_value = int(seed) if effective_p > 0.0 else 0
-        y = LoRALinearFunction.apply(x2, weight, bias, lora_A, lora_B, float(scaling), effective_p, seed_value, name)
+        if name in _NATIVE_AUTOGRAD:
+            _extension.load()
+            y = torch.ops.lowpeft.native_lora_linear(x2, weight, bias, lora_A, lora_B, float(scaling), effective_p,
+                                                     seed_value)
+        else:
+            y = LoRALinearFunction.apply(x2, weight, bias, lora_A, lora_B, float(scaling), effective_p, seed_value,
+                                         name)
     # A 2-D input gets the op's own output (not a view: FSDP2 warns about module outputs that are views).
     return y if flat else y.reshape(*x.shape[:-1], weight.shape[0])
