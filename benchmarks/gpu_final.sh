@@ -61,11 +61,10 @@ case "${1:-layers}" in
     ;;
   native)
     timeout 150 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_native_backends.py tests/test_lora_op.py \
-      -k "native or cuda" > "$OUT/gpu_native_tests.log" 2>&1
+      -k "(native or cuda or gpu_fixed) and not bad_input" > "$OUT/gpu_native_tests.log" 2>&1
     echo "native pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_native_tests.log" | tail -12
-    python3 -c "
-import sys; sys.argv = ['x']
-exec(open('benchmarks/gpu_probe_components.py').read().split('if __name__')[0]); host_times()" 2>&1 | grep host
+    timeout 100 python3 benchmarks/diag_native_errors.py 2>&1 | tee "$OUT/diag_native.log"
+    timeout 60 python3 benchmarks/gpu_probe_components.py --host-only 2>&1 | grep host
     LOWPEFT_AUTOTUNE=0 timeout 280 python3 benchmarks/bench_lora.py --cases "$CASES" \
       --providers frozen,lowpeft,lowpeft_cuda,eager,peft,compile \
       --json "$OUT/lora_h100.json" --md "$OUT/lora_h100.md" > "$OUT/lora_bench.log" 2>&1

@@ -167,6 +167,8 @@ def host_times():
 if __name__ == "__main__":
     torch.manual_seed(0)
     host_times()
+    if "--host-only" in sys.argv:
+        sys.exit(0)
     lora_components(8192, 4096, 4096, 16)
     adapter_components(8192, 4096, 64)
     adapter_components(4096, 1024, 64)

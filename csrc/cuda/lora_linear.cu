@@ -337,12 +337,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lora_line
   const at::Tensor d_bias = need.d_bias ? grad_out.sum(0) : not_needed(x);
   if (dropout_p == 0.0) {
     // No mask: every LoRA product is a skinny cuBLAS GEMM in the inputs' dtype, deterministic like the kernels.
+    // The scaling rides in alpha; addmm with beta = 0 ignores its input (lora_B only lends a shape).
     if (need.dx || need.d_lora_A) {
-      const at::Tensor d_shrink = at::mm(grad_out, lora_B).mul_(scaling);
+      const at::Tensor d_shrink = at::addmm(lora_B.select(0, 0), grad_out, lora_B, 0.0, scaling);
       if (need.dx) dx = at::mm(grad_out, weight).addmm_(d_shrink, lora_A);
       if (need.d_lora_A) d_lora_A = at::mm(d_shrink.t(), x);
     }
-    if (need.d_lora_B) d_lora_B = at::mm(grad_out.t(), shrink.to(dtype)).mul_(scaling);
+    if (need.d_lora_B) d_lora_B = at::addmm(lora_B, grad_out.t(), shrink.to(dtype), 0.0, scaling);
     return {dx, d_lora_A, d_lora_B, d_weight, d_bias};
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "native_lora_linear_bwd_cuda", [&] {

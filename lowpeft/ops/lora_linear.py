@@ -194,6 +194,19 @@ torch.library.register_autograd("lowpeft::lora_linear", _backward, setup_context
 _NATIVE_AUTOGRAD = ("cpu", "cuda")
 
 
+def _native_cublas_path(x: Tensor) -> bool:
+    """Whether the triton backend's no-dropout call can run as lowpeft::native_lora_linear. Without dropout the
+    triton backend's cuBLAS strategy launches no Triton kernel: it is the cuBLAS calls of lora_linear_fwd / _bwd,
+    which csrc/cuda issues identically from C++ (one skinny GEMM per LoRA product, the scaling in alpha). From C++
+    the layer costs ~200 µs less host time per forward + backward on the H100 machine (benchmarks/NOTES_lora.md);
+    without the CUDA extension the same GEMMs are issued from Python."""
+    if not x.is_cuda or _dispatch.unavailable_reason("cuda", "cuda") is not None:
+        return False
+    from ..kernels.lora_linear import gemm_strategy
+
+    return gemm_strategy() == "cublas"
+
+
 class LoRALinearFunction(torch.autograd.Function):
     """Eager-mode autograd for the same backend functions the torch.library ops call (see the header)."""
 
@@ -324,7 +337,7 @@ def lora_linear(
         y, _ = torch.ops.lowpeft.lora_linear(x2, weight, bias, lora_A, lora_B, float(scaling), effective_p, seed, name)
     else:
         seed_value = int(seed) if effective_p > 0.0 else 0
-        if name in _NATIVE_AUTOGRAD:
+        if name in _NATIVE_AUTOGRAD or (name == "triton" and effective_p == 0.0 and _native_cublas_path(x)):
             _extension.load()
             y = torch.ops.lowpeft.native_lora_linear(x2, weight, bias, lora_A, lora_B, float(scaling), effective_p,
                                                      seed_value)
