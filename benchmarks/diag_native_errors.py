@@ -35,3 +35,5 @@ for name, change in CASES.items():
                          timeout=120)
     outcome = run.stdout.strip() or run.stderr.strip().splitlines()[-1:]
     print(f"{name:16s} exit {run.returncode:4d}  {outcome}", flush=True)
+    if run.returncode < 0:  # a crash: its native stack, when the LD_PRELOAD helper (benchmarks/diag/) is loaded
+        print("\n".join(line for line in run.stderr.splitlines() if "(" in line and "+0x" in line)[:6000])
