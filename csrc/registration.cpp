@@ -21,9 +21,9 @@
 namespace lowpeft {
 namespace {
 
-// Numbers enter error messages as text made here (std::to_string / snprintf), never through an ostream: on
-// the H100 build (torch 2.11, 2026-11-24) streaming a double into TORCH_CHECK's message crashed the process
-// (dropout_p = 1.0) while messages of strings alone raised normally.
+// Numbers enter error messages as text made here (std::to_string / snprintf), never through an ostream: the
+// H100 build (torch 2.11, nvcc 13, 2026-11-24) segfaulted formatting a double into TORCH_CHECK's message, inside
+// the copy of std::ostream::_M_insert<double> linked into lowpeft._C (its locale facets are not set up).
 std::string number_text(double value) {
   char buffer[32];
   std::snprintf(buffer, sizeof(buffer), "%.17g", value);
@@ -88,7 +88,7 @@ void check_finite(std::string_view op, const char* name, double value) {
 
 void check_dropout(std::string_view op, double dropout_p) {
   TORCH_CHECK_VALUE(dropout_p >= 0.0 && dropout_p < 1.0, op, ": dropout_p: expected a float in [0, 1), got ",
-                    dropout_p);
+                    number_text(dropout_p));
 }
 
 }  // namespace

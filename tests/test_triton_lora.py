@@ -251,3 +251,26 @@ def test_gpu_64bit_offsets_beyond_2_pow_31_elements():
     dx_same = reference.lora_linear_backward(grad_out[tail], x.detach()[tail], weight, lora_A.detach(),
                                              lora_B.detach(), 0.5, keep, p)[0]
     assert_matches_oracle(dx[tail], dx_same, dx64, "dx (rows past 2^31 / K)")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the autotuner times configs on the GPU")
+def test_gpu_in_place_expand_add_is_right_on_the_autotuning_call():
+    """The first call at a new autotune key times every config on the live buffers; the in-place expand-add
+    (dx += mask ⊙ dS A) must come out as if it ran once (found on the H100: without restore_value it added the
+    term once per timed config)."""
+    from lowpeft.kernels._tuning import autotuning
+    from lowpeft.kernels.lora_expand import lora_expand_add
+
+    if not autotuning():
+        pytest.skip("LOWPEFT_AUTOTUNE=0: one config, nothing is timed")
+    torch.manual_seed(5)
+    tokens, width, rank, p = 771, 333, 3, 0.5  # a shape no other test uses: a fresh autotune key
+    d_shrink = torch.randn(tokens, rank, device="cuda")
+    lora_A = torch.randn(rank, width, device="cuda")
+    start = torch.randn(tokens, width, device="cuda")
+    out = start.clone()
+    lora_expand_add(d_shrink, lora_A, out, seed=31, threshold=reference.dropout_threshold(p), inv_keep=1 / (1 - p),
+                    has_dropout=True, rank_padded=16, dot_precision="ieee")
+    keep = reference.dropout_keep_mask(31, tokens, width, p, device="cuda").double() / (1 - p)
+    expected = start.double() + keep * (d_shrink.double() @ lora_A.double())
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-4)

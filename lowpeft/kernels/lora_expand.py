@@ -12,7 +12,9 @@ from ._tuning import expand_configs, token_bucket
 from .lora_common import dropout_keep_scale, mma
 
 
-@triton.autotune(configs=expand_configs(), key=["T_BUCKET", "K", "R_PAD", "HAS_DROPOUT"])
+# restore_value: the kernel accumulates into out, so each config the autotuner times must start from the
+# same out (without it the first call at a new key returned dx with the term added once per timed run).
+@triton.autotune(configs=expand_configs(), key=["T_BUCKET", "K", "R_PAD", "HAS_DROPOUT"], restore_value=["out_ptr"])
 @triton.jit(do_not_specialize=["seed", "threshold"])
 def _lora_expand_add_kernel(
     small_ptr, a_ptr, out_ptr,
