@@ -8,6 +8,7 @@
 #                                    the adapter op on the GPU, the ~1B Llama benchmark with dropout 0.05
 #   benchmarks/gpu_final.sh probe    build; GPU correctness at fixed shapes and the native-backend tests; the
 #                                    building-block timings of benchmarks/gpu_probe_components.py
+#   benchmarks/gpu_final.sh final    build; the autotuning in-place test; LoRA layer benchmark; ~1B model, dropout 0.05
 #   benchmarks/gpu_final.sh verify   build; the native-backend, op and Triton-kernel test files on the GPU
 #   benchmarks/gpu_final.sh native   build; the native-backend tests (cuda included); host time per layer call;
 #                                    the LoRA layer benchmark with the triton and cuda backends side by side
@@ -58,6 +59,18 @@ case "${1:-layers}" in
     timeout 170 python3 -m lowpeft bench model --preset 1b --steps 30 --dropout 0.05 --no-progress \
       --json "$OUT/model_1b_h100_dropout.json" --md "$OUT/model_1b_h100_dropout.md" > "$OUT/model_bench_dropout.log" 2>&1
     echo "model bench exit $?"; grep -E "^\| (lowpeft|peft|eager|frozen)|^- dropout" "$OUT/model_1b_h100_dropout.md"
+    ;;
+  final)
+    timeout 120 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_triton_lora.py -k "in_place or gpu_aligned" \
+      > "$OUT/gpu_triton_lora_tests.log" 2>&1
+    echo "triton_lora pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_triton_lora_tests.log" | tail -8
+    LOWPEFT_AUTOTUNE=0 timeout 200 python3 benchmarks/bench_lora.py --cases "$CASES" \
+      --providers frozen,lowpeft,lowpeft_cuda,eager,peft,compile \
+      --json "$OUT/lora_h100.json" --md "$OUT/lora_h100.md" > "$OUT/lora_bench.log" 2>&1
+    echo "lora bench exit $?"; grep -A9 "^| case" "$OUT/lora_h100.md" | head -10
+    timeout 320 python3 -m lowpeft bench model --preset 1b --steps 50 --dropout 0.05 --no-progress \
+      --json "$OUT/model_1b_h100_dropout.json" --md "$OUT/model_1b_h100_dropout.md" > "$OUT/model_bench_dropout.log" 2>&1
+    echo "model bench exit $?"; tail -9 "$OUT/model_1b_h100_dropout.md"
     ;;
   verify)
     timeout 90 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_native_backends.py > "$OUT/gpu_native_tests.log" 2>&1
