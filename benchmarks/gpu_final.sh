@@ -8,6 +8,8 @@
 #                                    the adapter op on the GPU, the ~1B Llama benchmark with dropout 0.05
 #   benchmarks/gpu_final.sh probe    build; GPU correctness at fixed shapes and the native-backend tests; the
 #                                    building-block timings of benchmarks/gpu_probe_components.py
+#   benchmarks/gpu_final.sh stacks   build; issue 6's stack tests (PEFT, Trainer, checkpointing, compile, prompt
+#                                    tuning, selective, named adapters) on cuda; the cuda backend's own timings
 #   benchmarks/gpu_final.sh final    build; the autotuning in-place test; LoRA layer benchmark; ~1B model, dropout 0.05
 #   benchmarks/gpu_final.sh verify   build; the native-backend, op and Triton-kernel test files on the GPU
 #   benchmarks/gpu_final.sh native   build; the native-backend tests (cuda included); host time per layer call;
@@ -59,6 +61,14 @@ case "${1:-layers}" in
     timeout 170 python3 -m lowpeft bench model --preset 1b --steps 30 --dropout 0.05 --no-progress \
       --json "$OUT/model_1b_h100_dropout.json" --md "$OUT/model_1b_h100_dropout.md" > "$OUT/model_bench_dropout.log" 2>&1
     echo "model bench exit $?"; grep -E "^\| (lowpeft|peft|eager|frozen)|^- dropout" "$OUT/model_1b_h100_dropout.md"
+    ;;
+  stacks)
+    timeout 240 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_peft_interop.py \
+      tests/test_trainer.py tests/test_checkpointing.py tests/test_compile_model.py tests/test_prompt_tuning.py \
+      tests/test_selective.py tests/test_multi_adapter.py > "$OUT/gpu_stack_tests.log" 2>&1
+    echo "stack pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_stack_tests.log" | tail -12
+    timeout 150 python3 benchmarks/gpu_native.py --out "$OUT" > "$OUT/native_bench.log" 2>&1
+    echo "native bench exit $?"; tail -20 "$OUT/native_bench.log"
     ;;
   final)
     timeout 120 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_triton_lora.py -k "in_place or gpu_aligned" \
