@@ -191,7 +191,7 @@ def lora_linear_bwd(grad_out, x, weight, lora_A, lora_B, shrink, scaling: float,
     if need_dx or need_dA:
         fuse_ds = not cublas and need_dx and rank_padded <= FUSED_RANK_LIMIT and width > 0
         if cublas:
-            d_shrink = torch.mm(grad_out, lora_B).mul_(scaling)
+            d_shrink = torch.addmm(lora_B[0], grad_out, lora_B, beta=0, alpha=scaling).float()
         else:
             d_shrink = torch.empty(tokens, rank, dtype=torch.float32, device=device)
         if not cublas and not fuse_ds:
@@ -199,14 +199,14 @@ def lora_linear_bwd(grad_out, x, weight, lora_A, lora_B, shrink, scaling: float,
                         has_dropout=False, **dot_args)
         if need_dx and cublas:
             dx = torch.mm(grad_out, weight)
-            lora_expand_add(d_shrink.float(), lora_A, dx, seed=seed, threshold=threshold, inv_keep=inv_keep,
+            lora_expand_add(d_shrink, lora_A, dx, seed=seed, threshold=threshold, inv_keep=inv_keep,
                             has_dropout=True, rank_padded=rank_padded, dot_precision=dot_precision)
         elif need_dx:
             dx = torch.empty(tokens, width, dtype=dtype, device=device)
             lora_dx_gemm(grad_out, weight, lora_A, lora_B, d_shrink, dx, scaling=scaling, fuse_ds=fuse_ds,
                          **dropout_args, **dot_args)
     if need_dA:
-        grad_A = lora_grad_A(x, d_shrink.float(), **dropout_args, **dot_args).to(dtype)
+        grad_A = lora_grad_A(x, d_shrink, **dropout_args, **dot_args).to(dtype)
     if need_dB and cublas:
         grad_B = torch.addmm(lora_B, grad_out.t(), shrink.to(dtype), beta=0, alpha=scaling)
     elif need_dB:
