@@ -367,6 +367,33 @@ def test_opcheck_native_adapter_ops(device):
                 torch.ops.lowpeft.native_bottleneck_adapter_bwd.default,
                 (grad_out, h, dw, db, uw, z, activation, 0.5, needs),
             )
+        leaves = [t.requires_grad_(True) if t is not None else None for t in (h, dw, db, uw, ub)]
+        opcheck(torch.ops.lowpeft.native_bottleneck_adapter.default, (*leaves, activation, 0.5))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("trainable", ["all", "adapter_only_weights", "input_only"])
+def test_native_adapter_autograd_op_gradients_match_the_backward_op(device, trainable):
+    """lowpeft::native_bottleneck_adapter (C++ autograd, what the public op calls on the compiled backends) gives
+    the gradients of native_bottleneck_adapter_bwd for exactly the inputs that require grad, biases on and off."""
+    _skip_unless_backend(device)
+    dtype = torch.float64 if device == "cpu" else torch.float32
+    wanted_index = {"all": [0, 1, 2, 3, 4], "adapter_only_weights": [1, 3], "input_only": [0]}[trainable]
+    for with_bias in (True, False):
+        h, dw, db, uw, ub, grad_out = _adapter_inputs(9, 16, 5, dtype, device, "2d", with_bias, 6)
+        leaves = [h, dw, db, uw, ub]
+        for index in wanted_index:
+            if leaves[index] is not None:
+                leaves[index].requires_grad_(True)
+        out = torch.ops.lowpeft.native_bottleneck_adapter(*leaves, "gelu_tanh", 0.5)
+        assert "BottleneckAdapterFunction" in out.grad_fn.name()
+        order = [i for i in range(5) if leaves[i] is not None and leaves[i].requires_grad]
+        grads = torch.autograd.grad(out, [leaves[i] for i in order], grad_out)
+        _, z = torch.ops.lowpeft.native_bottleneck_adapter_fwd(h, dw, db, uw, ub, "gelu_tanh", 0.5)
+        needs = [i in order for i in range(5)]
+        expected = torch.ops.lowpeft.native_bottleneck_adapter_bwd(grad_out, h, dw, db, uw, z, "gelu_tanh", 0.5, needs)
+        for got, index in zip(grads, order):
+            torch.testing.assert_close(got, expected[index], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -4,8 +4,9 @@
 #
 # Trade-off: the public function checks arguments, flattens leading dimensions (a view whenever strides allow)
 # and handles autocast, then calls one opaque op whose `backend` argument is already resolved (under
-# torch.compile the custom op; in eager mode an autograd.Function running the very same backend functions,
-# because the custom op's Python dispatch costs several times more host time per call). The op saves h
+# torch.compile the custom op; in eager mode an autograd.Function running the very same backend functions, or for
+# the compiled backends lowpeft::native_bottleneck_adapter whose autograd is C++, because the custom op's Python
+# dispatch costs several times more host time per call). The op saves h
 # itself (no copy) and the small pre-activation z [T, M] (float32, or float64 for float64 inputs) instead of
 # the activation a or anything [T, D]-sized, so the backward recomputes act(z) and act'(z) on the fly; z is
 # marked non-differentiable (it is a saved intermediate, not a result). Gradients are computed only for the
@@ -173,6 +174,11 @@ def _backward(ctx, grad_out, grad_z):
 torch.library.register_autograd("lowpeft::bottleneck_adapter", _backward, setup_context=_setup_context)
 
 
+# The compiled backends' eager calls go through lowpeft::native_bottleneck_adapter, whose autograd is C++
+# (csrc/autograd/bottleneck_adapter.cpp): one dispatcher call forward, no Python in the backward.
+_NATIVE_AUTOGRAD = ("cpu", "cuda")
+
+
 class _EagerBottleneckAdapter(torch.autograd.Function):
     """The same forward / backward as the custom op, for eager calls: torch.library's Python dispatch and
     autograd wrapping cost several times an autograd.Function's host time (measured ~4x), which at small
@@ -275,6 +281,11 @@ def bottleneck_adapter(
     if torch.compiler.is_compiling():
         out, _ = torch.ops.lowpeft.bottleneck_adapter(
             h2, down_weight, down_bias, up_weight, up_bias, activation, float(scale), name
+        )
+    elif name in _NATIVE_AUTOGRAD:
+        _extension.load()
+        out = torch.ops.lowpeft.native_bottleneck_adapter(
+            h2, down_weight, down_bias, up_weight, up_bias, activation, float(scale)
         )
     else:
         out, _ = _EagerBottleneckAdapter.apply(
