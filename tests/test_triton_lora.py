@@ -274,3 +274,11 @@ def test_gpu_in_place_expand_add_is_right_on_the_autotuning_call():
     keep = reference.dropout_keep_mask(31, tokens, width, p, device="cuda").double() / (1 - p)
     expected = start.double() + keep * (d_shrink.double() @ lora_A.double())
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_in_place_kernels_declare_what_the_autotuner_must_restore():
+    """Every kernel that accumulates into an argument lists it in restore_value, so timing configs on live
+    buffers (the first call at each autotune key) cannot add the term more than once."""
+    from lowpeft.kernels.lora_expand import _lora_expand_add_kernel
+
+    assert "out_ptr" in _lora_expand_add_kernel.restore_value
