@@ -17,6 +17,8 @@ import torch
 from .. import _extension
 
 BACKENDS = ("triton", "cuda", "cpu", "torch")
+# The backends of the compiled extension lowpeft._C (whose ops also carry their autograd in C++).
+COMPILED_BACKENDS = ("cpu", "cuda")
 CHOICES = ("auto",) + BACKENDS
 
 _global_backend = {"name": None}
@@ -70,7 +72,7 @@ def _find_unavailable_reason(backend: str, device_type: str) -> str | None:
         if device_type == "cpu":
             return "triton runs on CUDA GPUs; on the CPU only under TRITON_INTERPRET=1 (for tests)"
         return f"triton kernels do not run on {device_type} tensors"
-    if backend in ("cpu", "cuda"):
+    if backend in COMPILED_BACKENDS:
         if device_type != backend:
             return f"the {backend} backend runs on {backend} tensors, not {device_type} ones"
         reason = _extension.unavailable_reason()

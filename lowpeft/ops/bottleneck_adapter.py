@@ -174,11 +174,6 @@ def _backward(ctx, grad_out, grad_z):
 torch.library.register_autograd("lowpeft::bottleneck_adapter", _backward, setup_context=_setup_context)
 
 
-# The compiled backends' eager calls go through lowpeft::native_bottleneck_adapter, whose autograd is C++
-# (csrc/autograd/bottleneck_adapter.cpp): one dispatcher call forward, no Python in the backward.
-_NATIVE_AUTOGRAD = ("cpu", "cuda")
-
-
 class _EagerBottleneckAdapter(torch.autograd.Function):
     """The same forward / backward as the custom op, for eager calls: torch.library's Python dispatch and
     autograd wrapping cost several times an autograd.Function's host time (measured ~4x), which at small
@@ -282,7 +277,9 @@ def bottleneck_adapter(
         out, _ = torch.ops.lowpeft.bottleneck_adapter(
             h2, down_weight, down_bias, up_weight, up_bias, activation, float(scale), name
         )
-    elif name in _NATIVE_AUTOGRAD:
+    elif name in _dispatch.COMPILED_BACKENDS:
+        # lowpeft::native_bottleneck_adapter's autograd is C++ (csrc/autograd/bottleneck_adapter.cpp): one
+        # dispatcher call forward, no Python in the backward.
         _extension.load()
         out = torch.ops.lowpeft.native_bottleneck_adapter(
             h2, down_weight, down_bias, up_weight, up_bias, activation, float(scale)

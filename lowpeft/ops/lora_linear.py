@@ -189,11 +189,6 @@ def _backward(ctx, grad_y, grad_shrink):
 torch.library.register_autograd("lowpeft::lora_linear", _backward, setup_context=_setup_context)
 
 
-# The compiled backends' eager calls go through lowpeft::native_lora_linear, whose autograd is C++
-# (csrc/autograd/lora_linear.cpp): one dispatcher call forward, no Python in the backward.
-_NATIVE_AUTOGRAD = ("cpu", "cuda")
-
-
 def _native_cublas_path(x: Tensor) -> bool:
     """Whether the triton backend's no-dropout call can run as lowpeft::native_lora_linear. Without dropout the
     triton backend's cuBLAS strategy launches no Triton kernel: it is the cuBLAS calls of lora_linear_fwd / _bwd,
@@ -337,7 +332,10 @@ def lora_linear(
         y, _ = torch.ops.lowpeft.lora_linear(x2, weight, bias, lora_A, lora_B, float(scaling), effective_p, seed, name)
     else:
         seed_value = int(seed) if effective_p > 0.0 else 0
-        if name in _NATIVE_AUTOGRAD or (name == "triton" and effective_p == 0.0 and _native_cublas_path(x)):
+        # The compiled backends' eager calls go through lowpeft::native_lora_linear, whose autograd is C++
+        # (csrc/autograd/lora_linear.cpp): one dispatcher call forward, no Python in the backward.
+        native = name in _dispatch.COMPILED_BACKENDS
+        if native or (name == "triton" and effective_p == 0.0 and _native_cublas_path(x)):
             _extension.load()
             y = torch.ops.lowpeft.native_lora_linear(x2, weight, bias, lora_A, lora_B, float(scaling), effective_p,
                                                      seed_value)
