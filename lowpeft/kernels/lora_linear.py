@@ -132,24 +132,36 @@ def _forward_cublas(x, weight, bias, lora_A, lora_B, scaling, dropout_p, seed):
     return y, shrink
 
 
+def _scaled_mm(shape_donor, a, b, scaling):
+    """scaling · (a @ b) in one cuBLAS call: addmm with beta = 0 ignores its input (NaN included), which only
+    lends a shape broadcastable to the result, so no separate multiply runs."""
+    return torch.addmm(shape_donor, a, b, beta=0, alpha=scaling)
+
+
+def _base_grads(grad_out, x, need_dW, need_db, column_sums=None):
+    """(dW = gᵀ x, db = Σₜ g) in x's dtype, each None where not needed; db from a kernel's float32 column
+    sums when one already made them."""
+    grad_W = grad_out.t() @ x if need_dW else None
+    grad_b = None
+    if need_db:
+        sums = column_sums if column_sums is not None else torch.sum(grad_out, 0, dtype=torch.float32)
+        grad_b = sums.to(x.dtype)
+    return grad_W, grad_b
+
+
 def _backward_cublas_no_dropout(grad_out, x, weight, lora_A, lora_B, shrink, scaling, needs):
-    """The cuBLAS strategy's backward without dropout: six cuBLAS calls, the scaling folded into alpha
-    (addmm with beta = 0 ignores its input, so lora_B / a row of it only lends a shape)."""
+    """The cuBLAS strategy's backward without dropout: six cuBLAS calls, the scaling folded into alpha."""
     need_dx, need_dA, need_dB, need_dW, need_db = needs
-    dx = grad_A = grad_B = grad_W = grad_b = None
+    dx = grad_A = grad_B = None
     if need_dx or need_dA:
-        d_shrink = torch.addmm(lora_B[0], grad_out, lora_B, beta=0, alpha=scaling)
+        d_shrink = _scaled_mm(lora_B[0], grad_out, lora_B, scaling)
         if need_dx:
             dx = torch.mm(grad_out, weight).addmm_(d_shrink, lora_A)
         if need_dA:
             grad_A = torch.mm(d_shrink.t(), x)
     if need_dB:
-        grad_B = torch.addmm(lora_B, grad_out.t(), shrink.to(x.dtype), beta=0, alpha=scaling)
-    if need_dW:
-        grad_W = grad_out.t() @ x
-    if need_db:
-        grad_b = torch.sum(grad_out, 0, dtype=torch.float32).to(x.dtype)
-    return dx, grad_A, grad_B, grad_W, grad_b
+        grad_B = _scaled_mm(lora_B, grad_out.t(), shrink.to(x.dtype), scaling)
+    return (dx, grad_A, grad_B) + _base_grads(grad_out, x, need_dW, need_db)
 
 
 def lora_linear_bwd(grad_out, x, weight, lora_A, lora_B, shrink, scaling: float, dropout_p: float, seed: int,
@@ -187,11 +199,11 @@ def lora_linear_bwd(grad_out, x, weight, lora_A, lora_B, shrink, scaling: float,
     dot_args = dict(rank_padded=rank_padded, dot_precision=dot_precision, dot_upcast=dot_upcast)
 
     # From here on the cuBLAS strategy has dropout: the masked products run in Triton.
-    dx = d_shrink = grad_A = grad_B = grad_W = grad_b = None
+    dx = d_shrink = grad_A = grad_B = column_sums = None
     if need_dx or need_dA:
         fuse_ds = not cublas and need_dx and rank_padded <= FUSED_RANK_LIMIT and width > 0
         if cublas:
-            d_shrink = torch.addmm(lora_B[0], grad_out, lora_B, beta=0, alpha=scaling).float()
+            d_shrink = _scaled_mm(lora_B[0], grad_out, lora_B, scaling).float()
         else:
             d_shrink = torch.empty(tokens, rank, dtype=torch.float32, device=device)
         if not cublas and not fuse_ds:
@@ -208,12 +220,8 @@ def lora_linear_bwd(grad_out, x, weight, lora_A, lora_B, shrink, scaling: float,
     if need_dA:
         grad_A = lora_grad_A(x, d_shrink, **dropout_args, **dot_args).to(dtype)
     if need_dB and cublas:
-        grad_B = torch.addmm(lora_B, grad_out.t(), shrink.to(dtype), beta=0, alpha=scaling)
+        grad_B = _scaled_mm(lora_B, grad_out.t(), shrink.to(dtype), scaling)
     elif need_dB:
-        grad_B, grad_b = lora_grad_B(grad_out, shrink, scaling=scaling, with_bias_grad=need_db, **dot_args)
+        grad_B, column_sums = lora_grad_B(grad_out, shrink, scaling=scaling, with_bias_grad=need_db, **dot_args)
         grad_B = grad_B.to(dtype)
-    if need_db:
-        grad_b = (grad_b if grad_b is not None else torch.sum(grad_out, 0, dtype=torch.float32)).to(dtype)
-    if need_dW:
-        grad_W = grad_out.t() @ x
-    return dx, grad_A, grad_B, grad_W, grad_b
+    return (dx, grad_A, grad_B) + _base_grads(grad_out, x, need_dW, need_db, column_sums)
