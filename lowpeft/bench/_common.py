@@ -1,10 +1,12 @@
 # Shared benchmark plumbing: timing (do_bench medians on CUDA, perf_counter medians on the CPU), peak
-# memory, the environment header every result file carries, and JSON / CSV / markdown writers.
+# memory, the environment header every result file carries, JSON / CSV / markdown writers, and the
+# --providers argument type of the harnesses.
 #
 # Trade-off: one small module used by every benchmark (lora, adapter, model, cpu) so that every committed
 # result carries the same provenance (device, versions, date) and every ratio is taken inside one run.
 from __future__ import annotations
 
+import argparse
 import csv
 import datetime
 import json
@@ -15,7 +17,19 @@ import time
 
 import torch
 
-__all__ = ["environment", "time_ms", "peak_memory_mib", "write_results", "markdown_table"]
+__all__ = ["environment", "time_ms", "peak_memory_mib", "write_results", "markdown_table", "provider_list"]
+
+
+def provider_list(known):
+    """An argparse type for --providers: a comma-separated, non-empty subset of `known` (names kept in order)."""
+
+    def parse(text: str) -> list[str]:
+        names = [name.strip() for name in text.split(",") if name.strip()]
+        if not names or any(name not in known for name in names):
+            raise argparse.ArgumentTypeError(f"expected comma-separated names from {','.join(known)}, got {text!r}")
+        return names
+
+    return parse
 
 
 def environment(device: torch.device | str | None = None) -> dict:

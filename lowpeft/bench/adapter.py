@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import reference
-from ._common import environment, time_ms, write_results
+from ._common import environment, provider_list, time_ms, write_results
 
 __all__ = ["main", "PROVIDERS", "DEFAULT_SHAPES", "DEFAULT_BOTTLENECKS"]
 
@@ -173,7 +173,7 @@ def main(argv=None) -> int:
                         help="comma-separated bottleneck widths M (default: %(default)s)")
     parser.add_argument("--dtype", choices=sorted(_DTYPES), default="bf16")
     parser.add_argument("--activation", default="gelu", choices=("gelu", "gelu_tanh", "relu", "silu"))
-    parser.add_argument("--providers", default="floor,triton,eager,compile",
+    parser.add_argument("--providers", type=provider_list(PROVIDERS), default="floor,triton,eager,compile",
                         help=f"comma-separated subset of {sorted(PROVIDERS)} (default: all but cuda)")
     parser.add_argument("--device", default=None, help="cuda (default when present) or cpu")
     parser.add_argument("--no-breakdown", action="store_true", help="skip the direct forward / backward kernel timings")
@@ -182,10 +182,7 @@ def main(argv=None) -> int:
     parser.add_argument("--csv", help="write a CSV table here")
     args = parser.parse_args(argv)
 
-    providers = [p.strip() for p in args.providers.split(",") if p.strip()]
-    unknown = [p for p in providers if p not in PROVIDERS]
-    if unknown:
-        parser.error(f"--providers: unknown {unknown}; expected names from {sorted(PROVIDERS)}")
+    providers = args.providers
     shapes = _parse_shapes(args.shapes)
     bottlenecks = [int(m) for m in args.bottlenecks.split(",")]
     rows = run(shapes, bottlenecks, _DTYPES[args.dtype], providers, args.activation, device=args.device,

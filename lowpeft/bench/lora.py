@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import environment, peak_memory_mib, time_ms, write_results
+from ._common import environment, peak_memory_mib, provider_list, time_ms, write_results
 
 __all__ = ["main", "PROVIDERS", "DEFAULT_CASES", "TARGETS"]
 
@@ -290,7 +290,7 @@ def main(argv=None) -> int:
     parser.add_argument("--shapes", default=None, help="comma-separated TxKxN; crossed with --ranks and --dropouts")
     parser.add_argument("--ranks", default="8,16,64,128", help="ranks crossed with --shapes")
     parser.add_argument("--dropouts", default="0,0.1", help="dropout probabilities crossed with --shapes")
-    parser.add_argument("--providers", default="frozen,lowpeft,peft,eager,compile",
+    parser.add_argument("--providers", type=provider_list(PROVIDERS), default="frozen,lowpeft,peft,eager,compile",
                         help=f"subset of {','.join(PROVIDERS)} (default: all but lowpeft_cuda)")
     parser.add_argument("--modes", default=",".join(MODES), help=f"subset of {','.join(MODES)}")
     parser.add_argument("--dtype", choices=sorted(_DTYPES), default="bf16")
@@ -300,10 +300,7 @@ def main(argv=None) -> int:
     parser.add_argument("--csv", help="write a CSV table here")
     args = parser.parse_args(argv)
 
-    providers = [p.strip() for p in args.providers.split(",") if p.strip()]
-    unknown = [p for p in providers if p not in PROVIDERS]
-    if unknown:
-        parser.error(f"--providers: unknown {unknown}; expected a subset of {list(PROVIDERS)}")
+    providers = args.providers
     if "frozen" not in providers:
         providers.insert(0, "frozen")  # every ratio is taken against the frozen layer of the same run
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..data import ByteTokenizer, load_text, sample_windows
 from ..ops._dispatch import CHOICES as BACKEND_CHOICES
-from ._common import environment, write_results
+from ._common import environment, provider_list, write_results
 
 __all__ = [
     "PRESETS",
@@ -484,14 +484,6 @@ def _dropout_list(text: str) -> list[float]:
     return values
 
 
-def _provider_list(text: str) -> list[str]:
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in PROVIDERS]
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(f"expected comma-separated names from {','.join(PROVIDERS)}, got {text!r}")
-    return names
-
-
 def build_parser(prog: str = "lowpeft bench model") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -504,7 +496,7 @@ def build_parser(prog: str = "lowpeft bench model") -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=None,
                         help="first steps left out of the timing (default: min(3, steps - 1))")
     parser.add_argument("--dropout", type=_dropout_list, default=[0.0], help="LoRA dropout, e.g. 0 or 0,0.05")
-    parser.add_argument("--providers", type=_provider_list, default=list(PROVIDERS),
+    parser.add_argument("--providers", type=provider_list(PROVIDERS), default=list(PROVIDERS),
                         help=f"comma-separated subset of {','.join(PROVIDERS)}")
     parser.add_argument("--rank", type=_positive_int, default=16)
     parser.add_argument("--alpha", type=float, default=16.0)
