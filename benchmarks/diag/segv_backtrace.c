@@ -1,4 +1,4 @@
-/* LD_PRELOAD helper for benchmarks/diag_native_errors.py: on SIGSEGV print the native stack (glibc's
+/* LD_PRELOAD helper for benchmarks/gpu_final.sh's bad-input test runs: on SIGSEGV print the native stack (glibc's
  * backtrace_symbols_fd) to stderr, then die as before. For machines without gdb. Build:
  *   gcc -shared -fPIC -O0 -o /tmp/segv_backtrace.so benchmarks/diag/segv_backtrace.c */
 #include <execinfo.h>
