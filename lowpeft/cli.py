@@ -38,6 +38,7 @@ _USAGE = """usage: lowpeft [demo|info|bench] ...
   lowpeft info [--json]               versions, device, backends (available, or why not)
   lowpeft bench lora [...]            fused vs unfused LoRA layer: --tokens T --in K --out N --rank r --dropout p
                                       (comma lists are crossed), --dtype, --providers, --json/--csv/--md,
+                                      --timing launch,graph (CUDA-graph replays: GPU time alone),
                                       --plot PNG (a speedup chart)
   lowpeft bench adapter [...]         fused vs unfused bottleneck adapter: --tokens T --in D --bottleneck M
   lowpeft bench model [...]           training steps of a Llama from a config: frozen / lowpeft / PEFT / eager

@@ -157,6 +157,37 @@ def test_bench_lora_tiny_shape_on_cpu(capsys, tmp_path):
     assert table["peft"][0] == pytest.approx(timed["peft"]["ms"] / timed["eager"]["ms"])
 
 
+@pytest.mark.parametrize("harness", ["lora", "adapter"])
+@pytest.mark.parametrize("timing,message", [
+    ("graph", "--timing graph needs a CUDA device, got cpu"),
+    ("launch,replay", "argument --timing: expected comma-separated names from launch,graph, got 'launch,replay'"),
+])
+def test_bench_timing_argument_errors(capsys, harness, timing, message):
+    err = run_cli_expecting_usage_error(capsys, "bench", harness, "--tokens", "7", "--device", "cpu", "--timing", timing)
+    assert message in err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_bench_lora_and_adapter_time_launches_and_graph_replays_side_by_side(capsys, tmp_path):
+    results = tmp_path / "lora.json"
+    status, _, _ = run_cli(capsys, "bench", "lora", "--tokens", "64", "--in", "64", "--out", "96", "--rank", "8",
+                           "--dropout", "0,0.1", "--providers", "frozen,lowpeft,eager", "--timing", "launch,graph",
+                           "--json", str(results))
+    assert status == 0
+    rows = json.loads(results.read_text())["rows"]
+    assert not [row for row in rows if row.get("error")]
+    graph = {(row["provider"], row["p"], row["mode"]) for row in rows if row.get("timing") == "graph"}
+    assert ("lowpeft", 0.1, "forward+backward") in graph and ("eager", 0.0, "forward") in graph
+    assert not any(mode == "backward" for _, _, mode in graph)  # the retained-graph replay is not captured
+    results = tmp_path / "adapter.json"
+    status, _, _ = run_cli(capsys, "bench", "adapter", "--tokens", "64", "--in", "64", "--bottleneck", "16",
+                           "--providers", "floor,triton,eager", "--timing", "launch,graph", "--json", str(results))
+    assert status == 0
+    rows = json.loads(results.read_text())["rows"]
+    assert sorted(row["timing"] for row in rows) == ["graph", "launch"]
+    assert all(row["triton_ms"] > 0 for row in rows)
+
+
 def test_bench_lora_plot_without_matplotlib_is_a_clear_error_before_the_run(capsys, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     status, out, err = run_cli(capsys, "bench", "lora", "--tokens", "7", "--in", "8", "--device", "cpu",

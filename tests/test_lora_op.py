@@ -2,6 +2,8 @@
 # (lowpeft.reference) with the suite's tolerance rule: forward and all five gradients, ragged shapes, 2-D /
 # 3-D / non-contiguous inputs, bias on/off, dropout with the mask every backend must reproduce from the
 # seed, empty batches, NaN propagation; plus opcheck, gradcheck and bad-input errors.
+import importlib
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -139,6 +141,37 @@ def test_dropout_seed_comes_from_torch_generator():
     torch.manual_seed(0)
     again = lora_linear(x, weight, None, lora_A, lora_B, 1.0, 0.5)
     assert torch.equal(first, again) and not torch.equal(first, second)
+
+
+def test_dropout_under_cuda_graph_capture_without_seed_is_an_error(monkeypatch):
+    # A host-drawn seed would be baked into the graph: every replay would reuse one mask, silently.
+    op_module = importlib.import_module("lowpeft.ops.lora_linear")
+    monkeypatch.setattr(op_module, "_capturing_cuda_graph", lambda x: True)
+    x, weight, lora_A, lora_B = torch.randn(8, 16), torch.randn(12, 16), torch.randn(4, 16), torch.randn(12, 4)
+    with pytest.raises(RuntimeError, match="CUDA graph capture.*seed="):
+        lora_linear(x, weight, None, lora_A, lora_B, 1.0, 0.5)
+    lora_linear(x, weight, None, lora_A, lora_B, 1.0, 0.5, seed=torch.tensor(3))  # explicit seed: allowed
+    lora_linear(x, weight, None, lora_A, lora_B, 1.0, 0.5, training=False)  # no dropout: allowed
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="needs CUDA graphs")
+def test_cuda_graph_capture_replays_the_layer():
+    x, weight, bias, lora_A, lora_B = _make_inputs(64, 32, 48, 8, torch.float32, "cuda", layout="2d",
+                                                   with_bias=True, seed=5)
+    args = (x, weight, bias, lora_A, lora_B, 0.5)
+    expected = lora_linear(*args, 0.0)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        lora_linear(*args, 0.0)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = lora_linear(*args, 0.0)
+        with pytest.raises(RuntimeError, match="CUDA graph capture"):
+            lora_linear(*args, 0.3)
+    graph.replay()
+    torch.testing.assert_close(captured, expected)
 
 
 @pytest.mark.parametrize("backend,device,dtype", [p for p in backend_params() if p.values[2] == torch.float64])

@@ -1,9 +1,12 @@
-# Shared benchmark plumbing: timing (do_bench medians on CUDA, perf_counter medians on the CPU), peak
-# memory, the environment header every result file carries, JSON / CSV / markdown writers, and the
-# --providers argument type of the harnesses.
+# Shared benchmark plumbing: timing (do_bench medians on CUDA, perf_counter medians on the CPU; on CUDA either
+# eager launches or replays of a CUDA graph of the step), peak memory, the environment header every result file
+# carries, JSON / CSV / markdown writers, and the --providers / --timing argument types of the harnesses.
 #
 # Trade-off: one small module used by every benchmark (lora, adapter, model, cpu) so that every committed
-# result carries the same provenance (device, versions, date) and every ratio is taken inside one run.
+# result carries the same provenance (device, versions, date) and every ratio is taken inside one run. The
+# graph timing exists because a single layer's step is short enough that the host's launch time can exceed the
+# GPU's work (then eager timing measures the CPU); inside a model the host runs ahead of the GPU, or
+# torch.compile(mode="reduce-overhead") replays graphs, so the graph timing is the GPU cost a model pays.
 from __future__ import annotations
 
 import argparse
@@ -17,7 +20,12 @@ import time
 
 import torch
 
-__all__ = ["environment", "time_ms", "peak_memory_mib", "write_results", "markdown_table", "provider_list"]
+__all__ = ["environment", "time_ms", "peak_memory_mib", "write_results", "markdown_table", "provider_list",
+           "timing_list", "TIMINGS"]
+
+# "launch": each timed call launches its kernels from Python; "graph": each timed call replays a CUDA graph
+# captured from one call (no host time; CUDA only).
+TIMINGS = ("launch", "graph")
 
 
 def provider_list(known):
@@ -30,6 +38,29 @@ def provider_list(known):
         return names
 
     return parse
+
+
+def timing_list(text: str) -> list[str]:
+    """An argparse type for --timing: a comma-separated, non-empty subset of TIMINGS."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names or any(name not in TIMINGS for name in names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated names from {','.join(TIMINGS)}, got {text!r}")
+    return names
+
+
+def _capture_cuda_graph(fn, device: torch.device):
+    """A CUDA graph of one fn() call, after three warm-up calls on a side stream (lazy initialisation,
+    autotuning and compilation happen there, outside the capture)."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph
 
 
 def environment(device: torch.device | str | None = None) -> dict:
@@ -50,12 +81,25 @@ def environment(device: torch.device | str | None = None) -> dict:
     return env
 
 
-def time_ms(fn, device: torch.device | str, *, warmup_ms: float = 25, rep_ms: float = 100, min_reps: int = 5) -> float:
-    """Median wall time of fn() in milliseconds: triton.testing.do_bench on CUDA, perf_counter on the CPU."""
+def time_ms(fn, device: torch.device | str, *, warmup_ms: float = 25, rep_ms: float = 100, min_reps: int = 5,
+            timing: str = "launch") -> float:
+    """Median wall time of fn() in milliseconds: triton.testing.do_bench on CUDA, perf_counter on the CPU.
+    timing="graph" (CUDA only) times replays of a CUDA graph captured from one fn() call."""
     device = torch.device(device)
+    if timing not in TIMINGS:
+        raise ValueError(f"timing: expected one of {TIMINGS}, got {timing!r}")
+    if timing == "graph" and device.type != "cuda":
+        raise ValueError(f"timing: 'graph' needs a CUDA device, got {device}")
     if device.type == "cuda":
         from triton.testing import do_bench
 
+        if timing == "graph":
+            graph = _capture_cuda_graph(fn, device)
+            try:
+                return float(do_bench(graph.replay, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
+            finally:
+                del graph
+                torch.cuda.empty_cache()
         return float(do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
     fn()
     start = time.perf_counter()

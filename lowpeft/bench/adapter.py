@@ -6,6 +6,7 @@
 # inputs and returning a zero-argument step, so a new backend is one line (e.g. "cuda": _op_provider("cuda")).
 # Trade-off: the steps call torch.autograd.grad rather than backward() so that no provider pays for gradient
 # accumulation into .grad, and every step computes all five gradients (h and the four adapter parameters).
+# --timing graph adds rows timed as CUDA-graph replays of each step (the GPU's cost without host time).
 from __future__ import annotations
 
 import argparse
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import reference
-from ._common import environment, provider_list, time_ms, write_results
+from ._common import environment, provider_list, time_ms, timing_list, write_results
 
 __all__ = ["main", "PROVIDERS", "DEFAULT_SHAPES", "DEFAULT_BOTTLENECKS"]
 
@@ -111,7 +112,8 @@ def _kernel_breakdown(inputs, activation, scale, device):
     return fwd, bwd
 
 
-def run(shapes, bottlenecks, dtype, providers, activation="gelu", scale=1.0, device=None, breakdown=True):
+def run(shapes, bottlenecks, dtype, providers, activation="gelu", scale=1.0, device=None, breakdown=True,
+        timings=("launch",)):
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     from torch import _dynamo
 
@@ -121,23 +123,25 @@ def run(shapes, bottlenecks, dtype, providers, activation="gelu", scale=1.0, dev
     for tokens, dim in shapes:
         for bottleneck in bottlenecks:
             inputs = make_inputs(tokens, dim, bottleneck, dtype, device)
-            row = {"shape": f"{tokens}x{dim}", "M": bottleneck}
-            for name in providers:
-                row[f"{name}_ms"] = time_ms(PROVIDERS[name](inputs, activation, scale), device)
-            if breakdown and "triton" in providers:
-                row["triton_fwd_ms"], row["triton_bwd_ms"] = _kernel_breakdown(inputs, activation, scale, device)
-            floor = row.get("floor_ms")
-            for name in providers:
-                if floor and name != "floor":
-                    row[f"{name}_x_floor"] = row[f"{name}_ms"] / floor
-            if "eager_ms" in row:
+            steps = {name: PROVIDERS[name](inputs, activation, scale) for name in providers}
+            for timing in timings:
+                row = {"shape": f"{tokens}x{dim}", "M": bottleneck, "timing": timing}
                 for name in providers:
-                    if name not in ("floor", "eager"):
-                        row[f"{name}_speedup_vs_eager"] = row["eager_ms"] / row[f"{name}_ms"]
-            row["meets_target"] = _meets_target(row, tokens, dim, bottleneck)
-            rows.append(row)
-            print(_progress(row), flush=True)
-            del inputs
+                    row[f"{name}_ms"] = time_ms(steps[name], device, timing=timing)
+                if breakdown and timing == "launch" and "triton" in providers:
+                    row["triton_fwd_ms"], row["triton_bwd_ms"] = _kernel_breakdown(inputs, activation, scale, device)
+                floor = row.get("floor_ms")
+                for name in providers:
+                    if floor and name != "floor":
+                        row[f"{name}_x_floor"] = row[f"{name}_ms"] / floor
+                if "eager_ms" in row:
+                    for name in providers:
+                        if name not in ("floor", "eager"):
+                            row[f"{name}_speedup_vs_eager"] = row["eager_ms"] / row[f"{name}_ms"]
+                row["meets_target"] = _meets_target(row, tokens, dim, bottleneck)
+                rows.append(row)
+                print(_progress(row), flush=True)
+            del inputs, steps
     return rows
 
 
@@ -176,6 +180,9 @@ def main(argv=None) -> int:
     parser.add_argument("--providers", type=provider_list(PROVIDERS), default="floor,triton,eager,compile",
                         help=f"comma-separated subset of {sorted(PROVIDERS)} (default: all but cuda)")
     parser.add_argument("--device", default=None, help="cuda (default when present) or cpu")
+    parser.add_argument("--timing", type=timing_list, default="launch",
+                        help="launch (kernels launched from Python each call), graph (CUDA-graph replays: the GPU "
+                             "cost without host time) or both, comma-separated (default: launch)")
     parser.add_argument("--no-breakdown", action="store_true", help="skip the direct forward / backward kernel timings")
     parser.add_argument("--json", help="write the rows and environment as JSON here")
     parser.add_argument("--md", help="write a markdown table here")
@@ -185,11 +192,14 @@ def main(argv=None) -> int:
     providers = args.providers
     shapes = _parse_shapes(args.shapes)
     bottlenecks = [int(m) for m in args.bottlenecks.split(",")]
-    rows = run(shapes, bottlenecks, _DTYPES[args.dtype], providers, args.activation, device=args.device,
-               breakdown=not args.no_breakdown)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if "graph" in args.timing and device.type != "cuda":
+        parser.error(f"--timing graph needs a CUDA device, got {device}")
+    rows = run(shapes, bottlenecks, _DTYPES[args.dtype], providers, args.activation, device=device,
+               breakdown=not args.no_breakdown, timings=args.timing)
     env = environment(args.device)
     env.update({"dtype": args.dtype, "activation": args.activation, "timing": "do_bench median (ms), fwd+bwd"})
-    columns = ["shape", "M"] + [f"{p}_ms" for p in providers]
+    columns = ["shape", "M", "timing"] + [f"{p}_ms" for p in providers]
     columns += [f"{p}_x_floor" for p in providers if p != "floor" and "floor" in providers]
     columns += [f"{p}_speedup_vs_eager" for p in providers if p not in ("floor", "eager") and "eager" in providers]
     if not args.no_breakdown and "triton" in providers:
@@ -197,7 +207,9 @@ def main(argv=None) -> int:
     columns.append("meets_target")
     notes = ("Floor: h.copy_ + g.copy_ (one read and one write of h and of g). Targets (issue 4): 8192x4096 M=64 "
              "<= 2.5x floor, 4096x1024 M=64 <= 5x floor, >= 2x faster than eager everywhere. triton_fwd_ms / "
-             "triton_bwd_ms: the kernel launchers alone, without autograd and the custom op.")
+             "triton_bwd_ms: the kernel launchers alone, without autograd and the custom op (launch timing). timing: "
+             "launch = kernels launched from Python on every timed call; graph = replays of a CUDA graph captured "
+             "from one call (the GPU's cost alone).")
     text = write_results(rows, columns, "Bottleneck adapter, forward + backward", env, json_path=args.json,
                          md_path=args.md, csv_path=args.csv, notes=notes)
     print(text)

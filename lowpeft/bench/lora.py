@@ -8,6 +8,8 @@
 # .grad; the "backward" mode replays one recorded graph with retain_graph=True. The frozen provider computes only
 # dx (its weight is frozen); the LoRA providers compute dx, dA and dB. Every provider's outputs are compared with
 # the eager LoRA's before timing (p = 0), and a provider that fails is recorded with its error, not skipped.
+# --timing graph also times CUDA-graph replays of each step (no host time; see _common); the "backward" mode,
+# which replays a retained autograd graph recorded outside any capture, is timed with launches only.
 from __future__ import annotations
 
 import argparse
@@ -18,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import environment, peak_memory_mib, provider_list, time_ms, write_results
+from ._common import environment, peak_memory_mib, provider_list, time_ms, timing_list, write_results
 
 __all__ = ["main", "PROVIDERS", "DEFAULT_CASES", "TARGETS"]
 
@@ -83,11 +85,14 @@ def _compile_provider(case):
 
 def _op_provider(backend):
     def make(case):
-        from ..ops.lora_linear import lora_linear
+        from ..ops.lora_linear import draw_dropout_seed, lora_linear
 
         def fn(x):
+            # The seed drawn here is what lora_linear draws itself when given none; passing it keeps the call
+            # capturable in a CUDA graph (where the op refuses to draw one: replays would reuse its mask).
+            seed = draw_dropout_seed() if case["p"] > 0 else None
             return lora_linear(x, case["weight"], None, case["lora_A"], case["lora_B"], case["scaling"], case["p"],
-                               training=True, backend=backend)
+                               training=True, backend=backend, seed=seed)
 
         return fn, [case["lora_A"], case["lora_B"]]
 
@@ -182,8 +187,9 @@ def _max_relative_error(fn, leaves, case, reference_outputs):
     return worst
 
 
-def run(cases, providers, modes, dtype, device, progress=print, case_done=None):
-    """Benchmark every case; case_done(rows) is called after each case (so partial results can be saved)."""
+def run(cases, providers, modes, dtype, device, progress=print, case_done=None, timings=("launch",)):
+    """Benchmark every case under each timing; case_done(rows) is called after each case (so partial results
+    can be saved)."""
     rows = []
     for tokens, width, out, rank, p in cases:
         case = _make_case(tokens, width, out, rank, p, dtype, device)
@@ -206,26 +212,27 @@ def run(cases, providers, modes, dtype, device, progress=print, case_done=None):
                 continue
             if name == "frozen":
                 frozen_mem = memory
-            for mode in modes:
+            for mode, timing in [(m, t) for t in timings for m in modes if not (t == "graph" and m == "backward")]:
                 try:
-                    ms = time_ms(steps[mode], device)
+                    ms = time_ms(steps[mode], device, timing=timing)
                 except Exception as exc:
                     rows.append({"shape": label, "r": rank, "p": p, "provider": name, "mode": mode,
-                                 "error": repr(exc)[:200]})
+                                 "timing": timing, "error": repr(exc)[:200]})
+                    progress(f"{label} r={rank} p={p} {name} {mode} {timing}: FAILED {exc!r}")
                     continue
                 if name == "frozen":
-                    frozen_ms[mode] = ms
+                    frozen_ms[mode, timing] = ms
                 row = {
-                    "shape": label, "r": rank, "p": p, "provider": name, "mode": mode, "ms": ms,
+                    "shape": label, "r": rank, "p": p, "provider": name, "mode": mode, "timing": timing, "ms": ms,
                     "tflops": _flops(case, mode, lora) / ms / 1e9,
-                    "vs_frozen": ms / frozen_ms[mode] if mode in frozen_ms else None,
+                    "vs_frozen": ms / frozen_ms[mode, timing] if (mode, timing) in frozen_ms else None,
                     "peak_extra_mib": memory if mode == "forward+backward" else None,
                     "mem_vs_frozen": (memory / frozen_mem if mode == "forward+backward" and frozen_mem and memory
                                       else None),
                     "max_rel_err_vs_eager": error,
                 }
                 rows.append(row)
-                progress(f"{label} r={rank} p={p} {name:8s} {mode:17s} {ms:8.3f} ms  "
+                progress(f"{label} r={rank} p={p} {name:8s} {mode:17s} {timing:6s} {ms:8.3f} ms  "
                          f"x{row['vs_frozen'] or float('nan'):.3f} vs frozen")
         del case
         if case_done is not None:
@@ -240,12 +247,14 @@ def summarize(rows, providers):
     table = {}
     for row in rows:
         if row.get("mode") == "forward+backward" and "ms" in row:
-            table.setdefault((row["shape"], row["r"], row["p"]), {})[row["provider"]] = row
+            key = (row.get("timing", "launch"), row["shape"], row["r"], row["p"])
+            table.setdefault(key, {})[row["provider"]] = row
     shown = [p for p in providers if p != "frozen"]
-    lines = ["| case | frozen ms | " + " | ".join(f"{p} ×" for p in shown) + " | lowpeft mem × | target | met |",
-             "| --- | --- | " + " | ".join("---" for _ in shown) + " | --- | --- | --- |"]
+    lines = ["| timing | case | frozen ms | " + " | ".join(f"{p} ×" for p in shown)
+             + " | lowpeft mem × | target | met |",
+             "| --- | --- | --- | " + " | ".join("---" for _ in shown) + " | --- | --- | --- |"]
     slower_than_eager = []
-    for (shape, rank, p), by_provider in table.items():
+    for (timing, shape, rank, p), by_provider in table.items():
         tokens, rest = shape.split("x", 1)
         width, out = rest.split("->")
         target = TARGETS.get((int(tokens), int(width), int(out), rank, p))
@@ -253,12 +262,12 @@ def summarize(rows, providers):
         met = "" if target is None or ours is None else ("yes" if ours <= target else "NO")
         eager = by_provider.get("eager", {}).get("vs_frozen")
         if ours is not None and eager is not None and ours > eager:
-            slower_than_eager.append(f"{shape} r={rank} p={p}")
+            slower_than_eager.append(f"{shape} r={rank} p={p} ({timing})")
         frozen = by_provider.get("frozen", {}).get("ms")
         cells = [f"{by_provider[p]['vs_frozen']:.3f}" if p in by_provider and by_provider[p].get("vs_frozen")
                  else "" for p in shown]
         mem = by_provider.get("lowpeft", {}).get("mem_vs_frozen")
-        lines.append(f"| {shape} r={rank} p={p} | {frozen:.3f} | " + " | ".join(cells)
+        lines.append(f"| {timing} | {shape} r={rank} p={p} | {frozen:.3f} | " + " | ".join(cells)
                      + f" | {'' if mem is None else f'{mem:.2f}'} | {target or ''} | {met} |")
     lines.append("")
     failed = sorted({f"{row['provider']}: {row['error']}" for row in rows if row.get("error")})
@@ -293,6 +302,9 @@ def main(argv=None) -> int:
     parser.add_argument("--providers", type=provider_list(PROVIDERS), default="frozen,lowpeft,peft,eager,compile",
                         help=f"subset of {','.join(PROVIDERS)} (default: all but lowpeft_cuda)")
     parser.add_argument("--modes", default=",".join(MODES), help=f"subset of {','.join(MODES)}")
+    parser.add_argument("--timing", type=timing_list, default="launch",
+                        help="launch (kernels launched from Python each call), graph (CUDA-graph replays: the GPU "
+                             "cost without host time) or both, comma-separated (default: launch)")
     parser.add_argument("--dtype", choices=sorted(_DTYPES), default="bf16")
     parser.add_argument("--device", default=None, help="cuda (default when present) or cpu")
     parser.add_argument("--json", help="write the rows and environment as JSON here")
@@ -323,14 +335,16 @@ def main(argv=None) -> int:
     env["dtype"] = args.dtype
     env["LOWPEFT_AUTOTUNE"] = os.environ.get("LOWPEFT_AUTOTUNE", "1")
     env["LOWPEFT_TRITON_GEMM"] = os.environ.get("LOWPEFT_TRITON_GEMM", "cublas")
-    columns = ["shape", "r", "p", "provider", "mode", "ms", "tflops", "vs_frozen", "peak_extra_mib", "mem_vs_frozen",
+    columns = ["shape", "r", "p", "provider", "mode", "timing", "ms", "tflops", "vs_frozen", "peak_extra_mib", "mem_vs_frozen",
                "max_rel_err_vs_eager", "error"]
 
     def save(rows):
         return write_results(rows, columns, "LoRA linear layer: forward / backward", env, json_path=args.json,
                              md_path=args.md, csv_path=args.csv, notes=_notes(rows, providers))
 
-    rows = run(cases, providers, modes, dtype, device, case_done=save)
+    if "graph" in args.timing and device.type != "cuda":
+        parser.error(f"--timing graph needs a CUDA device, got {device}")
+    rows = run(cases, providers, modes, dtype, device, case_done=save, timings=args.timing)
     print(save(rows))
     return 0
 
@@ -351,7 +365,9 @@ def _notes(rows, providers):
              "cuda backend. "
                "peak_extra_mib = torch.cuda.max_memory_allocated during one forward + backward minus what was "
                "allocated before (inputs, weights). max_rel_err_vs_eager: max |ours - eager| / max |eager| over y, dx, "
-               "dA, dB (p = 0 only).")
+               "dA, dB (p = 0 only). timing: launch = kernels launched from Python on every timed call; graph = "
+               "replays of a CUDA graph captured from one call (the GPU's cost alone; the backward-only mode is "
+               "not captured).")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ __all__ = ["TIME_KEYS", "SHAPE_KEYS", "OURS", "speedups", "pyplot", "plot_speedu
 TIME_KEYS = ("median_ms", "ms", "time_ms", "step_ms")
 # Columns that describe a measured case, in the order they appear in a case's label.
 SHAPE_KEYS = ("preset", "shape", "tokens", "in", "out", "dim", "M", "bottleneck", "rank", "r", "dropout", "p",
-              "activation", "bias", "dtype")
+              "activation", "bias", "dtype", "timing")
 # Our provider's name, in order of preference: lowpeft's harnesses call it "lowpeft" or name the backend.
 OURS = ("lowpeft", "triton", "cuda", "cpu")
 # With a "mode" column (forward / backward / forward+backward), the training step is what is drawn.

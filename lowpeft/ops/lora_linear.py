@@ -31,6 +31,11 @@ def shrink_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def _capturing_cuda_graph(x: Tensor) -> bool:
+    """Whether x's CUDA stream is being captured into a CUDA graph (outside torch.compile's tracing)."""
+    return x.is_cuda and not torch.compiler.is_compiling() and torch.cuda.is_current_stream_capturing()
+
+
 def draw_dropout_seed() -> Tensor:
     """A fresh dropout seed from torch's default CPU generator (so torch.manual_seed reproduces a run and
     activation checkpointing, which restores the RNG state, replays the same mask)."""
@@ -324,6 +329,11 @@ def lora_linear(
         _check_inputs(x, weight, bias, lora_A, lora_B, scaling, dropout_p)
     effective_p = float(dropout_p) if training else 0.0
     if seed is None:
+        if effective_p > 0.0 and _capturing_cuda_graph(x):
+            raise RuntimeError(
+                "lora_linear: dropout under CUDA graph capture: the seed is drawn on the host at capture time, so "
+                "every replay would reuse one dropout mask; pass seed= explicitly to accept a fixed mask, or "
+                "capture with dropout_p=0 / training=False")
         seed = draw_dropout_seed() if effective_p > 0.0 else _NO_DROPOUT_SEED
     name = _dispatch.resolve(backend, x.device, x.dtype)
     flat = x.dim() == 2
