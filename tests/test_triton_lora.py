@@ -260,6 +260,7 @@ def test_gpu_in_place_expand_add_is_right_on_the_autotuning_call():
     term once per timed config)."""
     from lowpeft.kernels._tuning import autotuning
     from lowpeft.kernels.lora_expand import lora_expand_add
+    from lowpeft.kernels.lora_expand_grad_A import lora_expand_add_grad_A
 
     if not autotuning():
         pytest.skip("LOWPEFT_AUTOTUNE=0: one config, nothing is timed")
@@ -275,10 +276,43 @@ def test_gpu_in_place_expand_add_is_right_on_the_autotuning_call():
     expected = start.double() + keep * (d_shrink.double() @ lora_A.double())
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-4)
 
+    out = start.clone()
+    x = torch.randn(tokens + 1, width, device="cuda")[1:]  # another fresh key (and an offset base)
+    grad_A = lora_expand_add_grad_A(d_shrink, lora_A, out, x, seed=31, threshold=reference.dropout_threshold(p),
+                                    inv_keep=1 / (1 - p), rank_padded=16, dot_precision="ieee", dot_upcast=False)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(grad_A.double(), d_shrink.double().t() @ (keep * x.double()), rtol=1e-5, atol=1e-3)
+
 
 def test_in_place_kernels_declare_what_the_autotuner_must_restore():
     """Every kernel that accumulates into an argument lists it in restore_value, so timing configs on live
     buffers (the first call at each autotune key) cannot add the term more than once."""
     from lowpeft.kernels.lora_expand import _lora_expand_add_kernel
+    from lowpeft.kernels.lora_expand_grad_A import _lora_expand_add_grad_a_kernel
 
     assert "out_ptr" in _lora_expand_add_kernel.restore_value
+    assert "dx_ptr" in _lora_expand_add_grad_a_kernel.restore_value
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("wanted", ["dx only", "dA only", "dx and dA"])
+def test_dropout_backward_for_each_subset_of_dx_and_dA(device, wanted):
+    """The dropout backward has three routes (dx alone: the masked expand-add; dA alone: the split-T kernel;
+    both: one pass doing both); each matches the oracle with the forward's mask."""
+    T, K, N, r, p, seed = 45, 37, 29, 5, 0.5, 77
+    torch.manual_seed(3)
+    x = torch.randn(T, K, device=device).requires_grad_(wanted != "dA only")
+    weight = torch.randn(N, K, device=device) * K**-0.5
+    lora_A = (torch.randn(r, K, device=device) * K**-0.5).requires_grad_(wanted != "dx only")
+    lora_B = (torch.randn(N, r, device=device) * r**-0.5).requires_grad_(True)
+    grad_out = torch.randn(T, N, device=device)
+    y = lora_linear(x, weight, None, lora_A, lora_B, 0.75, p, training=True, backend="triton", seed=torch.tensor(seed))
+    leaves = [t for t in (x, lora_A) if t.requires_grad]
+    grads = torch.autograd.grad(y, leaves, grad_out)
+    mask = reference.dropout_keep_mask(seed, T, K, p, device=device)
+    args = (x.detach(), weight, lora_A.detach(), lora_B.detach())
+    g64 = reference.lora_linear_backward(grad_out.double(), *(t.double() for t in args), 0.75, mask, p)
+    g_same = reference.lora_linear_backward(grad_out, *args, 0.75, mask, p)
+    indices = [i for i, t in ((0, x), (1, lora_A)) if t.requires_grad]
+    for grad, index in zip(grads, indices):
+        assert_matches_oracle(grad, g_same[index], g64[index], GRAD_NAMES[index])

@@ -171,6 +171,33 @@ def split_t_configs() -> list[triton.Config]:
     ])
 
 
+def expand_grad_a_configs() -> list[triton.Config]:
+    """Tiles for the dropout backward's one pass that adds mask ⊙ (dS A) to dx and reduces dA = dSᵀ (x ⊙ mask):
+    a column block of K walked over a slice of the tokens; memory-bound (read + write of dx, read of x) with
+    the Philox draws and two small dots per tile. Chosen by reasoning about H100 bandwidth and registers (the
+    [BLOCK_T, BLOCK_K] float32 term and keep-scale tiles plus the [r, BLOCK_K] accumulator), not yet tuned."""
+    if interpreting():
+        return [triton.Config({"BLOCK_T": 32, "BLOCK_K": 32}, num_warps=4, num_stages=1)]
+    return _tuned([
+        triton.Config({"BLOCK_T": 32, "BLOCK_K": 128}, num_warps=4, num_stages=3),
+        triton.Config({"BLOCK_T": 64, "BLOCK_K": 128}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_T": 32, "BLOCK_K": 256}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_T": 64, "BLOCK_K": 64}, num_warps=4, num_stages=3),
+    ])
+
+
+def prune_rank_accumulator_configs(configs, named_args, **kwargs):
+    """Early config prune for the split-T kernels: keep the [R_PAD, column block] float32 accumulator within
+    128 registers a thread (the column block is BLOCK_C or BLOCK_K)."""
+    rank_padded = kwargs.get("R_PAD", named_args.get("R_PAD"))
+
+    def columns(config):
+        return config.kwargs.get("BLOCK_C", config.kwargs.get("BLOCK_K"))
+
+    kept = [c for c in configs if rank_padded * columns(c) <= 128 * 32 * c.num_warps]
+    return kept or configs[-1:]
+
+
 # Largest padded rank whose [BLOCK_M, r] accumulator rides along in the big GEMMs' main loop (the fused
 # shrink in forward, dS in the dx GEMM); above it a separate one-pass kernel computes S or dS.
 FUSED_RANK_LIMIT = 64

@@ -10,21 +10,14 @@ import torch
 import triton
 import triton.language as tl
 
-from ._tuning import split_count, split_t_configs, token_bucket
+from ._tuning import prune_rank_accumulator_configs, split_count, split_t_configs, token_bucket
 from .lora_common import dropout_keep_scale, mma
-
-
-def _prune_split_t_configs(configs, named_args, **kwargs):
-    """Keep the [r, BLOCK_C] float32 accumulator within 128 registers a thread."""
-    rank_padded = kwargs.get("R_PAD", named_args.get("R_PAD"))
-    kept = [c for c in configs if rank_padded * c.kwargs["BLOCK_C"] <= 128 * 32 * c.num_warps]
-    return kept or configs[-1:]
 
 
 @triton.autotune(
     configs=split_t_configs(),
     key=["T_BUCKET", "C", "R_PAD", "HAS_DROPOUT", "HAS_COLSUM"],
-    prune_configs_by={"early_config_prune": _prune_split_t_configs},
+    prune_configs_by={"early_config_prune": prune_rank_accumulator_configs},
 )
 @triton.jit(do_not_specialize=["seed", "threshold"])
 def _lora_split_t_kernel(

@@ -3,9 +3,10 @@
 #
 # "cublas" (the default: it measured faster on the H100, benchmarks/NOTES_lora.md): the two frozen GEMMs run
 #   in cuBLAS and the LoRA terms are folded into their outputs — y = x Wᵀ + b, then y += s·S Bᵀ with cuBLAS's
-#   beta = 1 accumulation; dx = g W, then dx += dS A (beta = 1) or, with dropout, the Triton expand-add kernel
-#   with the mask in its epilogue. Triton kernels compute only what cuBLAS cannot: with dropout, S =
-#   dropout(x) Aᵀ and dA with the mask regenerated from the seed (never stored). Every other product
+#   beta = 1 accumulation; dx = g W, then dx += dS A (beta = 1) or, with dropout, one Triton pass that adds
+#   the masked dS A to dx and reduces dA = dSᵀ dropout(x) from the same tiles. Triton kernels compute only
+#   what cuBLAS cannot: with dropout, S = dropout(x) Aᵀ and the masked dx / dA terms, with the mask
+#   regenerated from the seed (never stored). Every other product
 #   (S and dA without dropout, dS = s·g B, dB = s·gᵀ S) is a skinny cuBLAS GEMM in the inputs' dtype, as
 #   eager PyTorch computes it: each Triton launch costs tens of microseconds of host time, which small
 #   layers cannot hide. Cost over the frozen layer: one read +
@@ -26,6 +27,7 @@ from .. import reference
 from ._tuning import FUSED_RANK_LIMIT, interpreting, padded_rank
 from .lora_backward_dx import lora_dx_gemm
 from .lora_expand import lora_expand_add
+from .lora_expand_grad_A import lora_expand_add_grad_A
 from .lora_forward import lora_forward_gemm
 from .lora_grad_weights import lora_grad_A, lora_grad_B
 from .lora_shrink import lora_shrink
@@ -209,7 +211,11 @@ def lora_linear_bwd(grad_out, x, weight, lora_A, lora_B, shrink, scaling: float,
         if not cublas and not fuse_ds:
             lora_shrink(grad_out, lora_B, d_shrink, scale=scaling, seed=0, threshold=0, inv_keep=1.0,
                         has_dropout=False, **dot_args)
-        if need_dx and cublas:
+        if need_dx and need_dA and cublas:
+            dx = torch.mm(grad_out, weight)
+            grad_A = lora_expand_add_grad_A(d_shrink, lora_A, dx, x, seed=seed, threshold=threshold,
+                                            inv_keep=inv_keep, **dot_args).to(dtype)
+        elif need_dx and cublas:
             dx = torch.mm(grad_out, weight)
             lora_expand_add(d_shrink, lora_A, dx, seed=seed, threshold=threshold, inv_keep=inv_keep,
                             has_dropout=True, rank_padded=rank_padded, dot_precision=dot_precision)
@@ -217,7 +223,7 @@ def lora_linear_bwd(grad_out, x, weight, lora_A, lora_B, shrink, scaling: float,
             dx = torch.empty(tokens, width, dtype=dtype, device=device)
             lora_dx_gemm(grad_out, weight, lora_A, lora_B, d_shrink, dx, scaling=scaling, fuse_ds=fuse_ds,
                          **dropout_args, **dot_args)
-    if need_dA:
+    if need_dA and grad_A is None:
         grad_A = lora_grad_A(x, d_shrink, **dropout_args, **dot_args).to(dtype)
     if need_dB and cublas:
         grad_B = _scaled_mm(lora_B, grad_out.t(), shrink.to(dtype), scaling)
