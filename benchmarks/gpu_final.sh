@@ -14,6 +14,9 @@
 #   benchmarks/gpu_final.sh verify   build; the native-backend, op and Triton-kernel test files on the GPU
 #   benchmarks/gpu_final.sh native   build; the native-backend tests (cuda included); host time per layer call;
 #                                    the LoRA layer benchmark with the triton and cuda backends side by side
+#   benchmarks/gpu_final.sh graphs   build; session 3's GPU tests (graph capture, the one-pass dropout backward,
+#                                    --timing); LoRA and adapter benchmarks timed as launches and as graph replays
+#   benchmarks/gpu_final.sh grid     build; the hypothesis test files (LOWPEFT_AUTOTUNE=0); the full LoRA grid
 # Every step has its own time limit so one slow step cannot starve the rest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -112,6 +115,34 @@ case "${1:-layers}" in
       --providers frozen,lowpeft,lowpeft_cuda,eager,peft,compile \
       --json "$OUT/lora_h100.json" --md "$OUT/lora_h100.md" > "$OUT/lora_bench.log" 2>&1
     echo "lora bench exit $?"; grep -B2 -A14 "^| case" "$OUT/lora_h100.md" | head -40
+    ;;
+  graphs)
+    timeout 150 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_triton_lora.py \
+      -k "in_place or subset or restore or gpu_aligned" > "$OUT/gpu_s3_tests.log" 2>&1
+    echo "triton pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_s3_tests.log" | tail -8
+    timeout 100 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_lora_op.py tests/test_cli.py \
+      -k "cuda_graph or timing" >> "$OUT/gpu_s3_tests.log" 2>&1
+    echo "graph pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_s3_tests.log" | tail -4
+    LOWPEFT_AUTOTUNE=0 timeout 240 python3 benchmarks/bench_lora.py --cases "$CASES" --modes forward+backward \
+      --timing launch,graph --providers frozen,lowpeft,lowpeft_cuda,eager,compile,peft \
+      --json "$OUT/lora_h100_graphs.json" --md "$OUT/lora_h100_graphs.md" > "$OUT/lora_bench.log" 2>&1
+    echo "lora bench exit $?"; grep -A16 "^| timing" "$OUT/lora_h100_graphs.md" | head -18
+    timeout 150 python3 benchmarks/bench_adapter.py --bottlenecks 16,64 --timing launch,graph \
+      --providers floor,triton,cuda,eager --json "$OUT/adapter_h100_graphs.json" --md "$OUT/adapter_h100_graphs.md" \
+      > "$OUT/adapter_bench.log" 2>&1
+    echo "adapter bench exit $?"; grep "^| " "$OUT/adapter_h100_graphs.md" | cut -c1-400
+    ;;
+  grid)
+    LOWPEFT_AUTOTUNE=0 LOWPEFT_HYPOTHESIS_EXAMPLES=8 timeout 200 python3 -m pytest -q -p no:cacheprovider -rfE \
+      tests/test_lora_op.py -k "not gpu_fixed" > "$OUT/gpu_lora_op_tests.log" 2>&1
+    echo "lora_op pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_lora_op_tests.log" | tail -8
+    LOWPEFT_AUTOTUNE=0 LOWPEFT_HYPOTHESIS_EXAMPLES=3 timeout 200 python3 -m pytest -q -p no:cacheprovider -rfE \
+      tests/test_triton_lora.py > "$OUT/gpu_triton_lora_tests.log" 2>&1
+    echo "triton_lora pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_triton_lora_tests.log" | tail -8
+    LOWPEFT_AUTOTUNE=0 timeout 150 python3 benchmarks/bench_lora.py --modes forward+backward --timing launch,graph \
+      --shapes 8192x4096x4096 --providers frozen,lowpeft,eager,compile \
+      --json "$OUT/lora_h100_grid.json" --md "$OUT/lora_h100_grid.md" > "$OUT/lora_grid.log" 2>&1
+    echo "lora grid exit $?"; grep -A18 "^| timing" "$OUT/lora_h100_grid.md" | head -20
     ;;
   probe)
     LOWPEFT_AUTOTUNE=0 timeout 200 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_lora_op.py \
