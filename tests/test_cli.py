@@ -319,6 +319,25 @@ def test_speedups_of_lora_rows_use_forward_backward_and_skip_failures():
     assert table["peft"][0] == pytest.approx(2.7 / 1.1) and table["peft"][1] is None
 
 
+def test_lora_summary_survives_a_failed_frozen_baseline_and_splits_timings():
+    from lowpeft.bench import lora as bench_lora
+
+    rows = [
+        {"shape": "64x64->96", "r": 8, "p": 0.0, "provider": "frozen", "mode": "forward+backward", "timing": "graph",
+         "error": "RuntimeError('capture failed')"},
+        {"shape": "64x64->96", "r": 8, "p": 0.0, "provider": "lowpeft", "mode": "forward+backward", "timing": "graph",
+         "ms": 0.2, "vs_frozen": None},
+        {"shape": "64x64->96", "r": 8, "p": 0.0, "provider": "frozen", "mode": "forward+backward", "timing": "launch",
+         "ms": 0.1, "vs_frozen": 1.0},
+        {"shape": "64x64->96", "r": 8, "p": 0.0, "provider": "lowpeft", "mode": "forward+backward",
+         "timing": "launch", "ms": 0.3, "vs_frozen": 3.0},
+    ]
+    text = bench_lora.summarize(rows, ["frozen", "lowpeft"])
+    assert "| graph | 64x64->96 r=8 p=0.0 | failed |" in text
+    assert "| launch | 64x64->96 r=8 p=0.0 | 0.100 | 3.000 |" in text
+    assert "frozen: RuntimeError('capture failed')" in text
+
+
 def test_speedups_of_wide_adapter_rows():
     rows = [{"shape": "8192x4096", "M": 64, "floor_ms": 0.1, "triton_ms": 0.2, "eager_ms": 0.7, "triton_fwd_ms": 0.05},
             {"shape": "4096x1024", "M": 64, "floor_ms": 0.02, "triton_ms": 0.08, "eager_ms": 0.8}]

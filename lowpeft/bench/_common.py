@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime
 import json
@@ -21,7 +22,7 @@ import time
 import torch
 
 __all__ = ["environment", "time_ms", "peak_memory_mib", "write_results", "markdown_table", "provider_list",
-           "timing_list", "TIMINGS"]
+           "timing_list", "benchmark_stream", "TIMINGS"]
 
 # "launch": each timed call launches its kernels from Python; "graph": each timed call replays a CUDA graph
 # captured from one call (no host time; CUDA only).
@@ -48,17 +49,27 @@ def timing_list(text: str) -> list[str]:
     return names
 
 
+def benchmark_stream(device: torch.device | str, timings=("launch",)):
+    """The stream a harness runs its cases on: a fresh non-default CUDA stream when graph timing is asked for
+    (a CUDA graph cannot be captured on the default stream, and the autograd engine runs each backward node
+    on its forward's stream, so setup, launches, warm-up and capture must share one stream), else nothing."""
+    device = torch.device(device)
+    if device.type != "cuda" or "graph" not in timings:
+        return contextlib.nullcontext()
+    return torch.cuda.stream(torch.cuda.Stream(device))
+
+
 def _capture_cuda_graph(fn, device: torch.device):
-    """A CUDA graph of one fn() call, after three warm-up calls on a side stream (lazy initialisation,
-    autotuning and compilation happen there, outside the capture)."""
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream(device).wait_stream(side)
+    """A CUDA graph of one fn() call, captured on the current stream after three warm-up calls there (lazy
+    initialisation, autotuning and compilation happen outside the capture)."""
+    stream = torch.cuda.current_stream(device)
+    if stream == torch.cuda.default_stream(device):
+        raise ValueError("timing: 'graph' must run on a non-default CUDA stream (wrap the run in "
+                         "benchmark_stream(device, timings)), got the default stream")
+    for _ in range(3):
+        fn()
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, stream=stream):
         fn()
     return graph
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import reference
-from ._common import environment, provider_list, time_ms, timing_list, write_results
+from ._common import benchmark_stream, environment, provider_list, time_ms, timing_list, write_results
 
 __all__ = ["main", "PROVIDERS", "DEFAULT_SHAPES", "DEFAULT_BOTTLENECKS"]
 
@@ -119,6 +119,11 @@ def run(shapes, bottlenecks, dtype, providers, activation="gelu", scale=1.0, dev
 
     # One compiled graph per shape for the torch.compile provider, so no recompilation limit is hit.
     _dynamo.config.cache_size_limit = max(_dynamo.config.cache_size_limit, 8 * len(shapes) * len(bottlenecks))
+    with benchmark_stream(device, timings):
+        return _run_shapes(shapes, bottlenecks, dtype, providers, activation, scale, device, breakdown, timings)
+
+
+def _run_shapes(shapes, bottlenecks, dtype, providers, activation, scale, device, breakdown, timings):
     rows = []
     for tokens, dim in shapes:
         for bottleneck in bottlenecks:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import environment, peak_memory_mib, provider_list, time_ms, timing_list, write_results
+from ._common import benchmark_stream, environment, peak_memory_mib, provider_list, time_ms, timing_list, write_results
 
 __all__ = ["main", "PROVIDERS", "DEFAULT_CASES", "TARGETS"]
 
@@ -190,6 +190,11 @@ def _max_relative_error(fn, leaves, case, reference_outputs):
 def run(cases, providers, modes, dtype, device, progress=print, case_done=None, timings=("launch",)):
     """Benchmark every case under each timing; case_done(rows) is called after each case (so partial results
     can be saved)."""
+    with benchmark_stream(device, timings):
+        return _run_cases(cases, providers, modes, dtype, device, progress, case_done, timings)
+
+
+def _run_cases(cases, providers, modes, dtype, device, progress, case_done, timings):
     rows = []
     for tokens, width, out, rank, p in cases:
         case = _make_case(tokens, width, out, rank, p, dtype, device)
@@ -198,6 +203,7 @@ def run(cases, providers, modes, dtype, device, progress=print, case_done=None, 
         y_ref = eager_fn(case["x"])
         reference_outputs = [y_ref.detach()] + list(
             torch.autograd.grad(y_ref, [case["x"]] + eager_leaves, case["grad_out"]))
+        del y_ref  # its autograd graph would keep the leaves' gradient-accumulator nodes alive
         frozen_ms, frozen_mem = {}, None
         for name in providers:
             lora = name != "frozen"
@@ -267,7 +273,8 @@ def summarize(rows, providers):
         cells = [f"{by_provider[p]['vs_frozen']:.3f}" if p in by_provider and by_provider[p].get("vs_frozen")
                  else "" for p in shown]
         mem = by_provider.get("lowpeft", {}).get("mem_vs_frozen")
-        lines.append(f"| {timing} | {shape} r={rank} p={p} | {frozen:.3f} | " + " | ".join(cells)
+        frozen_text = "failed" if frozen is None else f"{frozen:.3f}"
+        lines.append(f"| {timing} | {shape} r={rank} p={p} | {frozen_text} | " + " | ".join(cells)
                      + f" | {'' if mem is None else f'{mem:.2f}'} | {target or ''} | {met} |")
     lines.append("")
     failed = sorted({f"{row['provider']}: {row['error']}" for row in rows if row.get("error")})
