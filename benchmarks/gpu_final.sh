@@ -133,14 +133,14 @@ case "${1:-layers}" in
     echo "adapter bench exit $?"; grep "^| " "$OUT/adapter_h100_graphs.md" | cut -c1-400
     ;;
   grid)
-    LOWPEFT_AUTOTUNE=0 LOWPEFT_HYPOTHESIS_EXAMPLES=8 timeout 200 python3 -m pytest -q -p no:cacheprovider -rfE \
+    LOWPEFT_AUTOTUNE=0 LOWPEFT_HYPOTHESIS_EXAMPLES=8 timeout 150 python3 -m pytest -q -p no:cacheprovider -rfE \
       tests/test_lora_op.py -k "not gpu_fixed" > "$OUT/gpu_lora_op_tests.log" 2>&1
     echo "lora_op pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_lora_op_tests.log" | tail -8
-    LOWPEFT_AUTOTUNE=0 LOWPEFT_HYPOTHESIS_EXAMPLES=3 timeout 200 python3 -m pytest -q -p no:cacheprovider -rfE \
+    LOWPEFT_AUTOTUNE=0 LOWPEFT_HYPOTHESIS_EXAMPLES=3 timeout 150 python3 -m pytest -q -p no:cacheprovider -rfE \
       tests/test_triton_lora.py > "$OUT/gpu_triton_lora_tests.log" 2>&1
     echo "triton_lora pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_triton_lora_tests.log" | tail -8
-    LOWPEFT_AUTOTUNE=0 timeout 150 python3 benchmarks/bench_lora.py --modes forward+backward --timing launch,graph \
-      --shapes 8192x4096x4096 --providers frozen,lowpeft,eager,compile \
+    LOWPEFT_AUTOTUNE=0 timeout 170 python3 benchmarks/bench_lora.py --modes forward+backward --timing launch,graph \
+      --shapes 8192x4096x4096 --providers frozen,lowpeft,eager,peft \
       --json "$OUT/lora_h100_grid.json" --md "$OUT/lora_h100_grid.md" > "$OUT/lora_grid.log" 2>&1
     echo "lora grid exit $?"; grep -A18 "^| timing" "$OUT/lora_h100_grid.md" | head -20
     ;;
