@@ -17,6 +17,7 @@
 #   benchmarks/gpu_final.sh graphs   build; session 3's GPU tests (graph capture, the one-pass dropout backward,
 #                                    --timing); LoRA and adapter benchmarks timed as launches and as graph replays
 #   benchmarks/gpu_final.sh grid     build; the hypothesis test files (LOWPEFT_AUTOTUNE=0); the full LoRA grid
+#   benchmarks/gpu_final.sh model_dropout  build; the ~1B Llama benchmark with dropout 0.05; the p = 0.1 layer case
 # Every step has its own time limit so one slow step cannot starve the rest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -143,6 +144,15 @@ case "${1:-layers}" in
       --shapes 8192x4096x4096 --providers frozen,lowpeft,eager,peft \
       --json "$OUT/lora_h100_grid.json" --md "$OUT/lora_h100_grid.md" > "$OUT/lora_grid.log" 2>&1
     echo "lora grid exit $?"; grep -A18 "^| timing" "$OUT/lora_h100_grid.md" | head -20
+    ;;
+  model_dropout)
+    timeout 440 python3 -m lowpeft bench model --preset 1b --steps 50 --dropout 0.05 --no-progress \
+      --json "$OUT/model_1b_h100_dropout.json" --md "$OUT/model_1b_h100_dropout.md" > "$OUT/model_bench_dropout.log" 2>&1
+    echo "model bench exit $?"; tail -12 "$OUT/model_1b_h100_dropout.md"
+    LOWPEFT_AUTOTUNE=0 timeout 60 python3 benchmarks/bench_lora.py --cases 8192x4096x4096:16:0.1 \
+      --modes forward+backward --timing launch,graph --providers frozen,lowpeft,eager \
+      --json "$OUT/lora_h100_p01_memory.json" > "$OUT/lora_p01.log" 2>&1
+    echo "lora p0.1 exit $?"; grep -A5 "^| timing" "$OUT/lora_p01.log" | head -6
     ;;
   probe)
     LOWPEFT_AUTOTUNE=0 timeout 200 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_lora_op.py \
