@@ -18,6 +18,7 @@
 #                                    --timing); LoRA and adapter benchmarks timed as launches and as graph replays
 #   benchmarks/gpu_final.sh grid     build; the hypothesis test files (LOWPEFT_AUTOTUNE=0); the full LoRA grid
 #   benchmarks/gpu_final.sh model_dropout  build; the ~1B Llama benchmark with dropout 0.05; the p = 0.1 layer case
+#   benchmarks/gpu_final.sh profile  build; kernel and host profiles (gpu_profile_lora.py); the op hypothesis tests
 # Every step has its own time limit so one slow step cannot starve the rest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -153,6 +154,14 @@ case "${1:-layers}" in
       --modes forward+backward --timing launch,graph --providers frozen,lowpeft,eager \
       --json "$OUT/lora_h100_p01_memory.json" > "$OUT/lora_p01.log" 2>&1
     echo "lora p0.1 exit $?"; grep -A5 "^| timing" "$OUT/lora_p01.log" | head -6
+    ;;
+  profile)
+    timeout 200 python3 benchmarks/gpu_profile_lora.py > "$OUT/profile_lora.log" 2>&1
+    echo "profile exit $?"; grep -E "^host|^## |^ +[0-9.]+ us" "$OUT/profile_lora.log" | head -90
+    grep -A40 "^## cProfile" "$OUT/profile_lora.log" | head -45
+    LOWPEFT_AUTOTUNE=0 LOWPEFT_HYPOTHESIS_EXAMPLES=8 timeout 300 python3 -m pytest -q -p no:cacheprovider -rfE \
+      tests/test_lora_op.py -k "not gpu_fixed" > "$OUT/gpu_lora_op_tests.log" 2>&1
+    echo "lora_op pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_lora_op_tests.log" | tail -8
     ;;
   probe)
     LOWPEFT_AUTOTUNE=0 timeout 200 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_lora_op.py \
