@@ -102,13 +102,23 @@ def _multiprocessors(device_index: int) -> int:
 
 
 def _t_splits(T: int, D: int, block_t: int, block_d: int, factor: int, device: torch.device) -> int:
-    """How many T ranges backward_cols splits the rows into: `factor` times enough programs to fill every
-    multiprocessor once, never more splits than row blocks (each split owns whole row blocks)."""
+    """How many T ranges backward_cols splits the rows into. Its programs are register-heavy (one resident per
+    multiprocessor), so the time goes as (waves of programs) / (splits): the count in 1 .. factor × (enough to
+    fill every multiprocessor twice) with the fewest splits among those within 5 % of the best (each split adds
+    a [2·M·D] float32 partial to write and reduce). Filling the GPU once and a bit is the trap: 160 programs on
+    132 SMs take two waves for 1.2 waves of work."""
+    max_splits = triton.cdiv(T, block_t)
     if device.type != "cuda":
-        return max(1, min(3, triton.cdiv(T, block_t)))
+        return max(1, min(3, max_splits))
     index = device.index if device.index is not None else torch.cuda.current_device()
-    wanted = factor * triton.cdiv(_multiprocessors(index), triton.cdiv(D, block_d))
-    return max(1, min(wanted, triton.cdiv(T, block_t)))
+    sms = _multiprocessors(index)
+    column_blocks = triton.cdiv(D, block_d)
+    candidates = range(1, max(1, min(max_splits, factor * 2 * triton.cdiv(sms, column_blocks))) + 1)
+    def time(splits):
+        return triton.cdiv(column_blocks * splits, sms) / splits
+
+    best = min(time(splits) for splits in candidates)
+    return next(splits for splits in candidates if time(splits) <= 1.05 * best)
 
 
 def _t_bucket(T: int) -> int:
