@@ -2,12 +2,14 @@
 // W_downᵀ + b_down) W_upᵀ + b_up) and its gradients.
 //
 // Trade-off: the adapter's six GEMMs (2·T·D·M flops each, 26 GFLOP at T=8192, D=4096, M=64) need tensor
-// cores to stay memory-bound, so they run in cuBLAS through ATen, each reading its [T, D] operand once, with
-// everything else folded in: the residual and the scale by addmm(beta = 1, alpha = s), b_up as a column of
-// ones in the activations (no broadcast pass forward, no Σ g pass backward: it falls out of the dW_up
-// GEMM), dh = g + dz W_down by one addmm. Our own kernels do the [T, M] work between the GEMMs in one pass
-// each: forward, z (saved, float32) and the activations with their ones column; backward, dz = s · da ⊙
-// act'(z) in both precisions and the activations again (recomputed from z, never stored).
+// cores to stay memory-bound, so they run in cuBLAS, each reading its [T, D] operand once, with everything
+// else folded in: the residual and the scale by beta = 1 / alpha = s, b_up as a column of ones in the
+// activations (no broadcast pass forward, no Σ g pass backward: it falls out of the dW_up GEMM). out = h +
+// s · act W_upᵀ and dh = g + dz W_down are each one cuBLASLt call that reads the residual and writes the
+// result (gemm_residual.cu: ATen's out-of-place addmm would copy the residual first). Our own kernels do the
+// [T, M] work between the GEMMs in one pass each: forward, z (saved, float32) and the activations with their
+// ones column; backward, dz = s · da ⊙ act'(z) in both precisions and the activations again (recomputed from
+// z, never stored).
 #include <optional>
 #include <string_view>
 
@@ -20,6 +22,7 @@
 
 #include "../lowpeft_common.h"
 #include "cuda_common.cuh"
+#include "gemm_residual.h"
 
 namespace lowpeft::cuda {
 namespace {
@@ -107,7 +110,7 @@ std::tuple<at::Tensor, at::Tensor> bottleneck_adapter_fwd(const at::Tensor& h, c
   at::Tensor up = at::zeros({dim, width}, h.options());
   up.narrow(1, 0, bottleneck).copy_(up_weight);
   if (ones_column) up.select(1, bottleneck).copy_(*up_bias);
-  return {at::addmm(h, act, up.t(), 1.0, scale), z};
+  return {gemm_residual(h, act, up.t(), scale), z};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bottleneck_adapter_bwd(
@@ -147,7 +150,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bottlenec
   }
   at::Tensor dh = not_needed(h), d_down_weight = not_needed(h), d_down_bias = not_needed(h);
   at::Tensor d_up_weight = not_needed(h), d_up_bias = not_needed(h);
-  if (need.dh) dh = at::addmm(grad_out, dz_low, down_weight);
+  if (need.dh) dh = gemm_residual(grad_out, dz_low, down_weight, 1.0);
   if (need.d_down_weight) d_down_weight = at::mm(dz_low.t(), h);
   if (need.d_down_bias) d_down_bias = dz.sum(0).to(dtype);
   if (need.d_up_weight) {
