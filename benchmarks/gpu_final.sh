@@ -19,6 +19,7 @@
 #   benchmarks/gpu_final.sh grid     build; the hypothesis test files (LOWPEFT_AUTOTUNE=0); the full LoRA grid
 #   benchmarks/gpu_final.sh model_dropout  build; the ~1B Llama benchmark with dropout 0.05; the p = 0.1 layer case
 #   benchmarks/gpu_final.sh profile  build; kernel and host profiles (gpu_profile_lora.py); the op hypothesis tests
+#   benchmarks/gpu_final.sh adapter_search  build; native adapter tests; the fused-strategy crash search; adapter bench
 # Every step has its own time limit so one slow step cannot starve the rest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -162,6 +163,17 @@ case "${1:-layers}" in
     LOWPEFT_AUTOTUNE=0 LOWPEFT_HYPOTHESIS_EXAMPLES=8 timeout 300 python3 -m pytest -q -p no:cacheprovider -rfE \
       tests/test_lora_op.py -k "not gpu_fixed" > "$OUT/gpu_lora_op_tests.log" 2>&1
     echo "lora_op pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_lora_op_tests.log" | tail -8
+    ;;
+  adapter_search)
+    timeout 120 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_native_backends.py -k "adapter" \
+      > "$OUT/gpu_native_adapter_tests.log" 2>&1
+    echo "native adapter pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_native_adapter_tests.log" | tail -6
+    LOWPEFT_AUTOTUNE=0 timeout 220 python3 benchmarks/diag/fused_dx_search.py 190 > "$OUT/fused_dx_search.log" 2>&1
+    echo "fused search exit $?"; tail -40 "$OUT/fused_dx_search.log"
+    timeout 150 python3 benchmarks/bench_adapter.py --bottlenecks 16,64 --timing launch,graph \
+      --providers floor,triton,cuda,eager --json "$OUT/adapter_h100_graphs.json" --md "$OUT/adapter_h100_graphs.md" \
+      > "$OUT/adapter_bench.log" 2>&1
+    echo "adapter bench exit $?"; grep "^| " "$OUT/adapter_h100_graphs.md" | cut -c1-300
     ;;
   probe)
     LOWPEFT_AUTOTUNE=0 timeout 200 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_lora_op.py \
