@@ -101,21 +101,22 @@ def _multiprocessors(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def _t_splits(T: int, D: int, block_t: int, block_d: int, factor: int, device: torch.device) -> int:
-    """How many T ranges backward_cols splits the rows into. Its programs are register-heavy (one resident per
-    multiprocessor), so the time goes as (waves of programs) / (splits): the count in 1 .. factor × (enough to
-    fill every multiprocessor twice) with the fewest splits among those within 5 % of the best (each split adds
-    a [2·M·D] float32 partial to write and reduce). Filling the GPU once and a bit is the trap: 160 programs on
-    132 SMs take two waves for 1.2 waves of work."""
+def _t_splits(T: int, D: int, block_t: int, block_d: int, factor: int, warps: int, device: torch.device) -> int:
+    """How many T ranges backward_cols splits the rows into. The time goes as (waves of programs) / (splits),
+    with one resident program per multiprocessor at 8 warps and two at 4 (the tiles' registers): the count in
+    1 .. factor × (enough to fill every slot twice) with the fewest splits among those within 5 % of the best
+    (each split adds a [2·M·D] float32 partial to write and reduce). Filling the GPU once and a bit is the
+    trap: 160 eight-warp programs on 132 SMs ran two waves for 1.2 waves of work (H100, run 24)."""
     max_splits = triton.cdiv(T, block_t)
     if device.type != "cuda":
         return max(1, min(3, max_splits))
     index = device.index if device.index is not None else torch.cuda.current_device()
-    sms = _multiprocessors(index)
+    slots = _multiprocessors(index) * (2 if warps <= 4 else 1)
     column_blocks = triton.cdiv(D, block_d)
-    candidates = range(1, max(1, min(max_splits, factor * 2 * triton.cdiv(sms, column_blocks))) + 1)
+    candidates = range(1, max(1, min(max_splits, factor * 2 * triton.cdiv(slots, column_blocks))) + 1)
+
     def time(splits):
-        return triton.cdiv(column_blocks * splits, sms) / splits
+        return triton.cdiv(column_blocks * splits, slots) / splits
 
     best = min(time(splits) for splits in candidates)
     return next(splits for splits in candidates if time(splits) <= 1.05 * best)
@@ -450,7 +451,7 @@ def bottleneck_adapter_bwd(grad_out, h, down_weight, down_bias, up_weight, z, ac
     operand_dtype = h.dtype
     a, dz = torch.empty((2, T, M), dtype=operand_dtype, device=h.device).unbind(0)
     block_t, block_d, warps, stages, split_factor = column_block_config(T, D, block_m, h.element_size())
-    splits = _t_splits(T, D, block_t, block_d, split_factor, h.device)
+    splits = _t_splits(T, D, block_t, block_d, split_factor, warps, h.device)
     partial_len = 2 * M * D + D + M
     partials = torch.empty((splits, partial_len) if need_weight_grads else (0,), dtype=z.dtype, device=h.device)
     with _device_context(h):
