@@ -65,7 +65,8 @@ def _forward_epilogue(acc, s_acc, pid_m, pid_n, T, N, R, bias_ptr, b_ptr, s_ptr,
     prune_configs_by={"early_config_prune": prune_gemm_configs},
 )
 @triton.heuristics({"EVEN_K": lambda meta: meta["K"] % meta["BLOCK_K"] == 0})
-@triton.jit
+# Sizes are not specialised, as in the dx kernel (lora_backward_dx.py: a size-1 specialisation faulted there).
+@triton.jit(do_not_specialize=["T", "N", "K", "R"])
 def _lora_fwd_kernel(
     x_ptr, w_ptr, bias_ptr, a_ptr, b_ptr, s_ptr, y_ptr,
     T, N, K, R, T_BUCKET,
