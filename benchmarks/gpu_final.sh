@@ -21,6 +21,7 @@
 #   benchmarks/gpu_final.sh profile  build; kernel and host profiles (gpu_profile_lora.py); the op hypothesis tests
 #   benchmarks/gpu_final.sh adapter_search  build; native adapter tests; the fused-strategy crash search; adapter bench
 #   benchmarks/gpu_final.sh sanitize build; compute-sanitizer on the fused strategy's failing cases; its op tests
+#   benchmarks/gpu_final.sh fused_tests  build; the op hypothesis tests of the fused GEMM strategy (three dtypes)
 # Every step has its own time limit so one slow step cannot starve the rest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -189,6 +190,12 @@ case "${1:-layers}" in
       tests/test_lora_op.py -k "both_triton_gemm_strategies" > "$OUT/gpu_strategy_tests.log" 2>&1
     echo "strategy pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed|Failing test|    [a-z_]+=" \
       "$OUT/gpu_strategy_tests.log" | head -30
+    ;;
+  fused_tests)
+    LOWPEFT_AUTOTUNE=0 LOWPEFT_HYPOTHESIS_EXAMPLES=8 timeout 330 python3 -m pytest -q -p no:cacheprovider -rfE \
+      tests/test_lora_op.py -k "both_triton_gemm_strategies and fused" > "$OUT/gpu_fused_strategy_tests.log" 2>&1
+    echo "fused strategy pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed|Failing test|    [a-z_]+=" \
+      "$OUT/gpu_fused_strategy_tests.log" | head -30
     ;;
   probe)
     LOWPEFT_AUTOTUNE=0 timeout 200 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_lora_op.py \
