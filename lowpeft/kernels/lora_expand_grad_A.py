@@ -68,7 +68,7 @@ def lora_expand_add_grad_A(d_shrink, lora_A, dx, x, *, seed, threshold, inv_keep
     rank = lora_A.shape[0]
     if tokens == 0 or width == 0:
         return torch.zeros(rank, width, dtype=torch.float32, device=x.device)
-    splits = split_count(tokens, triton.cdiv(width, 128), x.device)
+    splits = split_count(tokens, triton.cdiv(width, 128), x.device, rank=rank, element_size=x.element_size())
     rows_per_split = triton.cdiv(triton.cdiv(tokens, splits), 128) * 128
     splits = triton.cdiv(tokens, rows_per_split)
     partials = torch.empty(splits, rank, width, dtype=torch.float32, device=x.device)

@@ -64,7 +64,7 @@ def _split_t(big, small, *, transpose_out, scale, seed, threshold, inv_keep, has
     and Σₜ big [C] when with_colsum."""
     tokens, columns = big.shape
     rank = small.shape[1]
-    splits = split_count(tokens, triton.cdiv(columns, 128), big.device)
+    splits = split_count(tokens, triton.cdiv(columns, 128), big.device, rank=rank, element_size=big.element_size())
     rows_per_split = triton.cdiv(triton.cdiv(tokens, splits), 128) * 128
     splits = triton.cdiv(tokens, rows_per_split)
     if transpose_out:
