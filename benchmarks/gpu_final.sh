@@ -22,6 +22,7 @@
 #   benchmarks/gpu_final.sh adapter_search  build; native adapter tests; the fused-strategy crash search; adapter bench
 #   benchmarks/gpu_final.sh sanitize build; compute-sanitizer on the fused strategy's failing cases; its op tests
 #   benchmarks/gpu_final.sh fused_tests  build; the op hypothesis tests of the fused GEMM strategy (three dtypes)
+#   benchmarks/gpu_final.sh fullgrid build; bench_lora.py's default grid, every provider and mode, launch timing
 # Every step has its own time limit so one slow step cannot starve the rest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -196,6 +197,11 @@ case "${1:-layers}" in
       tests/test_lora_op.py -k "both_triton_gemm_strategies and fused" > "$OUT/gpu_fused_strategy_tests.log" 2>&1
     echo "fused strategy pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed|Failing test|    [a-z_]+=" \
       "$OUT/gpu_fused_strategy_tests.log" | head -30
+    ;;
+  fullgrid)
+    LOWPEFT_AUTOTUNE=0 timeout 330 python3 benchmarks/bench_lora.py --providers frozen,lowpeft,peft,eager,compile \
+      --json "$OUT/lora_h100_full.json" --md "$OUT/lora_h100_full.md" > "$OUT/lora_full.log" 2>&1
+    echo "lora full grid exit $?"; grep -A16 "^| timing" "$OUT/lora_h100_full.md" | head -18
     ;;
   probe)
     LOWPEFT_AUTOTUNE=0 timeout 200 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_lora_op.py \
