@@ -51,15 +51,16 @@ def sweep_columns(inputs, tokens, dim, bottleneck):
     default = kernels.column_block_config(tokens, dim, block_m)
     original = kernels.column_block_config, kernels._t_splits
     default_tile, default_factor = default[:4], default[4]
+    cap = (tokens * dim * args[0].element_size()) // (4 * (2 * bottleneck * dim + dim + bottleneck))
     default_splits = original[1](tokens, dim, default_tile[0], default_tile[1], default_factor, default_tile[2],
-                                 args[0].device)
+                                 args[0].device, cap)
     results = []
     try:
         for tile, factor in itertools.product(COLUMN_TILES, SPLIT_FACTORS):
             if tile[1] * block_m > 16384:
                 continue
             kernels.column_block_config = lambda *a, tile=tile, factor=factor: tile + (factor,)
-            splits = original[1](tokens, dim, tile[0], tile[1], factor, tile[2], args[0].device)
+            splits = original[1](tokens, dim, tile[0], tile[1], factor, tile[2], args[0].device, cap)
             fn = lambda: kernels.bottleneck_adapter_bwd(inputs["grad_out"], args[0], args[1], args[2], args[3], z,  # noqa: E731
                                                         "gelu", 1.0, (True,) * 5)
             try:

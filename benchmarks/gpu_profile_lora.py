@@ -25,7 +25,7 @@ from lowpeft.bench.lora import eager_lora  # noqa: E402
 from lowpeft.ops.bottleneck_adapter import bottleneck_adapter  # noqa: E402
 from lowpeft.ops.lora_linear import lora_linear  # noqa: E402
 
-results = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "kernels": {}, "host_us": {}}
+results = {"kernels": {}, "host_us": {}}
 
 
 def kernel_profile(name, step, steps=10):
@@ -119,6 +119,7 @@ def host_side():
 
 
 if __name__ == "__main__":
+    results.update(gpu=torch.cuda.get_device_name(), torch=torch.__version__)
     host_side()
     for name, step in lora_steps().items():
         kernel_profile(name, step)

@@ -70,6 +70,31 @@ def _check_against_oracle(backend, device, dtype, tokens, dim, bottleneck, layou
 
 
 @pytest.mark.parametrize("backend,device,dtype", backend_params())
+@pytest.mark.parametrize("view", ["row_offset", "element_offset", "broadcast_grad"])
+def test_views_of_h_and_a_broadcast_gradient(backend, device, dtype, view):
+    """The residual operands as views: h starting one row into its storage (aligned to 128 bytes, not 256: the
+    cuda backend's cuBLASLt call must be told), one element in (2-byte aligned: must take the general path), and
+    a gradient expanded from one row (row stride 0)."""
+    tokens, dim, bottleneck = 24, 64, 16
+    h, down_weight, down_bias, up_weight, up_bias = _make_inputs(tokens, dim, bottleneck, dtype, device, seed=4)
+    if view == "row_offset":
+        h = torch.cat([torch.zeros_like(h[:1]), h])[1:]
+    elif view == "element_offset":
+        h = torch.cat([torch.zeros_like(h.reshape(-1)[:1]), h.reshape(-1)])[1:].view(tokens, dim)
+    args = [h, down_weight, down_bias, up_weight, up_bias]
+    leaves = [t.requires_grad_(True) for t in args]
+    out = bottleneck_adapter(*args, "gelu", 0.5, backend=backend)
+    grad_out = torch.randn(tokens if view != "broadcast_grad" else 1, dim, generator=torch.Generator().manual_seed(5),
+                           dtype=torch.float64).to(device=device, dtype=dtype).expand(tokens, dim)
+    grads = torch.autograd.grad(out, leaves, grad_out)
+    ref_out, ref_grads = _oracle(args, grad_out, "gelu", 0.5, lambda t: t.double())
+    same_out, same_grads = _oracle(args, grad_out, "gelu", 0.5, lambda t: t)
+    assert_matches_oracle(out, same_out, ref_out, name=f"{backend}/{view}/out")
+    for name, mine, same, ref in zip(GRAD_NAMES, grads, same_grads, ref_grads):
+        assert_matches_oracle(mine, same, ref, name=f"{backend}/{view}/{name}")
+
+
+@pytest.mark.parametrize("backend,device,dtype", backend_params())
 def test_matches_oracle(backend, device, dtype):
     # On the GPU every new shape compiles kernels, so a failing example is reported as drawn, unshrunk.
     phases = (Phase.explicit, Phase.reuse, Phase.generate) if device == "cuda" else tuple(Phase)

@@ -148,7 +148,7 @@ def test_dropout_under_cuda_graph_capture_without_seed_is_an_error(monkeypatch):
     op_module = importlib.import_module("lowpeft.ops.lora_linear")
     monkeypatch.setattr(op_module, "_capturing_cuda_graph", lambda x: True)
     x, weight, lora_A, lora_B = torch.randn(8, 16), torch.randn(12, 16), torch.randn(4, 16), torch.randn(12, 4)
-    with pytest.raises(RuntimeError, match="CUDA graph capture.*seed="):
+    with pytest.raises(ValueError, match="seed: dropout under CUDA graph capture needs an explicit seed"):
         lora_linear(x, weight, None, lora_A, lora_B, 1.0, 0.5)
     lora_linear(x, weight, None, lora_A, lora_B, 1.0, 0.5, seed=torch.tensor(3))  # explicit seed: allowed
     lora_linear(x, weight, None, lora_A, lora_B, 1.0, 0.5, training=False)  # no dropout: allowed
@@ -168,7 +168,7 @@ def test_cuda_graph_capture_replays_the_layer():
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         captured = lora_linear(*args, 0.0)
-        with pytest.raises(RuntimeError, match="CUDA graph capture"):
+        with pytest.raises(ValueError, match="CUDA graph capture"):
             lora_linear(*args, 0.3)
     graph.replay()
     torch.testing.assert_close(captured, expected)

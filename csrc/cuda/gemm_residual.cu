@@ -3,9 +3,11 @@
 // first and then accumulates with beta = 1 (an extra read and write of a [T, D] tensor: 41 µs each time at
 // 8192 x 4096 bf16 on the H100, two of them per adapter step; benchmarks/results/run24_profile_lora.log).
 //
-// Trade-off: the cuBLASLt path covers 16-bit inputs with a unit column stride and the two dense layouts of
-// `right`; anything else (float32 / float64, other strides, an empty side, no algorithm for the shape) goes
-// through at::addmm, which is correct for every input, only slower.
+// Trade-off: the cuBLASLt path covers 16-bit inputs with a unit column stride, real (non-broadcast) rows that
+// start on 16-byte boundaries and the two dense layouts of `right`, and tells cuBLASLt each buffer's actual
+// alignment; anything else (float32 / float64, other strides, an empty side, no algorithm for the shape) goes
+// through at::addmm, which is correct for every input, only slower. cuBLASLt's symbols resolve through
+// libtorch_cuda's own dependency on it (setup.py does not link it again).
 #include "gemm_residual.h"
 
 #include <ATen/cuda/CUDAContext.h>
@@ -29,6 +31,17 @@ struct LtMatmul {
   }
 };
 
+// The largest power of two (at most 256) dividing a buffer's address: cuBLASLt assumes 256-byte alignment
+// unless told otherwise, and views that start mid-tensor (a row slice, a narrow of a cat's gradient) have less.
+uint32_t address_alignment(const void* data) {
+  const auto address = reinterpret_cast<uintptr_t>(data);
+  uint32_t alignment = 256;
+  while (address % alignment != 0) alignment /= 2;
+  return alignment;
+}
+
+// Unit column stride, leading dimensions that are real rows (not broadcast: stride 0 is allowed by ATen
+// views, not by cuBLASLt), rows that start on 16-byte boundaries, and the two dense layouts of `right`.
 bool lt_supported(const at::Tensor& residual, const at::Tensor& left, const at::Tensor& right) {
   const auto dtype = residual.scalar_type();
   if (dtype != at::kHalf && dtype != at::kBFloat16) return false;
@@ -37,7 +50,14 @@ bool lt_supported(const at::Tensor& residual, const at::Tensor& left, const at::
   const int64_t width = left.size(1), dim = right.size(1);
   const bool right_row_major = right.stride(1) == 1 && right.stride(0) == dim;
   const bool right_col_major = right.stride(0) == 1 && right.stride(1) == width;
-  return residual.stride(1) == 1 && left.stride(1) == 1 && (right_row_major || right_col_major);
+  const bool dense_rows = residual.stride(1) == 1 && residual.stride(0) >= dim && left.stride(1) == 1 &&
+                          left.stride(0) >= width;
+  constexpr int64_t kRowAlignment = 16 / 2;  // elements of a 16-bit type per 16 bytes
+  const bool aligned_rows = residual.stride(0) % kRowAlignment == 0 && left.stride(0) % kRowAlignment == 0 &&
+                            (right_row_major ? dim : width) % kRowAlignment == 0;
+  for (const at::Tensor* tensor : {&residual, &left, &right})
+    if (address_alignment(tensor->const_data_ptr()) < 16) return false;
+  return dense_rows && aligned_rows && (right_row_major || right_col_major);
 }
 
 }  // namespace
@@ -69,12 +89,24 @@ at::Tensor gemm_residual(const at::Tensor& residual, const at::Tensor& left, con
   TORCH_CUDABLAS_CHECK(cublasLtMatmulPreferenceCreate(&lt.preference));
   TORCH_CUDABLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
       lt.preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_bytes, sizeof(workspace_bytes)));
+  const uint32_t alignment_a = address_alignment(right.const_data_ptr());
+  const uint32_t alignment_b = address_alignment(left.const_data_ptr());
+  const uint32_t alignment_c = address_alignment(residual.const_data_ptr());
+  const uint32_t alignment_d = address_alignment(out.const_data_ptr());
+  TORCH_CUDABLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      lt.preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &alignment_a, sizeof(alignment_a)));
+  TORCH_CUDABLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      lt.preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &alignment_b, sizeof(alignment_b)));
+  TORCH_CUDABLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      lt.preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &alignment_c, sizeof(alignment_c)));
+  TORCH_CUDABLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      lt.preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &alignment_d, sizeof(alignment_d)));
   cublasLtHandle_t handle = at::cuda::getCurrentCUDABlasLtHandle();
   cublasLtMatmulHeuristicResult_t heuristic = {};
   int found = 0;
-  TORCH_CUDABLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(handle, lt.desc, lt.a, lt.b, lt.c, lt.d, lt.preference, 1,
-                                                      &heuristic, &found));
-  if (found == 0) return at::addmm(residual, left, right, 1.0, alpha);
+  const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(handle, lt.desc, lt.a, lt.b, lt.c, lt.d,
+                                                               lt.preference, 1, &heuristic, &found);
+  if (status != CUBLAS_STATUS_SUCCESS || found == 0) return at::addmm(residual, left, right, 1.0, alpha);
   const float alpha_f = static_cast<float>(alpha), beta_f = 1.0f;
   TORCH_CUDABLAS_CHECK(cublasLtMatmul(handle, lt.desc, &alpha_f, right.const_data_ptr(), lt.a, left.const_data_ptr(),
                                       lt.b, &beta_f, residual.const_data_ptr(), lt.c, out.mutable_data_ptr(), lt.d,

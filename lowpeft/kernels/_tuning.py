@@ -178,23 +178,30 @@ def expand_grad_a_configs() -> list[triton.Config]:
     [BLOCK_T, BLOCK_K] float32 term and keep-scale tiles plus the [r, BLOCK_K] accumulator), not yet tuned."""
     if interpreting():
         return [triton.Config({"BLOCK_T": 32, "BLOCK_K": 32}, num_warps=4, num_stages=1)]
-    return _tuned([
+    # Not cut by LOWPEFT_AUTOTUNE=0 here: prune_expand_grad_a_configs applies it after the register fit.
+    return [
         triton.Config({"BLOCK_T": 32, "BLOCK_K": 128}, num_warps=4, num_stages=3),
         triton.Config({"BLOCK_T": 64, "BLOCK_K": 128}, num_warps=8, num_stages=3),
         triton.Config({"BLOCK_T": 32, "BLOCK_K": 256}, num_warps=8, num_stages=3),
         triton.Config({"BLOCK_T": 64, "BLOCK_K": 64}, num_warps=4, num_stages=3),
-    ])
+    ]
+
+
+def prune_expand_grad_a_configs(configs, named_args, **kwargs):
+    """Early config prune for the one-pass dropout backward: its [R_PAD, BLOCK_K] float32 dA accumulator and
+    the [R_PAD, BLOCK_K] float32 A tile it keeps for the whole loop must fit in 128 registers a thread; then
+    LOWPEFT_AUTOTUNE=0 keeps the first that fits (a cut before pruning would keep a tile that spills at r = 128)."""
+    rank_padded = kwargs.get("R_PAD", named_args.get("R_PAD"))
+    kept = [c for c in configs if 2 * rank_padded * c.kwargs["BLOCK_K"] <= 128 * 32 * c.num_warps]
+    kept = kept or configs[-1:]
+    return kept if autotuning() else kept[:1]
 
 
 def prune_rank_accumulator_configs(configs, named_args, **kwargs):
-    """Early config prune for the split-T kernels: keep the [R_PAD, column block] float32 accumulator within
-    128 registers a thread (the column block is BLOCK_C or BLOCK_K)."""
+    """Early config prune for the split-T weight-gradient kernel: keep the [R_PAD, BLOCK_C] float32
+    accumulator within 128 registers a thread."""
     rank_padded = kwargs.get("R_PAD", named_args.get("R_PAD"))
-
-    def columns(config):
-        return config.kwargs.get("BLOCK_C", config.kwargs.get("BLOCK_K"))
-
-    kept = [c for c in configs if rank_padded * columns(c) <= 128 * 32 * c.num_warps]
+    kept = [c for c in configs if rank_padded * c.kwargs["BLOCK_C"] <= 128 * 32 * c.num_warps]
     return kept or configs[-1:]
 
 

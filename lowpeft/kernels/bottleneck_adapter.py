@@ -85,8 +85,8 @@ def column_block_config(T: int, D: int, M_pad: int, element_size: int = 2):
     sweep in benchmarks/adapter_tuning.py (bf16; benchmarks/results/adapter_tuning_h100.log): 64 rows × 128
     columns up to D = 4096 and 64 columns beyond; 8 warps only for the 128-column tile with M ≥ 64;
     bottlenecks above 64 take 32 × 64 tiles (the two [BLOCK_D, M] float32 accumulators must stay in registers)
-    and twice the T splits. 4- and 8-byte elements take fewer rows per step so the pipeline fits in shared
-    memory."""
+    and a split factor of 2 (a wider range of split counts for _t_splits to choose from). 4- and 8-byte elements
+    take fewer rows per step so the pipeline fits in shared memory."""
     if _interpreting():
         return 16, 32, 4, 1, 1
     if M_pad > 64:
@@ -101,13 +101,15 @@ def _multiprocessors(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def _t_splits(T: int, D: int, block_t: int, block_d: int, factor: int, warps: int, device: torch.device) -> int:
+def _t_splits(T: int, D: int, block_t: int, block_d: int, factor: int, warps: int, device: torch.device,
+              memory_cap: int) -> int:
     """How many T ranges backward_cols splits the rows into. The time goes as (waves of programs) / (splits),
     with one resident program per multiprocessor at 8 warps and two at 4 (the tiles' registers): the count in
-    1 .. factor × (enough to fill every slot twice) with the fewest splits among those within 5 % of the best
-    (each split adds a [2·M·D] float32 partial to write and reduce). Filling the GPU once and a bit is the
-    trap: 160 eight-warp programs on 132 SMs ran two waves for 1.2 waves of work (H100, run 24)."""
-    max_splits = triton.cdiv(T, block_t)
+    1 .. factor × (enough to fill every slot twice) with the fewest splits among those within 5 % of the best,
+    and at most `memory_cap` (the caller's bound on the float32 partials, one per split). Filling the GPU once
+    and a bit is the trap: 160 eight-warp programs on 132 SMs ran two waves for 1.2 waves of work (H100,
+    run 24)."""
+    max_splits = max(1, min(triton.cdiv(T, block_t), memory_cap))
     if device.type != "cuda":
         return max(1, min(3, max_splits))
     index = device.index if device.index is not None else torch.cuda.current_device()
@@ -451,8 +453,10 @@ def bottleneck_adapter_bwd(grad_out, h, down_weight, down_bias, up_weight, z, ac
     operand_dtype = h.dtype
     a, dz = torch.empty((2, T, M), dtype=operand_dtype, device=h.device).unbind(0)
     block_t, block_d, warps, stages, split_factor = column_block_config(T, D, block_m, h.element_size())
-    splits = _t_splits(T, D, block_t, block_d, split_factor, warps, h.device)
     partial_len = 2 * M * D + D + M
+    # The split-T partials (float32, one [partial_len] row per split) stay no larger than h itself.
+    splits = _t_splits(T, D, block_t, block_d, split_factor, warps, h.device,
+                       memory_cap=(T * D * h.element_size()) // (4 * partial_len))
     partials = torch.empty((splits, partial_len) if need_weight_grads else (0,), dtype=z.dtype, device=h.device)
     with _device_context(h):
         t_bucket = _t_bucket(T)

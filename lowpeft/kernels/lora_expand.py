@@ -1,8 +1,8 @@
 # The LoRA "expand-add" kernel: out[T, K] += mask ⊙ (dS [T, r] @ A [r, K]), in place, mask regenerated.
 #
-# Used by the cuBLAS-GEMM strategy's backward with dropout: dx = g W runs in cuBLAS, then this kernel adds
-# the low-rank term with the dropout mask in its epilogue (cuBLAS's beta = 1 accumulation cannot apply a
-# mask). Trade-off: one extra read + write of dx (memory-bound, ≈ 45 µs at 8192 × 4096 bf16 on an H100)
+# Used by the cuBLAS-GEMM strategy's backward with dropout when dx is wanted without dA (lora_A frozen; with
+# both, lora_expand_grad_A.py does dx and dA in one pass): dx = g W runs in cuBLAS, then this kernel adds the
+# low-rank term with the dropout mask in its epilogue (cuBLAS's beta = 1 accumulation cannot apply a mask). Trade-off: one extra read + write of dx (memory-bound, ≈ 45 µs at 8192 × 4096 bf16 on an H100)
 # instead of a [T, K] temporary and a materialised mask; r is small, so each program's dot is cheap and
 # the Philox draws hide behind the memory traffic.
 import triton

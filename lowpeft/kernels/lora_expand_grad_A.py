@@ -11,17 +11,18 @@ import torch
 import triton
 import triton.language as tl
 
-from ._tuning import expand_grad_a_configs, prune_rank_accumulator_configs, split_count, token_bucket
+from ._tuning import expand_grad_a_configs, prune_expand_grad_a_configs, split_count, token_bucket
 from .lora_common import dropout_keep_scale, mma
 
 
 @triton.autotune(
     configs=expand_grad_a_configs(),
     key=["T_BUCKET", "K", "R_PAD"],
-    prune_configs_by={"early_config_prune": prune_rank_accumulator_configs},
+    prune_configs_by={"early_config_prune": prune_expand_grad_a_configs},
     restore_value=["dx_ptr"],
 )
-@triton.jit(do_not_specialize=["seed", "threshold", "rows_per_split"])
+# Sizes are not specialised (a size-1 specialisation faulted in the fused dx GEMM on the H100, run 26).
+@triton.jit(do_not_specialize=["seed", "threshold", "rows_per_split", "T", "K", "R"])
 def _lora_expand_add_grad_a_kernel(
     d_shrink_ptr, a_ptr, dx_ptr, x_ptr, part_ptr,
     T, K, R, T_BUCKET, rows_per_split,

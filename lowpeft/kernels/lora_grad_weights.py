@@ -5,7 +5,8 @@
 # Each program owns a column block of X and one slice of the tokens and writes a float32 partial; the
 # launcher sums the few partials (a [splits, r, C] tensor, tiny next to X). Trade-off: partials instead
 # of atomics keep the result deterministic and each X element is read exactly once; the number of
-# slices is chosen so about two waves of programs cover the GPU.
+# slices is chosen so about two waves of programs cover the GPU, within a memory bound (_tuning.split_count).
+# With dropout and dx wanted too, dA comes from lora_expand_grad_A.py's single pass instead.
 import torch
 import triton
 import triton.language as tl

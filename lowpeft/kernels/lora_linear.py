@@ -9,8 +9,8 @@
 #   regenerated from the seed (never stored). Every other product
 #   (S and dA without dropout, dS = s·g B, dB = s·gᵀ S) is a skinny cuBLAS GEMM in the inputs' dtype, as
 #   eager PyTorch computes it: each Triton launch costs tens of microseconds of host time, which small
-#   layers cannot hide. Cost over the frozen layer: one read +
-#   write of y and of dx, one pass over x (S), two over g (dS, dB), one over x (dA).
+#   layers cannot hide. Cost over the frozen layer: one read + write of y and of dx, one pass over x (S), two
+#   over g (dS, dB), one over x (dA; with dropout it rides in the dx pass).
 # "fused": the frozen GEMMs run in lowpeft's own Triton kernels (persistent TMA on Hopper) whose accumulators
 #   also take the LoRA terms, so y and dx are written once and S / dS ride along in the main loop. This is
 #   the design's memory-traffic floor, but at present its epilogue makes the GEMM ~1.3x slower than cuBLAS.

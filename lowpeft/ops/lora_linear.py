@@ -319,7 +319,8 @@ def lora_linear(
     x: [..., in_features]; weight: [out, in]; bias: [out] or None; lora_A: [r, in]; lora_B: [out, r].
     Dropout applies only when `training` and dropout_p > 0; its mask comes from `seed` (a CPU int64
     scalar tensor, drawn from torch's generator when omitted) and is the one `reference.dropout_keep_mask`
-    defines. Gradients flow to every input that requires grad, the frozen weight and bias included.
+    defines. While a CUDA graph is being captured a seed must be passed (ValueError otherwise): a drawn one
+    would be replayed with the graph. Gradients flow to every input that requires grad, the frozen weight and bias included.
     """
     if torch.is_autocast_enabled(x.device.type) if isinstance(x, Tensor) else False:
         dtype = torch.get_autocast_dtype(x.device.type)
@@ -330,10 +331,10 @@ def lora_linear(
     effective_p = float(dropout_p) if training else 0.0
     if seed is None:
         if effective_p > 0.0 and _capturing_cuda_graph(x):
-            raise RuntimeError(
-                "lora_linear: dropout under CUDA graph capture: the seed is drawn on the host at capture time, so "
-                "every replay would reuse one dropout mask; pass seed= explicitly to accept a fixed mask, or "
-                "capture with dropout_p=0 / training=False")
+            raise ValueError(
+                "seed: dropout under CUDA graph capture needs an explicit seed, got none (one drawn on the host at "
+                "capture time would make every replay reuse one dropout mask); pass seed= to accept a fixed mask, "
+                "or capture with dropout_p=0 / training=False")
         seed = draw_dropout_seed() if effective_p > 0.0 else _NO_DROPOUT_SEED
     name = _dispatch.resolve(backend, x.device, x.dtype)
     flat = x.dim() == 2
