@@ -167,6 +167,15 @@ def test_bench_timing_argument_errors(capsys, harness, timing, message):
     assert message in err
 
 
+def test_time_ms_names_a_bad_timing():
+    from lowpeft.bench._common import time_ms
+
+    with pytest.raises(ValueError, match="timing: expected one of .'launch', 'graph'., got 'replay'"):
+        time_ms(lambda: None, "cpu", timing="replay")
+    with pytest.raises(ValueError, match="timing: 'graph' needs a CUDA device, got cpu"):
+        time_ms(lambda: None, "cpu", timing="graph")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_bench_lora_and_adapter_time_launches_and_graph_replays_side_by_side(capsys, tmp_path):
     results = tmp_path / "lora.json"

@@ -5,7 +5,7 @@
 # Trade-off: one small module used by every benchmark (lora, adapter, model, cpu) so that every committed
 # result carries the same provenance (device, versions, date) and every ratio is taken inside one run. The
 # graph timing exists because a single layer's step is short enough that the host's launch time can exceed the
-# GPU's work (then eager timing measures the CPU); inside a model the host runs ahead of the GPU, or
+# GPU's work (then launched timing measures the CPU); inside a model the host runs ahead of the GPU, or
 # torch.compile(mode="reduce-overhead") replays graphs, so the graph timing is the GPU cost a model pays.
 from __future__ import annotations
 
