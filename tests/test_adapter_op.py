@@ -364,3 +364,21 @@ def test_triton_64_bit_offsets():
     for name, mine, theirs in zip(GRAD_NAMES[1:], ours[1:], torch_grads):
         relative = ((mine.float() - theirs.float()).norm() / theirs.float().norm()).item()
         assert relative < 2e-2, f"{name}: relative difference {relative:.2e} to the torch backend"
+
+
+@pytest.mark.parametrize("T,D,block_t,block_d,warps,memory_cap,expected", [
+    (8192, 4096, 64, 128, 8, 10**6, 4),    # 32 column blocks, one 8-warp program per SM: 128 programs, one wave
+    (8192, 4096, 64, 128, 4, 10**6, 8),    # two 4-warp programs per SM: 256 programs still fit in one wave
+    (16384, 8192, 64, 64, 4, 10**6, 2),    # 128 column blocks: 256 four-warp programs in one wave
+    (4096, 1024, 64, 128, 8, 10**6, 16),   # 8 column blocks: 128 programs
+    (4096, 1024, 64, 128, 8, 5, 5),        # the partial-memory cap wins
+    (64, 4096, 64, 128, 8, 10**6, 1),      # never more splits than row blocks
+])
+def test_backward_split_count_fills_whole_waves(monkeypatch, T, D, block_t, block_d, warps, memory_cap, expected):
+    """_t_splits on a 132-SM GPU: never a second, mostly idle wave (160 eight-warp programs on 132 SMs ran two
+    waves on the H100), within the partial-memory cap. A pure function of the SM count; no GPU needed."""
+    from lowpeft.kernels import bottleneck_adapter as kernels
+
+    monkeypatch.setattr(kernels, "_multiprocessors", lambda index: 132)
+    splits = kernels._t_splits(T, D, block_t, block_d, 1, warps, torch.device("cuda", 0), memory_cap)
+    assert splits == expected

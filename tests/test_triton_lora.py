@@ -317,3 +317,17 @@ def test_dropout_backward_for_each_subset_of_dx_and_dA(device, wanted):
     indices = [i for i, t in ((0, x), (1, lora_A)) if t.requires_grad]
     for grad, index in zip(grads, indices):
         assert_matches_oracle(grad, g_same[index], g64[index], GRAD_NAMES[index])
+
+
+@pytest.mark.parametrize("tokens,rank,element_size,expected", [
+    (8192, 16, 2, 8),     # enough slices for two waves of 32 column blocks on 132 SMs, in 1024-row slices
+    (8192, 128, 2, 4),    # capped: float32 [slices, 128, K] partials stay under an eighth of a bf16 [T, K]
+    (100, 16, 2, 1),      # never more slices than 64-row blocks allow after the memory cap
+])
+def test_split_count_balances_waves_and_partial_memory(monkeypatch, tokens, rank, element_size, expected):
+    from lowpeft.kernels import _tuning
+
+    monkeypatch.setattr(_tuning, "multiprocessor_count", lambda index: 132)
+    splits = _tuning.split_count(tokens, 32, torch.device("cuda", 0), rank=rank, element_size=element_size)
+    rows_per_split = -(-(-(-tokens // splits)) // 128) * 128  # as the launchers round slices to 128 rows
+    assert -(-tokens // rows_per_split) == expected
