@@ -23,6 +23,9 @@
 #   benchmarks/gpu_final.sh sanitize build; compute-sanitizer on the fused strategy's failing cases; its op tests
 #   benchmarks/gpu_final.sh fused_tests  build; the op hypothesis tests of the fused GEMM strategy (three dtypes)
 #   benchmarks/gpu_final.sh fullgrid build; bench_lora.py's default grid, every provider and mode, launch timing
+#   benchmarks/gpu_final.sh next     build; what changed after session 3's last device run: the adapter view and
+#                                    split tests, the native adapter tests, test_triton_lora, p = 0.1 at r = 16 / 128,
+#                                    the adapter benchmark
 # Every step has its own time limit so one slow step cannot starve the rest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -202,6 +205,22 @@ case "${1:-layers}" in
     LOWPEFT_AUTOTUNE=0 timeout 330 python3 benchmarks/bench_lora.py --providers frozen,lowpeft,peft,eager,compile \
       --json "$OUT/lora_h100_full.json" --md "$OUT/lora_h100_full.md" > "$OUT/lora_full.log" 2>&1
     echo "lora full grid exit $?"; grep -A16 "^| timing" "$OUT/lora_h100_full.md" | head -18
+    ;;
+  next)
+    timeout 150 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_adapter_op.py tests/test_native_backends.py \
+      -k "views_of_h or split_count or adapter" > "$OUT/gpu_next_adapter_tests.log" 2>&1
+    echo "adapter pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_next_adapter_tests.log" | tail -6
+    LOWPEFT_AUTOTUNE=0 LOWPEFT_HYPOTHESIS_EXAMPLES=3 timeout 150 python3 -m pytest -q -p no:cacheprovider -rfE \
+      tests/test_triton_lora.py > "$OUT/gpu_next_triton_lora_tests.log" 2>&1
+    echo "triton_lora pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_next_triton_lora_tests.log" | tail -6
+    LOWPEFT_AUTOTUNE=0 timeout 80 python3 benchmarks/bench_lora.py --modes forward+backward --timing launch,graph \
+      --cases 8192x4096x4096:16:0.1,8192x4096x4096:128:0.1 --providers frozen,lowpeft,eager \
+      --json "$OUT/lora_h100_next.json" --md "$OUT/lora_h100_next.md" > "$OUT/lora_next.log" 2>&1
+    echo "lora bench exit $?"; grep -A6 "^| timing" "$OUT/lora_h100_next.md" | head -8
+    timeout 150 python3 benchmarks/bench_adapter.py --bottlenecks 16,64 --timing launch,graph \
+      --providers floor,triton,cuda,eager --json "$OUT/adapter_h100_next.json" --md "$OUT/adapter_h100_next.md" \
+      > "$OUT/adapter_next.log" 2>&1
+    echo "adapter bench exit $?"; grep "^| " "$OUT/adapter_h100_next.md" | cut -c1-300
     ;;
   probe)
     LOWPEFT_AUTOTUNE=0 timeout 200 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_lora_op.py \
