@@ -46,6 +46,19 @@ bad_input_tests_with_native_stack() {
     tests/test_native_backends.py -k bad_input > "$OUT/gpu_bad_input_tests.log" 2>&1
   echo "bad-input pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed|\+0x" "$OUT/gpu_bad_input_tests.log" | tail -40
 }
+# The adapter benchmark at M = 16 and 64, launched and graph-replayed, into $OUT/$1.{json,md} (log $OUT/$1.log).
+adapter_bench_both_timings() {
+  timeout 150 python3 benchmarks/bench_adapter.py --bottlenecks 16,64 --timing launch,graph \
+    --providers floor,triton,cuda,eager --json "$OUT/$1.json" --md "$OUT/$1.md" > "$OUT/$1.log" 2>&1
+  echo "adapter bench exit $?"; grep "^| " "$OUT/$1.md" | cut -c1-300
+}
+# tests/test_triton_lora.py in full with one kernel config per family (a new shape costs a compile, not a tuning
+# sweep) and 3 hypothesis examples, into $OUT/$1.log.
+triton_lora_tests_untuned() {
+  LOWPEFT_AUTOTUNE=0 LOWPEFT_HYPOTHESIS_EXAMPLES=3 timeout 150 python3 -m pytest -q -p no:cacheprovider -rfE \
+    tests/test_triton_lora.py > "$OUT/$1.log" 2>&1
+  echo "triton_lora pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/$1.log" | tail -8
+}
 CASES=8192x4096x4096:16:0,8192x4096x4096:64:0,8192x4096x4096:16:0.1,8192x4096x11008:16:0,4096x2048x2048:16:0,2048x1024x1024:16:0
 case "${1:-layers}" in
   layers)
@@ -136,18 +149,13 @@ case "${1:-layers}" in
       --timing launch,graph --providers frozen,lowpeft,lowpeft_cuda,eager,compile,peft \
       --json "$OUT/lora_h100_graphs.json" --md "$OUT/lora_h100_graphs.md" > "$OUT/lora_bench.log" 2>&1
     echo "lora bench exit $?"; grep -A16 "^| timing" "$OUT/lora_h100_graphs.md" | head -18
-    timeout 150 python3 benchmarks/bench_adapter.py --bottlenecks 16,64 --timing launch,graph \
-      --providers floor,triton,cuda,eager --json "$OUT/adapter_h100_graphs.json" --md "$OUT/adapter_h100_graphs.md" \
-      > "$OUT/adapter_bench.log" 2>&1
-    echo "adapter bench exit $?"; grep "^| " "$OUT/adapter_h100_graphs.md" | cut -c1-400
+    adapter_bench_both_timings adapter_h100_graphs
     ;;
   grid)
     LOWPEFT_AUTOTUNE=0 LOWPEFT_HYPOTHESIS_EXAMPLES=8 timeout 150 python3 -m pytest -q -p no:cacheprovider -rfE \
       tests/test_lora_op.py -k "not gpu_fixed" > "$OUT/gpu_lora_op_tests.log" 2>&1
     echo "lora_op pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_lora_op_tests.log" | tail -8
-    LOWPEFT_AUTOTUNE=0 LOWPEFT_HYPOTHESIS_EXAMPLES=3 timeout 150 python3 -m pytest -q -p no:cacheprovider -rfE \
-      tests/test_triton_lora.py > "$OUT/gpu_triton_lora_tests.log" 2>&1
-    echo "triton_lora pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_triton_lora_tests.log" | tail -8
+    triton_lora_tests_untuned gpu_triton_lora_tests
     LOWPEFT_AUTOTUNE=0 timeout 170 python3 benchmarks/bench_lora.py --modes forward+backward --timing launch,graph \
       --shapes 8192x4096x4096 --providers frozen,lowpeft,eager,peft \
       --json "$OUT/lora_h100_grid.json" --md "$OUT/lora_h100_grid.md" > "$OUT/lora_grid.log" 2>&1
@@ -176,10 +184,7 @@ case "${1:-layers}" in
     echo "native adapter pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_native_adapter_tests.log" | tail -6
     LOWPEFT_AUTOTUNE=0 timeout 220 python3 benchmarks/diag/fused_dx_search.py 190 > "$OUT/fused_dx_search.log" 2>&1
     echo "fused search exit $?"; tail -40 "$OUT/fused_dx_search.log"
-    timeout 150 python3 benchmarks/bench_adapter.py --bottlenecks 16,64 --timing launch,graph \
-      --providers floor,triton,cuda,eager --json "$OUT/adapter_h100_graphs.json" --md "$OUT/adapter_h100_graphs.md" \
-      > "$OUT/adapter_bench.log" 2>&1
-    echo "adapter bench exit $?"; grep "^| " "$OUT/adapter_h100_graphs.md" | cut -c1-300
+    adapter_bench_both_timings adapter_h100_graphs
     ;;
   sanitize)
     SAN=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
@@ -210,17 +215,12 @@ case "${1:-layers}" in
     timeout 150 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_adapter_op.py tests/test_native_backends.py \
       -k "views_of_h or split_count or adapter" > "$OUT/gpu_next_adapter_tests.log" 2>&1
     echo "adapter pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_next_adapter_tests.log" | tail -6
-    LOWPEFT_AUTOTUNE=0 LOWPEFT_HYPOTHESIS_EXAMPLES=3 timeout 150 python3 -m pytest -q -p no:cacheprovider -rfE \
-      tests/test_triton_lora.py > "$OUT/gpu_next_triton_lora_tests.log" 2>&1
-    echo "triton_lora pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_next_triton_lora_tests.log" | tail -6
+    triton_lora_tests_untuned gpu_next_triton_lora_tests
     LOWPEFT_AUTOTUNE=0 timeout 80 python3 benchmarks/bench_lora.py --modes forward+backward --timing launch,graph \
       --cases 8192x4096x4096:16:0.1,8192x4096x4096:128:0.1 --providers frozen,lowpeft,eager \
       --json "$OUT/lora_h100_next.json" --md "$OUT/lora_h100_next.md" > "$OUT/lora_next.log" 2>&1
     echo "lora bench exit $?"; grep -A6 "^| timing" "$OUT/lora_h100_next.md" | head -8
-    timeout 150 python3 benchmarks/bench_adapter.py --bottlenecks 16,64 --timing launch,graph \
-      --providers floor,triton,cuda,eager --json "$OUT/adapter_h100_next.json" --md "$OUT/adapter_h100_next.md" \
-      > "$OUT/adapter_next.log" 2>&1
-    echo "adapter bench exit $?"; grep "^| " "$OUT/adapter_h100_next.md" | cut -c1-300
+    adapter_bench_both_timings adapter_h100_next
     ;;
   probe)
     LOWPEFT_AUTOTUNE=0 timeout 200 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_lora_op.py \

@@ -123,6 +123,19 @@ def adapter_components(tokens, d, m, dt=torch.bfloat16):
     print(f"   composed / floor = {ms / floor:.2f}")
 
 
+def host_us_per_call(fn, calls=500, warmup=50):
+    """Wall time per fn() call in microseconds over `calls` back-to-back calls after `warmup` ones, synchronised
+    at both ends: the host cost of a call whenever its GPU work is shorter than its launch work."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / calls * 1e6
+
+
 def host_times():
     """Per-call wall time of a forward + backward at a launch-bound size (16 x 64 -> 64): host work only."""
     from lowpeft import LoRALinear
@@ -152,14 +165,7 @@ def host_times():
     for name, layer in layers.items():
         cases[f"lowpeft {name}"] = (lambda layer: lambda: layer(x).backward(g))(layer)
     for name, fn in cases.items():
-        for _ in range(50):
-            fn()
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(500):
-            fn()
-        torch.cuda.synchronize()
-        us = (time.perf_counter() - start) / 500 * 1e6
+        us = host_us_per_call(fn)
         rows.append(dict(name=f"host fwd+bwd {name}", us=us))
         print(f"host fwd+bwd per call {name:30s} {us:8.1f} us", flush=True)
 

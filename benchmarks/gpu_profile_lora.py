@@ -12,13 +12,13 @@ import json
 import os
 import pstats
 import sys
-import time
 from collections import defaultdict
 
 import torch
 from torch.autograd import DeviceType
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from gpu_probe_components import host_us_per_call  # noqa: E402  (this script's folder is on sys.path)
 from lowpeft import LoRALinear  # noqa: E402
 from lowpeft.bench.adapter import eager_adapter, make_inputs  # noqa: E402
 from lowpeft.bench.lora import eager_lora  # noqa: E402
@@ -96,14 +96,7 @@ def host_side():
             layer = LoRALinear.from_linear(base, r=16, alpha=32, dropout=p, backend=backend)
             calls[f"lowpeft {backend} p={p}"] = (lambda layer: lambda: layer(x).backward(g))(layer)
     for name, fn in calls.items():
-        for _ in range(50):
-            fn()
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(500):
-            fn()
-        torch.cuda.synchronize()
-        us = (time.perf_counter() - start) / 500 * 1e6
+        us = host_us_per_call(fn)
         results["host_us"][name] = us
         print(f"host fwd+bwd per call {name:28s} {us:8.1f} us", flush=True)
     profiler = cProfile.Profile()

@@ -324,10 +324,11 @@ def test_dropout_backward_for_each_subset_of_dx_and_dA(device, wanted):
     (8192, 128, 2, 4),    # capped: float32 [slices, 128, K] partials stay under an eighth of a bf16 [T, K]
     (100, 16, 2, 1),      # never more slices than 64-row blocks allow after the memory cap
 ])
-def test_split_count_balances_waves_and_partial_memory(monkeypatch, tokens, rank, element_size, expected):
+def test_token_slices_balance_waves_and_partial_memory(monkeypatch, tokens, rank, element_size, expected):
     from lowpeft.kernels import _tuning
 
     monkeypatch.setattr(_tuning, "multiprocessor_count", lambda index: 132)
-    splits = _tuning.split_count(tokens, 32, torch.device("cuda", 0), rank=rank, element_size=element_size)
-    rows_per_split = -(-(-(-tokens // splits)) // 128) * 128  # as the launchers round slices to 128 rows
-    assert -(-tokens // rows_per_split) == expected
+    slices, rows_per_slice = _tuning.token_slices(tokens, 32, torch.device("cuda", 0), rank=rank,
+                                                  element_size=element_size)
+    assert slices == expected
+    assert rows_per_slice % 128 == 0 and (slices - 1) * rows_per_slice < tokens <= slices * rows_per_slice

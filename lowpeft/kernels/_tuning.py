@@ -241,13 +241,17 @@ def multiprocessor_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def split_count(tokens: int, column_blocks: int, device, *, rank: int, element_size: int) -> int:
-    """How many token slices a split-T reduction uses: enough programs for about two waves of the GPU,
-    never more slices than there are 64-row blocks, and never so many that the float32 [splits, r, C]
-    partials outgrow an eighth of the [T, C] operand they reduce (at r = 128 with dropout, 8 slices made the
-    layer's peak extra memory 1.19x the frozen layer's on the H100, run 22)."""
+def token_slices(tokens: int, column_blocks: int, device, *, rank: int, element_size: int) -> tuple[int, int]:
+    """(slices, rows per slice) of a split-T reduction. The count aims at enough programs for about two
+    waves of the GPU, never more slices than there are 64-row blocks, and never so many that the float32
+    [slices, r, C] partials outgrow an eighth of the [T, C] operand they reduce (at r = 128 with dropout, 8
+    slices made the layer's peak extra memory 1.19x the frozen layer's on the H100, run 22); each slice is
+    then a whole number of 128-row blocks, which can leave fewer slices than aimed at."""
     by_memory = max(1, tokens * element_size // (8 * 4 * max(rank, 1)))
     if device.type != "cuda":
-        return max(1, min(4, triton.cdiv(tokens, 64), by_memory))
-    target_programs = 2 * multiprocessor_count(device.index if device.index is not None else 0)
-    return max(1, min(triton.cdiv(target_programs, max(column_blocks, 1)), triton.cdiv(tokens, 64), by_memory))
+        wanted = max(1, min(4, triton.cdiv(tokens, 64), by_memory))
+    else:
+        target_programs = 2 * multiprocessor_count(device.index if device.index is not None else 0)
+        wanted = max(1, min(triton.cdiv(target_programs, max(column_blocks, 1)), triton.cdiv(tokens, 64), by_memory))
+    rows_per_slice = triton.cdiv(triton.cdiv(tokens, wanted), 128) * 128
+    return triton.cdiv(tokens, rows_per_slice), rows_per_slice

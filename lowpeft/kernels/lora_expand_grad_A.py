@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._tuning import expand_grad_a_configs, prune_expand_grad_a_configs, split_count, token_bucket
+from ._tuning import expand_grad_a_configs, prune_expand_grad_a_configs, token_bucket, token_slices
 from .lora_common import dropout_keep_scale, mma
 
 
@@ -69,9 +69,8 @@ def lora_expand_add_grad_A(d_shrink, lora_A, dx, x, *, seed, threshold, inv_keep
     rank = lora_A.shape[0]
     if tokens == 0 or width == 0:
         return torch.zeros(rank, width, dtype=torch.float32, device=x.device)
-    splits = split_count(tokens, triton.cdiv(width, 128), x.device, rank=rank, element_size=x.element_size())
-    rows_per_split = triton.cdiv(triton.cdiv(tokens, splits), 128) * 128
-    splits = triton.cdiv(tokens, rows_per_split)
+    splits, rows_per_split = token_slices(tokens, triton.cdiv(width, 128), x.device, rank=rank,
+                                          element_size=x.element_size())
     partials = torch.empty(splits, rank, width, dtype=torch.float32, device=x.device)
 
     def grid(meta):

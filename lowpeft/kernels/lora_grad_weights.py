@@ -5,13 +5,13 @@
 # Each program owns a column block of X and one slice of the tokens and writes a float32 partial; the
 # launcher sums the few partials (a [splits, r, C] tensor, tiny next to X). Trade-off: partials instead
 # of atomics keep the result deterministic and each X element is read exactly once; the number of
-# slices is chosen so about two waves of programs cover the GPU, within a memory bound (_tuning.split_count).
+# slices is chosen so about two waves of programs cover the GPU, within a memory bound (_tuning.token_slices).
 # With dropout and dx wanted too, dA comes from lora_expand_grad_A.py's single pass instead.
 import torch
 import triton
 import triton.language as tl
 
-from ._tuning import prune_rank_accumulator_configs, split_count, split_t_configs, token_bucket
+from ._tuning import prune_rank_accumulator_configs, split_t_configs, token_bucket, token_slices
 from .lora_common import dropout_keep_scale, mma
 
 
@@ -65,9 +65,8 @@ def _split_t(big, small, *, transpose_out, scale, seed, threshold, inv_keep, has
     and Σₜ big [C] when with_colsum."""
     tokens, columns = big.shape
     rank = small.shape[1]
-    splits = split_count(tokens, triton.cdiv(columns, 128), big.device, rank=rank, element_size=big.element_size())
-    rows_per_split = triton.cdiv(triton.cdiv(tokens, splits), 128) * 128
-    splits = triton.cdiv(tokens, rows_per_split)
+    splits, rows_per_split = token_slices(tokens, triton.cdiv(columns, 128), big.device, rank=rank,
+                                          element_size=big.element_size())
     if transpose_out:
         partials = torch.empty(splits, columns, rank, dtype=torch.float32, device=big.device)
         stride_r, stride_c = partials.stride(2), partials.stride(1)
