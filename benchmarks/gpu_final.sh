@@ -26,6 +26,8 @@
 #   benchmarks/gpu_final.sh next     build; what changed after session 3's last device run: the adapter view and
 #                                    split tests, the native adapter tests, test_triton_lora, p = 0.1 at r = 16 / 128,
 #                                    the adapter benchmark
+#   benchmarks/gpu_final.sh profile_model  build; the adapter view tests, the one-pass dropout kernel's tests, p = 0.1
+#                                    at r = 16 / 128; where the ~1B model's step time goes (gpu_profile_model.py)
 # Every step has its own time limit so one slow step cannot starve the rest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -221,6 +223,20 @@ case "${1:-layers}" in
       --json "$OUT/lora_h100_next.json" --md "$OUT/lora_h100_next.md" > "$OUT/lora_next.log" 2>&1
     echo "lora bench exit $?"; grep -A6 "^| timing" "$OUT/lora_h100_next.md" | head -8
     adapter_bench_both_timings adapter_h100_next
+    ;;
+  profile_model)
+    timeout 120 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_adapter_op.py tests/test_native_backends.py \
+      -k "views_of_h or split_count" > "$OUT/gpu_adapter_view_tests.log" 2>&1
+    echo "adapter view pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_adapter_view_tests.log" | tail -6
+    LOWPEFT_AUTOTUNE=0 timeout 120 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_triton_lora.py \
+      -k "autotuner or subset" > "$OUT/gpu_one_pass_tests.log" 2>&1
+    echo "one-pass pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_one_pass_tests.log" | tail -6
+    LOWPEFT_AUTOTUNE=0 timeout 80 python3 benchmarks/bench_lora.py --modes forward+backward --timing launch,graph \
+      --cases 8192x4096x4096:16:0.1,8192x4096x4096:128:0.1 --providers frozen,lowpeft,eager \
+      --json "$OUT/lora_h100_p01.json" --md "$OUT/lora_h100_p01.md" > "$OUT/lora_p01.log" 2>&1
+    echo "lora bench exit $?"; grep -A6 "^| timing" "$OUT/lora_h100_p01.md" | head -8
+    OUT=$OUT timeout 200 python3 benchmarks/gpu_profile_model.py > "$OUT/profile_model.log" 2>&1
+    echo "model profile exit $?"; grep -E "^## |^ +[0-9.]+ ms" "$OUT/profile_model.log" | head -75
     ;;
   probe)
     LOWPEFT_AUTOTUNE=0 timeout 200 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_lora_op.py \

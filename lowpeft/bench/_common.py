@@ -124,10 +124,13 @@ def time_ms(fn, device: torch.device | str, *, warmup_ms: float = 25, rep_ms: fl
 
 
 def peak_memory_mib(fn, device: torch.device | str) -> float | None:
-    """Peak CUDA memory allocated during fn() above what was allocated before it (None on the CPU)."""
+    """Peak CUDA memory allocated during fn() above what was allocated before it (None on the CPU), in the
+    steady state: fn() runs once first, so a first call's one-time work (compilation, the autotuner's
+    benchmark with its L2-flush buffer and restore copies) is not counted as the step's memory."""
     device = torch.device(device)
     if device.type != "cuda":
         return None
+    fn()
     # Collect garbage first: autograd graphs of Python Functions form reference cycles, and a collection that
     # fires inside fn() would free earlier steps' tensors counted in the base (run 22 read 0.5 MiB that way).
     gc.collect()
