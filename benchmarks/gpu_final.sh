@@ -28,6 +28,8 @@
 #                                    the adapter benchmark
 #   benchmarks/gpu_final.sh profile_model  build; the adapter view tests, the one-pass dropout kernel's tests, p = 0.1
 #                                    at r = 16 / 128; where the ~1B model's step time goes (gpu_profile_model.py)
+#   benchmarks/gpu_final.sh host_model  build; the native-backend tests; host time per layer call by call-stack layer
+#                                    (gpu_host_layers.py); the ~1B Llama benchmark, dropout 0, 50 steps
 # Every step has its own time limit so one slow step cannot starve the rest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -237,6 +239,16 @@ case "${1:-layers}" in
     echo "lora bench exit $?"; grep -A6 "^| timing" "$OUT/lora_h100_p01.md" | head -8
     OUT=$OUT timeout 200 python3 benchmarks/gpu_profile_model.py > "$OUT/profile_model.log" 2>&1
     echo "model profile exit $?"; grep -E "^## |^ +[0-9.]+ ms" "$OUT/profile_model.log" | head -75
+    ;;
+  host_model)
+    timeout 150 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_native_backends.py tests/test_lora_op.py \
+      -k "leading_dimensions or autograd_op or raw_lora or opcheck or native" > "$OUT/gpu_native_tests.log" 2>&1
+    echo "native pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_native_tests.log" | tail -8
+    timeout 90 python3 benchmarks/gpu_host_layers.py > "$OUT/host_layers.log" 2>&1
+    echo "host layers exit $?"; cat "$OUT/host_layers.log" | tail -8
+    timeout 330 python3 -m lowpeft bench model --preset 1b --steps 50 --dropout 0 --no-progress \
+      --json "$OUT/model_1b_h100.json" --md "$OUT/model_1b_h100.md" > "$OUT/model_bench.log" 2>&1
+    echo "model bench exit $?"; tail -16 "$OUT/model_1b_h100.md"
     ;;
   probe)
     LOWPEFT_AUTOTUNE=0 timeout 200 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_lora_op.py \

@@ -156,8 +156,14 @@ AdapterNeeds check_adapter_backward(std::string_view op, const at::Tensor& grad_
                                     const at::Tensor& up_weight, const at::Tensor& z, std::string_view activation,
                                     double scale, const c10::List<bool>& needs);
 
-// The dtype of the saved intermediates (shrink S, adapter pre-activation z): float32 for 16-bit inputs.
+// The dtype of the saved intermediates (S under dropout, the adapter's pre-activation z): float32 for 16-bit inputs.
 at::ScalarType accumulate_dtype(at::ScalarType input_dtype);
+
+// The dtype of the LoRA forward's saved S = dropout(x) Aᵀ: the accumulate dtype under dropout (the kernels reduce
+// S in float32 while drawing the mask), the inputs' own dtype without (S is then the skinny GEMM's own output,
+// saved as it comes: converting it to float32 and back cost two kernels per layer call, a visible share of a
+// host-bound model step).
+at::ScalarType shrink_dtype(at::ScalarType input_dtype, double dropout_p);
 
 // An empty tensor standing for a gradient that was not asked for.
 at::Tensor not_needed(const at::Tensor& like);

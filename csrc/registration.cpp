@@ -67,12 +67,11 @@ void check_input(std::string_view op, const char* name, const at::Tensor& x, con
 }
 
 void check_saved(std::string_view op, const char* name, const at::Tensor& saved, const at::Tensor& x, int64_t rows,
-                 int64_t cols, const char* shape_name) {
+                 int64_t cols, const char* shape_name, at::ScalarType dtype) {
   TORCH_CHECK_VALUE(saved.dim() == 2 && saved.size(0) == rows && saved.size(1) == cols, op, ": ", name,
                     ": expected shape ", shape_name, " = [", number_text(rows), ", ", number_text(cols), "], got ", shape_text(saved));
-  TORCH_CHECK_TYPE(saved.scalar_type() == accumulate_dtype(x.scalar_type()), op, ": ", name, ": expected dtype ",
-                   accumulate_dtype(x.scalar_type()), " (the forward's output for ", x.scalar_type(),
-                   " inputs), got ", saved.scalar_type());
+  TORCH_CHECK_TYPE(saved.scalar_type() == dtype, op, ": ", name, ": expected dtype ", dtype,
+                   " (the forward's output for ", x.scalar_type(), " inputs), got ", saved.scalar_type());
   TORCH_CHECK_VALUE(saved.device() == x.device(), op, ": ", name, ": expected a tensor on ", x.device(),
                     ", got one on ", saved.device());
 }
@@ -95,6 +94,10 @@ void check_dropout(std::string_view op, double dropout_p) {
 
 at::ScalarType accumulate_dtype(at::ScalarType input_dtype) {
   return at::promote_types(input_dtype, at::kFloat);
+}
+
+at::ScalarType shrink_dtype(at::ScalarType input_dtype, double dropout_p) {
+  return dropout_p > 0.0 ? accumulate_dtype(input_dtype) : input_dtype;
 }
 
 at::Tensor not_needed(const at::Tensor& like) {
@@ -137,7 +140,7 @@ LoraNeeds check_lora_backward(std::string_view op, const at::Tensor& grad_out, c
                               const c10::List<bool>& needs) {
   check_lora_forward(op, x, weight, std::nullopt, lora_A, lora_B, scaling, dropout_p);
   check_tensor(op, "grad_out", grad_out, x, {x.size(0), weight.size(0)}, "[T, out_features]");
-  check_saved(op, "shrink", shrink, x, x.size(0), lora_A.size(0), "[T, r]");
+  check_saved(op, "shrink", shrink, x, x.size(0), lora_A.size(0), "[T, r]", shrink_dtype(x.scalar_type(), dropout_p));
   check_needs(op, needs);
   return {needs.get(0), needs.get(1), needs.get(2), needs.get(3), needs.get(4)};
 }
@@ -170,7 +173,7 @@ AdapterNeeds check_adapter_backward(std::string_view op, const at::Tensor& grad_
                                     double scale, const c10::List<bool>& needs) {
   check_adapter_forward(op, h, down_weight, down_bias, up_weight, std::nullopt, activation, scale);
   check_tensor(op, "grad_out", grad_out, h, {h.size(0), h.size(1)}, "[T, dim]");
-  check_saved(op, "z", z, h, h.size(0), down_weight.size(0), "[T, bottleneck]");
+  check_saved(op, "z", z, h, h.size(0), down_weight.size(0), "[T, bottleneck]", accumulate_dtype(h.scalar_type()));
   check_needs(op, needs);
   return {needs.get(0), needs.get(1), needs.get(2), needs.get(3), needs.get(4)};
 }
@@ -184,7 +187,7 @@ std::tuple<at::Tensor, at::Tensor> lora_linear_fwd_meta(const at::Tensor& x, con
                                                         double scaling, double dropout_p, int64_t seed) {
   check_lora_forward("native_lora_linear_fwd", x, weight, bias, lora_A, lora_B, scaling, dropout_p);
   return {at::empty({x.size(0), weight.size(0)}, x.options()),
-          at::empty({x.size(0), lora_A.size(0)}, x.options().dtype(accumulate_dtype(x.scalar_type())))};
+          at::empty({x.size(0), lora_A.size(0)}, x.options().dtype(shrink_dtype(x.scalar_type(), dropout_p)))};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lora_linear_bwd_meta(

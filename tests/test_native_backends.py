@@ -3,6 +3,7 @@
 # agreement with the torch backend under the same dropout seed, opcheck on every native op, gradcheck in
 # float64, empty batches, non-contiguous inputs, NaN propagation, determinism, 64-bit offsets (GPU) and named
 # errors for bad input. In CI (CI=true) the extension must load: its absence fails instead of skipping.
+import math
 import os
 import subprocess
 import sys
@@ -99,7 +100,7 @@ def _check_raw_lora(device, dtype, tokens, in_features, out_features, rank, layo
     scaling = 1.5 / rank
     _poison_allocator(device)
     y, shrink = torch.ops.lowpeft.native_lora_linear_fwd(x, weight, bias, lora_A, lora_B, scaling, dropout_p, seed)
-    assert shrink.dtype == torch.promote_types(dtype, torch.float32)
+    assert shrink.dtype == (torch.promote_types(dtype, torch.float32) if dropout_p > 0 else dtype)
     _poison_allocator(device)
     grads = torch.ops.lowpeft.native_lora_linear_bwd(
         grad_out, x, weight, lora_A, lora_B, shrink, scaling, dropout_p, seed, [True] * 5
@@ -265,6 +266,37 @@ def test_native_autograd_op_gradients_match_the_backward_op(device, frozen_base)
         expected = {0: dx, 1: dW, 2: db, 3: dA, 4: dB}
         for got, index in zip(grads, [i for i in range(5) if leaves[i] is not None and leaves[i].requires_grad]):
             torch.testing.assert_close(got, expected[index], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("leading", [(), (3,), (2, 3), (2, 0)], ids=["1-D", "2-D", "3-D", "3-D-empty"])
+@pytest.mark.parametrize("dropout_p", [0.0, 0.2])
+def test_native_autograd_op_takes_any_leading_dimensions(device, leading, dropout_p):
+    """lowpeft::native_lora_linear flattens x [..., in] itself (the public op hands it N-D inputs as they come):
+    y and every gradient equal the 2-D call's, dx has x's shape, y is not a view, and the only node in y's graph
+    is the op's own (no reshape nodes), also for a non-contiguous x."""
+    _skip_unless_backend(device)
+    dtype = torch.float64 if device == "cpu" else torch.float32
+    x, weight, bias, lora_A, lora_B, _ = _lora_inputs(6, 16, 12, 5, dtype, device, "2d", True, 3)
+    rows = math.prod(leading) if leading else 1
+    x_nd = torch.randn(*leading, 16, 2, dtype=dtype, device=device)[..., 0]  # non-contiguous
+    grad_nd = torch.randn(*leading, 12, dtype=dtype, device=device)
+    leaves = [lora_A.requires_grad_(True), lora_B.requires_grad_(True)]
+    x_nd.requires_grad_(True)
+    y = torch.ops.lowpeft.native_lora_linear(x_nd, weight, bias, *leaves, 0.5, dropout_p, 21)
+    assert y.shape == (*leading, 12) and y._base is None
+    assert "LoraLinearFunction" in type(y.grad_fn).__name__ + y.grad_fn.name()
+    dx, dA, dB = torch.autograd.grad(y, [x_nd] + leaves, grad_nd)
+    x_rows = x_nd.detach().reshape(rows, 16).requires_grad_(True)
+    y_rows = torch.ops.lowpeft.native_lora_linear(x_rows, weight, bias, *leaves, 0.5, dropout_p, 21)
+    expected = torch.autograd.grad(y_rows, [x_rows] + leaves, grad_nd.reshape(rows, 12))
+    torch.testing.assert_close(y, y_rows.reshape(*leading, 12), rtol=0, atol=0)
+    assert dx.shape == x_nd.shape
+    for got, want in zip((dx.reshape(rows, 16), dA, dB), expected):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.ops.lowpeft.native_lora_linear(x_nd, weight, bias, *leaves, 0.5, dropout_p, 21),
+                                   y, rtol=0, atol=0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU with > 9 GB free")

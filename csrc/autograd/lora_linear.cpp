@@ -36,18 +36,37 @@ const c10::TypedOperatorHandle<BackwardFn>& backward_op() {
   return op;
 }
 
+// x [..., in] as the backend ops' [T, in] (a view where the strides allow), and y [T, out] back as [..., out].
+// Inside the autograd Function these reshapes record no graph nodes (from Python they were two view nodes and
+// two dispatcher calls per layer call); _unsafe_view keeps y from being a view of a temporary (FSDP2 warns about
+// module outputs that are views).
+at::Tensor rows_of(const at::Tensor& x) {
+  TORCH_CHECK_VALUE(x.dim() >= 1, "native_lora_linear: x: expected at least 1 dimension [..., in_features], got a "
+                    "0-d tensor");
+  return x.dim() == 2 ? x : x.reshape({-1, x.size(-1)});
+}
+
+at::Tensor shaped_like(const at::Tensor& rows, at::IntArrayRef x_shape, int64_t last) {
+  if (x_shape.size() == 2) return rows;
+  std::vector<int64_t> shape(x_shape.begin(), x_shape.end() - 1);
+  shape.push_back(last);
+  return at::_unsafe_view(rows, shape);
+}
+
 class LoraLinearFunction : public torch::autograd::Function<LoraLinearFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
                             const std::optional<at::Tensor>& bias, const at::Tensor& lora_A, const at::Tensor& lora_B,
                             double scaling, double dropout_p, int64_t seed) {
-    auto [y, shrink] = forward_op().call(x, weight, bias, lora_A, lora_B, scaling, dropout_p, seed);
-    ctx->save_for_backward({x, weight, lora_A, lora_B, shrink});
+    const at::Tensor x_rows = rows_of(x);
+    auto [y, shrink] = forward_op().call(x_rows, weight, bias, lora_A, lora_B, scaling, dropout_p, seed);
+    ctx->save_for_backward({x_rows, weight, lora_A, lora_B, shrink});
     ctx->saved_data["scaling"] = scaling;
     ctx->saved_data["dropout_p"] = dropout_p;
     ctx->saved_data["seed"] = seed;
     ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
-    return y;
+    ctx->saved_data["x_shape"] = x.sizes().vec();
+    return shaped_like(y, x.sizes(), weight.size(0));
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
@@ -63,12 +82,17 @@ class LoraLinearFunction : public torch::autograd::Function<LoraLinearFunction> 
       return {empty, empty, empty, empty, empty, empty, empty, empty};
     }
     at::Tensor grad = grad_outputs[0];
+    grad = grad.dim() == 2 ? grad : grad.reshape({-1, grad.size(-1)});
     if (grad.size(1) > 1 && grad.stride(1) != 1) grad = grad.contiguous();
     const c10::List<bool> needs({need_dx, need_dA, need_dB, need_dW, need_db});
     auto [dx, d_lora_A, d_lora_B, d_weight, d_bias] =
         backward_op().call(grad, saved[0], saved[1], saved[2], saved[3], saved[4],
                            ctx->saved_data["scaling"].toDouble(), ctx->saved_data["dropout_p"].toDouble(),
                            ctx->saved_data["seed"].toInt(), needs);
+    if (need_dx) {
+      const std::vector<int64_t> x_shape = ctx->saved_data["x_shape"].toIntVector();
+      if (x_shape.size() != 2) dx = at::_unsafe_view(dx, x_shape);
+    }
     return {need_dx ? dx : empty, need_dW ? d_weight : empty, need_db ? d_bias : empty,
             need_dA ? d_lora_A : empty, need_dB ? d_lora_B : empty, empty, empty, empty};
   }
@@ -84,7 +108,9 @@ at::Tensor lora_linear_autograd(const at::Tensor& x, const at::Tensor& weight, c
 at::Tensor lora_linear_forward_only(const at::Tensor& x, const at::Tensor& weight,
                                     const std::optional<at::Tensor>& bias, const at::Tensor& lora_A,
                                     const at::Tensor& lora_B, double scaling, double dropout_p, int64_t seed) {
-  return std::get<0>(forward_op().call(x, weight, bias, lora_A, lora_B, scaling, dropout_p, seed));
+  const at::Tensor y = std::get<0>(forward_op().call(rows_of(x), weight, bias, lora_A, lora_B, scaling, dropout_p,
+                                                     seed));
+  return shaped_like(y, x.sizes(), weight.size(0));
 }
 
 }  // namespace

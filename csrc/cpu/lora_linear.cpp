@@ -98,7 +98,7 @@ std::tuple<at::Tensor, at::Tensor> lora_linear_fwd(const at::Tensor& x, const at
   }
   at::Tensor y = at::mm(low, up.t());
   y.addmm_(x, weight.t());
-  return {y, shrink};
+  return {y, shrink.to(shrink_dtype(x.scalar_type(), dropout_p))};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lora_linear_bwd(
@@ -112,7 +112,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lora_line
   const at::Tensor grad_acc = grad_out.to(acc_dtype);
   at::Tensor dx = not_needed(x), d_lora_A = not_needed(x), d_lora_B = not_needed(x);
   // dB = s · gᵀ S, computed as (Sᵀ g)ᵀ: MKL runs the [r, T] x [T, N] orientation faster.
-  if (need.d_lora_B) d_lora_B = at::mm(shrink.t(), grad_acc).mul_(scaling).t().contiguous().to(dtype);
+  if (need.d_lora_B) d_lora_B = at::mm(shrink.to(acc_dtype).t(), grad_acc).mul_(scaling).t().contiguous().to(dtype);
   if (need.dx || need.d_lora_A) {
     const at::Tensor d_shrink = at::mm(grad_acc, lora_B.to(acc_dtype)).mul_(scaling);
     // dx = (dS A) ⊙ m/(1-p) written first, then the frozen GEMM accumulates g W onto it (beta = 1).

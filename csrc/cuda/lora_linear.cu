@@ -300,10 +300,10 @@ std::tuple<at::Tensor, at::Tensor> lora_linear_fwd(const at::Tensor& x, const at
   if (dropout_p == 0.0) {
     // No mask to apply: S = x Aᵀ is a skinny cuBLAS GEMM (36 µs at 8192 x 4096, r = 16, bf16, on the H100:
     // at the bandwidth of one read of x) and the LoRA term is folded into y with beta = 1.
-    const at::Tensor shrink_compute = at::linear(x, lora_A);
+    const at::Tensor shrink = at::linear(x, lora_A);
     at::Tensor y = at::linear(x, weight, bias);
-    y.addmm_(shrink_compute, lora_B.t(), 1.0, scaling);
-    return {y, shrink_compute.to(accumulate_dtype(dtype))};
+    y.addmm_(shrink, lora_B.t(), 1.0, scaling);
+    return {y, shrink};
   }
   // The rank-r operand [s·S | 1 | 0...], padded to a multiple of 8 columns for aligned cuBLAS operands.
   const int64_t low_width = round_up(rank + (bias.has_value() ? 1 : 0), 8);
@@ -343,7 +343,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lora_line
       if (need.dx) dx = at::mm(grad_out, weight).addmm_(d_shrink, lora_A);
       if (need.d_lora_A) d_lora_A = at::mm(d_shrink.t(), x);
     }
-    if (need.d_lora_B) d_lora_B = at::addmm(lora_B, grad_out.t(), shrink.to(dtype), 0.0, scaling);
+    if (need.d_lora_B) d_lora_B = at::addmm(lora_B, grad_out.t(), shrink, 0.0, scaling);
     return {dx, d_lora_A, d_lora_B, d_weight, d_bias};
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "native_lora_linear_bwd_cuda", [&] {

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import Optional, Sequence
 
 import torch
@@ -92,15 +93,19 @@ def _triton_backward(*args):
     return lora_linear_bwd(*args)
 
 
+# The native ops save S in x's dtype when there is no dropout (csrc/lowpeft_common.h, shrink_dtype: two casts
+# fewer per call on their C++ autograd path); this op's S is shrink_dtype(x.dtype) for every backend.
 def _native_forward(x, weight, bias, lora_A, lora_B, scaling, dropout_p, seed):
     _extension.load()
-    return torch.ops.lowpeft.native_lora_linear_fwd(x, weight, bias, lora_A, lora_B, scaling, dropout_p, seed)
+    y, shrink = torch.ops.lowpeft.native_lora_linear_fwd(x, weight, bias, lora_A, lora_B, scaling, dropout_p, seed)
+    return y, shrink.to(shrink_dtype(x.dtype))
 
 
 def _native_backward(grad_out, x, weight, lora_A, lora_B, shrink, scaling, dropout_p, seed, needs):
     _extension.load()
     outs = torch.ops.lowpeft.native_lora_linear_bwd(
-        grad_out, x, weight, lora_A, lora_B, shrink, scaling, dropout_p, seed, list(needs)
+        grad_out, x, weight, lora_A, lora_B, shrink if dropout_p > 0.0 else shrink.to(x.dtype), scaling, dropout_p,
+        seed, list(needs)
     )
     return tuple(out if need else None for out, need in zip(outs, needs))
 
@@ -194,17 +199,25 @@ def _backward(ctx, grad_y, grad_shrink):
 torch.library.register_autograd("lowpeft::lora_linear", _backward, setup_context=_setup_context)
 
 
+_native_cublas_path_cache: dict[tuple, bool] = {}
+
+
 def _native_cublas_path(x: Tensor) -> bool:
     """Whether the triton backend's no-dropout call can run as lowpeft::native_lora_linear. Without dropout the
     triton backend's cuBLAS strategy launches no Triton kernel: it is the cuBLAS calls of lora_linear_fwd / _bwd,
     which csrc/cuda issues identically from C++ (one skinny GEMM per LoRA product, the scaling in alpha). From C++
     the layer costs ~200 µs less host time per forward + backward on the H100 machine (benchmarks/NOTES_lora.md);
     without the CUDA extension the same GEMMs are issued from Python."""
-    if not x.is_cuda or _dispatch.unavailable_reason("cuda", "cuda") is not None:
+    if not x.is_cuda:
         return False
-    from ..kernels.lora_linear import gemm_strategy
+    key = os.environ.get("LOWPEFT_TRITON_GEMM")  # memoised per strategy setting: it runs on every layer call
+    found = _native_cublas_path_cache.get(key)
+    if found is None:
+        from ..kernels.lora_linear import gemm_strategy
 
-    return gemm_strategy() == "cublas"
+        found = _dispatch.unavailable_reason("cuda", "cuda") is None and gemm_strategy() == "cublas"
+        _native_cublas_path_cache[key] = found
+    return found
 
 
 class LoRALinearFunction(torch.autograd.Function):
@@ -337,21 +350,21 @@ def lora_linear(
                 "or capture with dropout_p=0 / training=False")
         seed = draw_dropout_seed() if effective_p > 0.0 else _NO_DROPOUT_SEED
     name = _dispatch.resolve(backend, x.device, x.dtype)
+    compiling = torch.compiler.is_compiling()
+    if not compiling and (name in _dispatch.COMPILED_BACKENDS
+                          or (name == "triton" and effective_p == 0.0 and _native_cublas_path(x))):
+        # The compiled backends' eager calls go through lowpeft::native_lora_linear, whose autograd is C++
+        # (csrc/autograd/lora_linear.cpp): one dispatcher call forward, no Python in the backward, and x of any
+        # rank flattened there (no view nodes in the graph).
+        _extension.load()
+        return torch.ops.lowpeft.native_lora_linear(x, weight, bias, lora_A, lora_B, float(scaling), effective_p,
+                                                    int(seed) if effective_p > 0.0 else 0)
     flat = x.dim() == 2
     x2 = x if flat else x.reshape(-1, x.shape[-1])
-    if torch.compiler.is_compiling():
+    if compiling:
         y, _ = torch.ops.lowpeft.lora_linear(x2, weight, bias, lora_A, lora_B, float(scaling), effective_p, seed, name)
     else:
-        seed_value = int(seed) if effective_p > 0.0 else 0
-        # The compiled backends' eager calls go through lowpeft::native_lora_linear, whose autograd is C++
-        # (csrc/autograd/lora_linear.cpp): one dispatcher call forward, no Python in the backward.
-        native = name in _dispatch.COMPILED_BACKENDS
-        if native or (name == "triton" and effective_p == 0.0 and _native_cublas_path(x)):
-            _extension.load()
-            y = torch.ops.lowpeft.native_lora_linear(x2, weight, bias, lora_A, lora_B, float(scaling), effective_p,
-                                                     seed_value)
-        else:
-            y = LoRALinearFunction.apply(x2, weight, bias, lora_A, lora_B, float(scaling), effective_p, seed_value,
-                                         name)
+        y = LoRALinearFunction.apply(x2, weight, bias, lora_A, lora_B, float(scaling), effective_p,
+                                     int(seed) if effective_p > 0.0 else 0, name)
     # A 2-D input gets the op's own output (not a view: FSDP2 warns about module outputs that are views).
     return y if flat else y.reshape(*x.shape[:-1], weight.shape[0])
