@@ -30,6 +30,8 @@
 #                                    at r = 16 / 128; where the ~1B model's step time goes (gpu_profile_model.py)
 #   benchmarks/gpu_final.sh host_model  build; the native-backend tests; host time per layer call by call-stack layer
 #                                    (gpu_host_layers.py); the ~1B Llama benchmark, dropout 0, 50 steps
+#   benchmarks/gpu_final.sh confirm  build; the native-backend tests; the six LoRA layer cases (both timings, every
+#                                    provider); the ~1B Llama benchmark, dropout 0, repeated
 # Every step has its own time limit so one slow step cannot starve the rest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -247,6 +249,18 @@ case "${1:-layers}" in
     timeout 90 python3 benchmarks/gpu_host_layers.py > "$OUT/host_layers.log" 2>&1
     echo "host layers exit $?"; cat "$OUT/host_layers.log" | tail -8
     timeout 330 python3 -m lowpeft bench model --preset 1b --steps 50 --dropout 0 --no-progress \
+      --json "$OUT/model_1b_h100.json" --md "$OUT/model_1b_h100.md" > "$OUT/model_bench.log" 2>&1
+    echo "model bench exit $?"; tail -16 "$OUT/model_1b_h100.md"
+    ;;
+  confirm)
+    timeout 120 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_native_backends.py \
+      -k "not bad_input" > "$OUT/gpu_native_tests.log" 2>&1
+    echo "native pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_native_tests.log" | tail -8
+    LOWPEFT_AUTOTUNE=0 timeout 240 python3 benchmarks/bench_lora.py --cases "$CASES" --modes forward+backward \
+      --timing launch,graph --providers frozen,lowpeft,lowpeft_cuda,eager,compile,peft \
+      --json "$OUT/lora_h100_graphs.json" --md "$OUT/lora_h100_graphs.md" > "$OUT/lora_bench.log" 2>&1
+    echo "lora bench exit $?"; grep -A16 "^| timing" "$OUT/lora_h100_graphs.md" | head -18
+    timeout 200 python3 -m lowpeft bench model --preset 1b --steps 50 --dropout 0 --no-progress \
       --json "$OUT/model_1b_h100.json" --md "$OUT/model_1b_h100.md" > "$OUT/model_bench.log" 2>&1
     echo "model bench exit $?"; tail -16 "$OUT/model_1b_h100.md"
     ;;

@@ -168,4 +168,10 @@ at::ScalarType shrink_dtype(at::ScalarType input_dtype, double dropout_p);
 // An empty tensor standing for a gradient that was not asked for.
 at::Tensor not_needed(const at::Tensor& like);
 
+// `gradient` if it was computed, else not_needed(like): the backward ops start from undefined tensors and allocate
+// the empty stand-ins only for what stays unasked (an allocation per gradient and call saved on the host-bound path).
+inline at::Tensor or_not_needed(const at::Tensor& gradient, const at::Tensor& like) {
+  return gradient.defined() ? gradient : not_needed(like);
+}
+
 }  // namespace lowpeft

@@ -87,8 +87,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bottlenec
   const auto dtype = h.scalar_type();
   const int64_t bottleneck = down_weight.size(0);
   const at::Tensor z_acc = z.contiguous();
-  at::Tensor dh = not_needed(h), d_down_weight = not_needed(h), d_down_bias = not_needed(h);
-  at::Tensor d_up_weight = not_needed(h), d_up_bias = not_needed(h);
+  at::Tensor dh, d_down_weight, d_down_bias, d_up_weight, d_up_bias;
   if (need.dh || need.d_down_weight || need.d_down_bias) {
     const at::Tensor d_act = at::mm(grad_out, up_weight).to(z_acc.scalar_type()).mul_(scale);
     const at::Tensor dz = activation_grad(d_act, z_acc, activation);
@@ -106,7 +105,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bottlenec
   } else if (need.d_up_bias) {
     d_up_bias = grad_out.sum(0).mul_(scale);
   }
-  return {dh, d_down_weight, d_down_bias, d_up_weight, d_up_bias};
+  return {or_not_needed(dh, h), or_not_needed(d_down_weight, h), or_not_needed(d_down_bias, h),
+          or_not_needed(d_up_weight, h), or_not_needed(d_up_bias, h)};
 }
 
 }  // namespace

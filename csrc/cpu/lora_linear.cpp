@@ -110,7 +110,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lora_line
   const auto dtype = x.scalar_type();
   const auto acc_dtype = accumulate_dtype(dtype);
   const at::Tensor grad_acc = grad_out.to(acc_dtype);
-  at::Tensor dx = not_needed(x), d_lora_A = not_needed(x), d_lora_B = not_needed(x);
+  at::Tensor dx, d_lora_A, d_lora_B;
   // dB = s · gᵀ S, computed as (Sᵀ g)ᵀ: MKL runs the [r, T] x [T, N] orientation faster.
   if (need.d_lora_B) d_lora_B = at::mm(shrink.to(acc_dtype).t(), grad_acc).mul_(scaling).t().contiguous().to(dtype);
   if (need.dx || need.d_lora_A) {
@@ -130,7 +130,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lora_line
     }
     if (need.dx) dx.addmm_(grad_out, weight);
   }
-  return {dx, d_lora_A, d_lora_B, need.d_weight ? at::mm(grad_out.t(), x) : not_needed(x),
+  return {or_not_needed(dx, x), or_not_needed(d_lora_A, x), or_not_needed(d_lora_B, x), need.d_weight ? at::mm(grad_out.t(), x) : not_needed(x),
           need.d_bias ? grad_out.sum(0) : not_needed(x)};
 }
 

@@ -148,8 +148,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bottlenec
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
-  at::Tensor dh = not_needed(h), d_down_weight = not_needed(h), d_down_bias = not_needed(h);
-  at::Tensor d_up_weight = not_needed(h), d_up_bias = not_needed(h);
+  at::Tensor dh, d_down_weight, d_down_bias, d_up_weight, d_up_bias;
   if (need.dh) dh = gemm_residual(grad_out, dz_low, down_weight, 1.0);
   if (need.d_down_weight) d_down_weight = at::mm(dz_low.t(), h);
   if (need.d_down_bias) d_down_bias = dz.sum(0).to(dtype);
@@ -160,7 +159,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bottlenec
   } else if (need.d_up_bias) {
     d_up_bias = grad_out.sum(0).mul_(scale);
   }
-  return {dh, d_down_weight, d_down_bias, d_up_weight, d_up_bias};
+  return {or_not_needed(dh, h), or_not_needed(d_down_weight, h), or_not_needed(d_down_bias, h),
+          or_not_needed(d_up_weight, h), or_not_needed(d_up_bias, h)};
 }
 
 }  // namespace

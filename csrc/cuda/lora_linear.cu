@@ -332,7 +332,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lora_line
   const c10::cuda::CUDAGuard guard(x.device());
   const auto dtype = x.scalar_type();
   const int64_t rows = x.size(0), rank = lora_A.size(0);
-  at::Tensor dx = not_needed(x), d_lora_A = not_needed(x), d_lora_B = not_needed(x);
+  at::Tensor dx, d_lora_A, d_lora_B;
   const at::Tensor d_weight = need.d_weight ? at::mm(grad_out.t(), x) : not_needed(x);
   const at::Tensor d_bias = need.d_bias ? grad_out.sum(0) : not_needed(x);
   if (dropout_p == 0.0) {
@@ -344,7 +344,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lora_line
       if (need.d_lora_A) d_lora_A = at::mm(d_shrink.t(), x);
     }
     if (need.d_lora_B) d_lora_B = at::addmm(lora_B, grad_out.t(), shrink, 0.0, scaling);
-    return {dx, d_lora_A, d_lora_B, d_weight, d_bias};
+    return {or_not_needed(dx, x), or_not_needed(d_lora_A, x), or_not_needed(d_lora_B, x), d_weight, d_bias};
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "native_lora_linear_bwd_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -367,7 +367,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lora_line
     }
   });
   if (need.dx) dx.addmm_(grad_out, weight, 1.0, 1.0);
-  return {dx, d_lora_A, d_lora_B, d_weight, d_bias};
+  return {or_not_needed(dx, x), or_not_needed(d_lora_A, x), or_not_needed(d_lora_B, x), d_weight, d_bias};
 }
 
 }  // namespace
