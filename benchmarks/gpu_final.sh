@@ -32,6 +32,8 @@
 #                                    (gpu_host_layers.py); the ~1B Llama benchmark, dropout 0, 50 steps
 #   benchmarks/gpu_final.sh confirm  build; the native-backend tests; the six LoRA layer cases (both timings, every
 #                                    provider); the ~1B Llama benchmark, dropout 0, repeated
+#   benchmarks/gpu_final.sh epilogue_probe  build; can a persistent TMA GEMM carry the LoRA term at cuBLAS speed
+#                                    (benchmarks/diag/fused_epilogue_probe.py)
 # Every step has its own time limit so one slow step cannot starve the rest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -263,6 +265,10 @@ case "${1:-layers}" in
     timeout 200 python3 -m lowpeft bench model --preset 1b --steps 50 --dropout 0 --no-progress \
       --json "$OUT/model_1b_h100.json" --md "$OUT/model_1b_h100.md" > "$OUT/model_bench.log" 2>&1
     echo "model bench exit $?"; tail -16 "$OUT/model_1b_h100.md"
+    ;;
+  epilogue_probe)
+    OUT=$OUT timeout 420 python3 benchmarks/diag/fused_epilogue_probe.py > "$OUT/fused_epilogue_probe.log" 2>&1
+    echo "probe exit $?"; tail -60 "$OUT/fused_epilogue_probe.log"
     ;;
   probe)
     LOWPEFT_AUTOTUNE=0 timeout 200 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_lora_op.py \
