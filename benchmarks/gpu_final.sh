@@ -32,6 +32,8 @@
 #                                    (gpu_host_layers.py); the ~1B Llama benchmark, dropout 0, 50 steps
 #   benchmarks/gpu_final.sh confirm  build; the native-backend tests; the six LoRA layer cases (both timings, every
 #                                    provider); the ~1B Llama benchmark, dropout 0, repeated
+#   benchmarks/gpu_final.sh dropout_host  build; the launch-path tests; host time per layer call (dropout too); p = 0.1
+#                                    layer cases; the ~1B Llama benchmark at dropout 0.05
 #   benchmarks/gpu_final.sh epilogue_probe  build; can a persistent TMA GEMM carry the LoRA term at cuBLAS speed
 #                                    (benchmarks/diag/fused_epilogue_probe.py)
 # Every step has its own time limit so one slow step cannot starve the rest.
@@ -269,6 +271,20 @@ case "${1:-layers}" in
   epilogue_probe)
     OUT=$OUT timeout 420 python3 benchmarks/diag/fused_epilogue_probe.py > "$OUT/fused_epilogue_probe.log" 2>&1
     echo "probe exit $?"; tail -60 "$OUT/fused_epilogue_probe.log"
+    ;;
+  dropout_host)
+    timeout 150 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_triton_lora.py tests/test_adapter_op.py \
+      -k "autotuner or subset or restore or views_of_h" > "$OUT/gpu_launch_tests.log" 2>&1
+    echo "launch pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_launch_tests.log" | tail -8
+    timeout 90 python3 benchmarks/gpu_host_layers.py > "$OUT/host_layers.log" 2>&1
+    echo "host layers exit $?"; tail -10 "$OUT/host_layers.log"
+    LOWPEFT_AUTOTUNE=0 timeout 80 python3 benchmarks/bench_lora.py --modes forward+backward --timing launch,graph \
+      --cases 8192x4096x4096:16:0.1,2048x1024x1024:16:0.1 --providers frozen,lowpeft,eager \
+      --json "$OUT/lora_h100_p01.json" --md "$OUT/lora_h100_p01.md" > "$OUT/lora_p01.log" 2>&1
+    echo "lora bench exit $?"; grep -A6 "^| timing" "$OUT/lora_h100_p01.md" | head -8
+    timeout 250 python3 -m lowpeft bench model --preset 1b --steps 50 --dropout 0.05 --no-progress \
+      --json "$OUT/model_1b_h100_dropout.json" --md "$OUT/model_1b_h100_dropout.md" > "$OUT/model_bench.log" 2>&1
+    echo "model bench exit $?"; tail -16 "$OUT/model_1b_h100_dropout.md"
     ;;
   probe)
     LOWPEFT_AUTOTUNE=0 timeout 200 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_lora_op.py \

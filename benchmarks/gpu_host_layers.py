@@ -1,6 +1,7 @@
 # Host time of one LoRA layer call, layer by layer of lowpeft's call stack (one device call): at a size whose GPU
 # work is shorter than its launch work (3-D x [1, 16, 64], bf16, r = 16), the wall time per call of
-#   nn.Linear, eager LoRA (lowpeft.bench.model.EagerLoRALinear), lowpeft.LoRALinear (the module),
+#   nn.Linear, eager LoRA (lowpeft.bench.model.EagerLoRALinear), lowpeft.LoRALinear (the module), both LoRA
+#   modules also with dropout 0.1 (lowpeft's Python autograd.Function and Triton launches),
 #   lowpeft.ops.lora_linear (the public op, 2-D), torch.ops.lowpeft.native_lora_linear (the C++ autograd op) and
 #   torch.ops.lowpeft.native_lora_linear_fwd (the backend op alone),
 # forward only (no_grad) and forward + backward, so the Python layers' share and the C++ / ATen share of the
@@ -44,8 +45,13 @@ def main():
     def native(x):
         return torch.ops.lowpeft.native_lora_linear(x, weight, None, lora_A, lora_B, 2.0, 0.0, 0)
 
+    eager_dropout = EagerLoRALinear(torch.nn.Linear(64, 64, bias=False, device=dev, dtype=dt), 16, 32.0, 0.1)
+    module_dropout = LoRALinear.from_linear(torch.nn.Linear(64, 64, bias=False, device=dev, dtype=dt), r=16,
+                                            alpha=32.0, dropout=0.1)
     cases = {
         "nn.Linear": (base, x3, g3, [x3]),
+        "eager LoRA p=0.1": (eager_dropout, x3, g3, [x3] + [p for p in eager_dropout.parameters() if p.requires_grad]),
+        "LoRALinear p=0.1": (module_dropout, x3, g3, [x3] + [p for p in module_dropout.parameters() if p.requires_grad]),
         "eager LoRA": (eager, x3, g3, [x3] + [p for p in eager.parameters() if p.requires_grad]),
         "LoRALinear": (module, x3, g3, leaves3),
         "ops.lora_linear (2-D)": (op, x2, g2, leaves2),

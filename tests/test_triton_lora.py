@@ -312,6 +312,33 @@ def test_one_pass_dropout_backward_skips_the_autotuner_when_autotuning_is_off(de
     torch.testing.assert_close(grad_A.double(), d_shrink.double().t() @ (keep * x.double()), rtol=1e-5, atol=1e-3)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_autotuned_launches_skip_the_autotuner_after_a_key_is_tuned(device, monkeypatch):
+    """_tuning.launch_autotuned: the first call at a key goes through the autotuner, later calls at the same key
+    launch the remembered config directly (the same result), and a new key goes through the autotuner again."""
+    from lowpeft.kernels import lora_shrink as module
+
+    torch.manual_seed(9)
+    matrix = torch.randn(48, 5, device=device)
+
+    def shrink(x):
+        out = torch.full((x.shape[0], 5), float("nan"), device=device)
+        return module.lora_shrink(x, matrix, out, scale=0.5, seed=0, threshold=0, inv_keep=1.0, has_dropout=False,
+                                  rank_padded=16, dot_precision="ieee", dot_upcast=False)
+
+    x = torch.randn(37, 48, device=device)
+    first = shrink(x)
+
+    def autotuner_called(*args, **kwargs):
+        raise AssertionError("autotuner called")
+
+    monkeypatch.setattr(module._lora_shrink_kernel, "run", autotuner_called)
+    torch.testing.assert_close(shrink(x), first, rtol=0, atol=0)
+    torch.testing.assert_close(first.double(), 0.5 * x.double() @ matrix.double(), rtol=1e-5, atol=1e-5)
+    with pytest.raises(AssertionError, match="autotuner called"):
+        shrink(torch.randn(37, 48, device=device, dtype=torch.float16))  # a new key: another dtype
+
+
 def test_in_place_kernels_declare_what_the_autotuner_must_restore():
     """Every kernel that accumulates into an argument lists it in restore_value, so timing configs on live
     buffers (the first call at each autotune key) cannot add the term more than once."""

@@ -3,9 +3,10 @@
 #   cublas            torch.mm(x, Wᵀ)                        (the frozen layer's GEMM)
 #   cublas+fold       torch.mm, then y.addmm_(S, Bᵀ)          (lowpeft's cuBLAS strategy today, S given)
 #   triton            persistent TMA GEMM, TMA store of y     (no LoRA term)
-#   triton+lora       the same with acc initialised to S Bᵀ from two small TMA tiles before the K loop, so the
-#                     LoRA term costs one K = r step and no epilogue work (NOTES_lora version 1's epilogue was the
-#                     cost: a masked pointer store, int64 index math, loads of B and S after the loop)
+#   triton+lora       the same plus S Bᵀ from two small TMA tiles as one K = r dot, placed before the K loop
+#                     (acc initialised to it), after it, or after it with its tiles loaded before the loop
+#                     (NOTES_lora version 1's epilogue was the cost there: a masked pointer store, int64 index
+#                     math, loads of B and S after the loop)
 # each over a few tile configs, with and without warp specialisation (if triton 3.6 compiles it on Hopper) and
 # epilogue sub-tiling; the best of each is reported with its error against the float32 reference.
 #
@@ -45,14 +46,22 @@ def _gemm_lora_kernel(x_desc, w_desc, s_desc, b_desc, y_desc, M, N, K,
         off_m = pid_m * BLOCK_M
         off_n = pid_n * BLOCK_N
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        if LORA:
+        if LORA == 1:
             s = s_desc.load([off_m, 0])
             b = b_desc.load([off_n, 0])
             acc = tl.dot(s, b.T, acc)
+        if LORA == 3:
+            s = s_desc.load([off_m, 0])
+            b = b_desc.load([off_n, 0])
         for kk in range(k_tiles):
             x = x_desc.load([off_m, kk * BLOCK_K])
             w = w_desc.load([off_n, kk * BLOCK_K])
             acc = tl.dot(x, w.T, acc)
+        if LORA == 2:
+            s = s_desc.load([off_m, 0])
+            b = b_desc.load([off_n, 0])
+        if LORA >= 2:
+            acc = tl.dot(s, b.T, acc)
         if SUBTILE:
             halves = tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1))
             left, right = tl.split(halves)
@@ -62,7 +71,7 @@ def _gemm_lora_kernel(x_desc, w_desc, s_desc, b_desc, y_desc, M, N, K,
             y_desc.store([off_m, off_n], acc.to(y_desc.dtype))
 
 
-CONFIGS = [(128, 256, 64, 8, 3), (128, 256, 64, 8, 4), (128, 128, 64, 8, 4)]  # BLOCK_M, _N, _K, warps, stages
+CONFIGS = [(128, 256, 64, 8, 3), (128, 256, 64, 8, 4)]  # BLOCK_M, _N, _K, warps, stages
 
 
 def run_triton(x, w, s, b, y, lora, config, subtile, warp_specialize, flatten, sms):
@@ -94,7 +103,7 @@ def main():
         row = {"case": f"{tokens}x{width}->{out_features} r={rank}",
                "cublas_ms": bench(lambda: torch.mm(x, w.t())),
                "cublas_fold_ms": bench(lambda: torch.mm(x, w.t()).addmm_(s, b.t()))}
-        for lora in (False, True):
+        for lora in (0, 1, 2, 3):  # none, before the K loop, after it, after it with tiles loaded before it
             best = None
             for config, subtile, ws in itertools.product(CONFIGS, (False, True), (False, True)):
                 flatten = True
@@ -111,7 +120,7 @@ def main():
                 print(f"  lora={lora} {label}: {ms:.4f} ms  rel err {error:.2e}")
                 if best is None or ms < best[0]:
                     best = (ms, label, error)
-            key = "triton_lora" if lora else "triton"
+            key = ("triton", "triton_lora_prologue", "triton_lora_epilogue", "triton_lora_epilogue_preload")[lora]
             row[key + "_ms"], row[key + "_config"], row[key + "_err"] = best if best else (None, None, None)
         print(json.dumps(row))
         out["cases"].append(row)

@@ -26,6 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._tuning import launch_autotuned
+
 __all__ = ["bottleneck_adapter_fwd", "bottleneck_adapter_bwd", "ACTIVATION_CODES", "MAX_BOTTLENECK"]
 
 ACTIVATION_CODES = {"gelu": 0, "gelu_tanh": 1, "relu": 2, "silu": 3}
@@ -346,19 +348,10 @@ def _reduce_kernel(
 # ----------------------------------------------------------------------------------------------------
 # launchers
 # ----------------------------------------------------------------------------------------------------
-_tuned_configs: dict = {}
-
-
 def _launch_row_kernel(kernel, T: int, key: tuple, args: tuple, kwargs: dict) -> None:
-    """Launch an autotuned row-block kernel. The first call per key goes through triton.autotune (which picks
-    and remembers the config); later calls launch the chosen config directly, skipping the autotuner's
-    per-call argument bookkeeping, which is a visible share of the host time of a small step."""
-    config = _tuned_configs.get(key)
-    if config is None:
-        kernel[lambda meta: (triton.cdiv(T, meta["BLOCK_T"]),)](*args, **kwargs)
-        _tuned_configs[key] = kernel.best_config
-        return
-    kernel.fn[(triton.cdiv(T, config.kwargs["BLOCK_T"]),)](*args, **kwargs, **config.all_kwargs())
+    """Launch an autotuned row-block kernel over the row blocks of T (the config remembered per key, see
+    _tuning.launch_autotuned)."""
+    launch_autotuned(kernel, lambda meta: (triton.cdiv(T, meta["BLOCK_T"]),), key, args, kwargs)
 
 
 def _check_supported(h: torch.Tensor, M: int) -> None:

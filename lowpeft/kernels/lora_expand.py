@@ -8,7 +8,7 @@
 import triton
 import triton.language as tl
 
-from ._tuning import expand_configs, token_bucket
+from ._tuning import expand_configs, launch_autotuned, token_bucket
 from .lora_common import dropout_keep_scale, mma
 
 
@@ -56,14 +56,15 @@ def lora_expand_add(small, lora_A, out, *, seed, threshold, inv_keep, has_dropou
     def grid(meta):
         return (triton.cdiv(tokens, meta["BLOCK_T"]), triton.cdiv(width, meta["BLOCK_K"]))
 
-    _lora_expand_add_kernel[grid](
+    args = (
         small, lora_A, out,
         tokens, width, lora_A.shape[0], token_bucket(tokens),
         small.stride(0), lora_A.stride(0), lora_A.stride(1), out.stride(0), out.stride(1),
         int(seed), int(threshold), float(inv_keep),
-        HAS_DROPOUT=has_dropout, R_PAD=rank_padded,
-        DOT_PRECISION=dot_precision, DOT_UPCAST=False,
     )
+    constants = dict(HAS_DROPOUT=has_dropout, R_PAD=rank_padded, DOT_PRECISION=dot_precision, DOT_UPCAST=False)
+    key = (token_bucket(tokens), width, rank_padded, has_dropout, small.dtype, lora_A.dtype, out.dtype, out.device)
+    launch_autotuned(_lora_expand_add_kernel, grid, key, args, constants)
     return out
 
 

@@ -11,7 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._tuning import autotuning, expand_grad_a_configs, prune_expand_grad_a_configs, token_bucket, token_slices
+from ._tuning import (expand_grad_a_configs, launch_autotuned, prune_expand_grad_a_configs, token_bucket,
+                      token_slices)
 from .lora_common import dropout_keep_scale, mma
 
 
@@ -85,16 +86,8 @@ def lora_expand_add_grad_A(d_shrink, lora_A, dx, x, *, seed, threshold, inv_keep
         int(seed), int(threshold), float(inv_keep),
     )
     constants = {"R_PAD": rank_padded, "DOT_PRECISION": dot_precision, "DOT_UPCAST": dot_upcast}
-    if autotuning():
-        _lora_expand_add_grad_a_kernel[grid](*args, **constants)
-    else:
-        # The first fitting config, launched without the autotuner: it benchmarks even a lone pruned config on a
-        # key's first call, which allocated do_bench's L2-flush buffer and a restore copy of dx (+320 MiB of
-        # peak memory at 8192 x 4096 on the H100, run 31).
-        kernel = _lora_expand_add_grad_a_kernel.fn
-        config = prune_expand_grad_a_configs(_lora_expand_add_grad_a_kernel.configs,
-                                             dict(zip(kernel.arg_names, args)), **constants)[0]
-        kernel[grid](*args, **constants, **config.all_kwargs())
+    key = (token_bucket(tokens), width, rank_padded, d_shrink.dtype, lora_A.dtype, dx.dtype, x.dtype, x.device)
+    launch_autotuned(_lora_expand_add_grad_a_kernel, grid, key, args, constants, prune=prune_expand_grad_a_configs)
     return partials.sum(0)
 
 

@@ -8,7 +8,7 @@
 import triton
 import triton.language as tl
 
-from ._tuning import row_block_configs, token_bucket
+from ._tuning import launch_autotuned, row_block_configs, token_bucket
 from .lora_common import dropout_keep_scale, mma
 
 
@@ -58,14 +58,15 @@ def lora_shrink(x, matrix_t, out, *, scale, seed, threshold, inv_keep, has_dropo
     def grid(meta):
         return (triton.cdiv(tokens, meta["BLOCK_T"]),)
 
-    _lora_shrink_kernel[grid](
+    args = (
         x, matrix_t, out,
         tokens, width, rank, token_bucket(tokens),
         x.stride(0), x.stride(1), matrix_t.stride(0), matrix_t.stride(1), out.stride(0),
         float(scale), int(seed), int(threshold), float(inv_keep),
-        HAS_DROPOUT=has_dropout, R_PAD=rank_padded,
-        DOT_PRECISION=dot_precision, DOT_UPCAST=dot_upcast,
     )
+    constants = dict(HAS_DROPOUT=has_dropout, R_PAD=rank_padded, DOT_PRECISION=dot_precision, DOT_UPCAST=dot_upcast)
+    key = (token_bucket(tokens), width, rank_padded, has_dropout, x.dtype, matrix_t.dtype, out.dtype, x.device)
+    launch_autotuned(_lora_shrink_kernel, grid, key, args, constants)
     return out
 
 
