@@ -199,7 +199,7 @@ def _backward(ctx, grad_y, grad_shrink):
 torch.library.register_autograd("lowpeft::lora_linear", _backward, setup_context=_setup_context)
 
 
-_native_cublas_path_cache: dict[tuple, bool] = {}
+_native_cublas_path_cache: dict[Optional[str], bool] = {}
 
 
 def _native_cublas_path(x: Tensor) -> bool:
