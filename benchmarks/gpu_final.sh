@@ -274,12 +274,12 @@ case "${1:-layers}" in
     ;;
   dropout_host)
     timeout 150 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_triton_lora.py tests/test_adapter_op.py \
-      -k "autotuner or subset or restore or views_of_h" > "$OUT/gpu_launch_tests.log" 2>&1
+      -k "autotuner or subset or restore or views_of_h or dropout" > "$OUT/gpu_launch_tests.log" 2>&1
     echo "launch pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_launch_tests.log" | tail -8
     timeout 90 python3 benchmarks/gpu_host_layers.py > "$OUT/host_layers.log" 2>&1
     echo "host layers exit $?"; tail -10 "$OUT/host_layers.log"
-    LOWPEFT_AUTOTUNE=0 timeout 80 python3 benchmarks/bench_lora.py --modes forward+backward --timing launch,graph \
-      --cases 8192x4096x4096:16:0.1,2048x1024x1024:16:0.1 --providers frozen,lowpeft,eager \
+    LOWPEFT_AUTOTUNE=0 timeout 100 python3 benchmarks/bench_lora.py --modes forward+backward --timing launch,graph \
+      --cases 8192x4096x4096:16:0.1,8192x4096x4096:128:0.1,2048x1024x1024:16:0.1 --providers frozen,lowpeft,eager \
       --json "$OUT/lora_h100_p01.json" --md "$OUT/lora_h100_p01.md" > "$OUT/lora_p01.log" 2>&1
     echo "lora bench exit $?"; grep -A6 "^| timing" "$OUT/lora_h100_p01.md" | head -8
     timeout 250 python3 -m lowpeft bench model --preset 1b --steps 50 --dropout 0.05 --no-progress \
