@@ -339,6 +339,19 @@ def test_autotuned_launches_skip_the_autotuner_after_a_key_is_tuned(device, monk
         shrink(torch.randn(37, 48, device=device, dtype=torch.float16))  # a new key: another dtype
 
 
+@given(st.integers(0, 2**40), st.integers(1, 2**20))
+@settings(max_examples=200, deadline=None)
+def test_host_size_helpers_match_triton(numerator, denominator):
+    """_tuning.ceil_div / next_power_of_2 (plain Python: triton's are ConstexprFunctions, ~2 µs a call from the
+    host in triton 3.9) agree with triton.cdiv / triton.next_power_of_2."""
+    import triton
+
+    from lowpeft.kernels._tuning import ceil_div, next_power_of_2
+
+    assert ceil_div(numerator, denominator) == triton.cdiv(numerator, denominator)
+    assert next_power_of_2(numerator) == triton.next_power_of_2(numerator)
+
+
 def test_in_place_kernels_declare_what_the_autotuner_must_restore():
     """Every kernel that accumulates into an argument lists it in restore_value, so timing configs on live
     buffers (the first call at each autotune key) cannot add the term more than once."""

@@ -53,14 +53,26 @@ def launch_autotuned(kernel, grid, key: tuple, args: tuple, constants: dict, pru
     kernel.fn[grid](*args, **constants, **config)
 
 
+def ceil_div(numerator: int, denominator: int) -> int:
+    """⌈numerator / denominator⌉ for host-side sizes. triton.cdiv is a ConstexprFunction in triton 3.9, about 2 µs
+    a call from Python; the launchers call it a dozen times per layer call."""
+    return -(-numerator // denominator)
+
+
+def next_power_of_2(n: int) -> int:
+    """The smallest power of two ≥ n (0 for n = 0, as triton's), host side (triton.next_power_of_2 costs as
+    triton.cdiv does)."""
+    return 0 if n <= 0 else 1 << (n - 1).bit_length()
+
+
 def token_bucket(tokens: int) -> int:
     """The autotune key for a token count: the next power of two (at least 16)."""
-    return max(16, triton.next_power_of_2(max(tokens, 1)))
+    return max(16, next_power_of_2(max(tokens, 1)))
 
 
 def padded_rank(rank: int) -> int:
     """LoRA rank padded to a power of two >= 16 (tl.dot's smallest side); the kernels mask the padding."""
-    return max(16, triton.next_power_of_2(rank))
+    return max(16, next_power_of_2(rank))
 
 
 def gemm_configs() -> list[triton.Config]:
@@ -276,9 +288,9 @@ def token_slices(tokens: int, column_blocks: int, device, *, rank: int, element_
     then a whole number of 128-row blocks, which can leave fewer slices than aimed at."""
     by_memory = max(1, tokens * element_size // (8 * 4 * max(rank, 1)))
     if device.type != "cuda":
-        wanted = max(1, min(4, triton.cdiv(tokens, 64), by_memory))
+        wanted = max(1, min(4, ceil_div(tokens, 64), by_memory))
     else:
         target_programs = 2 * multiprocessor_count(device.index if device.index is not None else 0)
-        wanted = max(1, min(triton.cdiv(target_programs, max(column_blocks, 1)), triton.cdiv(tokens, 64), by_memory))
-    rows_per_slice = triton.cdiv(triton.cdiv(tokens, wanted), 128) * 128
-    return triton.cdiv(tokens, rows_per_slice), rows_per_slice
+        wanted = max(1, min(ceil_div(target_programs, max(column_blocks, 1)), ceil_div(tokens, 64), by_memory))
+    rows_per_slice = ceil_div(ceil_div(tokens, wanted), 128) * 128
+    return ceil_div(tokens, rows_per_slice), rows_per_slice

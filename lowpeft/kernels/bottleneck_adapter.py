@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._tuning import launch_autotuned
+from ._tuning import ceil_div, launch_autotuned, next_power_of_2
 
 __all__ = ["bottleneck_adapter_fwd", "bottleneck_adapter_bwd", "ACTIVATION_CODES", "MAX_BOTTLENECK"]
 
@@ -111,16 +111,16 @@ def _t_splits(T: int, D: int, block_t: int, block_d: int, factor: int, warps: in
     and at most `memory_cap` (the caller's bound on the float32 partials, one per split). Filling the GPU once
     and a bit is the trap: 160 eight-warp programs on 132 SMs ran two waves for 1.2 waves of work (H100,
     run 24)."""
-    max_splits = max(1, min(triton.cdiv(T, block_t), memory_cap))
+    max_splits = max(1, min(ceil_div(T, block_t), memory_cap))
     if device.type != "cuda":
         return max(1, min(3, max_splits))
     index = device.index if device.index is not None else torch.cuda.current_device()
     slots = _multiprocessors(index) * (2 if warps <= 4 else 1)
-    column_blocks = triton.cdiv(D, block_d)
-    candidates = range(1, max(1, min(max_splits, factor * 2 * triton.cdiv(slots, column_blocks))) + 1)
+    column_blocks = ceil_div(D, block_d)
+    candidates = range(1, max(1, min(max_splits, factor * 2 * ceil_div(slots, column_blocks))) + 1)
 
     def time(splits):
-        return triton.cdiv(column_blocks * splits, slots) / splits
+        return ceil_div(column_blocks * splits, slots) / splits
 
     best = min(time(splits) for splits in candidates)
     return next(splits for splits in candidates if time(splits) <= 1.05 * best)
@@ -351,7 +351,7 @@ def _reduce_kernel(
 def _launch_row_kernel(kernel, T: int, key: tuple, args: tuple, kwargs: dict) -> None:
     """Launch an autotuned row-block kernel over the row blocks of T (the config remembered per key, see
     _tuning.launch_autotuned)."""
-    launch_autotuned(kernel, lambda meta: (triton.cdiv(T, meta["BLOCK_T"]),), key, args, kwargs)
+    launch_autotuned(kernel, lambda meta: (ceil_div(T, meta["BLOCK_T"]),), key, args, kwargs)
 
 
 def _check_supported(h: torch.Tensor, M: int) -> None:
@@ -368,7 +368,7 @@ def _check_supported(h: torch.Tensor, M: int) -> None:
 
 
 def _padded_bottleneck(M: int) -> int:
-    return max(16, triton.next_power_of_2(M))
+    return max(16, next_power_of_2(M))
 
 
 def _upcast(dtype: torch.dtype) -> bool:
@@ -460,7 +460,7 @@ def bottleneck_adapter_bwd(grad_out, h, down_weight, down_bias, up_weight, z, ac
              float(scale)),
             dict(ACTIVATION=ACTIVATION_CODES[activation], PRECISION=precision, UPCAST=upcast, BLOCK_M=block_m),
         )
-        _backward_cols_kernel[(triton.cdiv(D, block_d), splits)](
+        _backward_cols_kernel[(ceil_div(D, block_d), splits)](
             grad_out, h, down_weight, a, dz, dh if dh is not None else a, partials,
             T, D, M, partial_len,
             grad_out.stride(0), grad_out.stride(1), h.stride(0), h.stride(1),
@@ -472,7 +472,7 @@ def bottleneck_adapter_bwd(grad_out, h, down_weight, down_bias, up_weight, z, ac
         )
         if need_weight_grads:
             block = 1024
-            _reduce_kernel[(triton.cdiv(partial_len, block),)](
+            _reduce_kernel[(ceil_div(partial_len, block),)](
                 partials, *weight_grads[:1], weight_grads[2], weight_grads[3], weight_grads[1],
                 splits, D, M, partial_len, BLOCK=block,
             )

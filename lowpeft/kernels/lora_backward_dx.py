@@ -13,7 +13,7 @@
 import triton
 import triton.language as tl
 
-from ._tuning import (RANK_CHUNK, dx_tma_configs, gemm_configs, multiprocessor_count, prune_gemm_configs,
+from ._tuning import (RANK_CHUNK, ceil_div, dx_tma_configs, gemm_configs, multiprocessor_count, prune_gemm_configs,
                       tma_ready, token_bucket)
 from .lora_common import dropout_keep_scale, grouped_tile, mma
 
@@ -181,7 +181,7 @@ def lora_dx_gemm(grad_out, weight, lora_A, lora_B, d_shrink, dx, *, scaling, see
         sms = multiprocessor_count(grad_out.device.index or 0)
 
         def persistent_grid(meta):
-            return (min(sms, triton.cdiv(tokens, meta["BLOCK_M"]) * triton.cdiv(width, meta["BLOCK_N"])),)
+            return (min(sms, ceil_div(tokens, meta["BLOCK_M"]) * ceil_div(width, meta["BLOCK_N"])),)
 
         # Block shapes are placeholders: the autotune pre-hook sets the chosen config's.
         descriptors = [TensorDescriptor.from_tensor(t, [16, 16])
@@ -195,7 +195,7 @@ def lora_dx_gemm(grad_out, weight, lora_A, lora_B, d_shrink, dx, *, scaling, see
         return dx
 
     def grid(meta):
-        return (triton.cdiv(tokens, meta["BLOCK_M"]) * triton.cdiv(width, meta["BLOCK_N"]),)
+        return (ceil_div(tokens, meta["BLOCK_M"]) * ceil_div(width, meta["BLOCK_N"]),)
 
     _lora_dx_kernel[grid](
         grad_out, weight, lora_A, lora_B, d_shrink, dx,

@@ -8,7 +8,7 @@
 import triton
 import triton.language as tl
 
-from ._tuning import expand_configs, launch_autotuned, token_bucket
+from ._tuning import ceil_div, expand_configs, launch_autotuned, token_bucket
 from .lora_common import dropout_keep_scale, mma
 
 
@@ -54,7 +54,7 @@ def lora_expand_add(small, lora_A, out, *, seed, threshold, inv_keep, has_dropou
         return out
 
     def grid(meta):
-        return (triton.cdiv(tokens, meta["BLOCK_T"]), triton.cdiv(width, meta["BLOCK_K"]))
+        return (ceil_div(tokens, meta["BLOCK_T"]), ceil_div(width, meta["BLOCK_K"]))
 
     args = (
         small, lora_A, out,

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._tuning import (expand_grad_a_configs, launch_autotuned, prune_expand_grad_a_configs, token_bucket,
+from ._tuning import (ceil_div, expand_grad_a_configs, launch_autotuned, prune_expand_grad_a_configs, token_bucket,
                       token_slices)
 from .lora_common import dropout_keep_scale, mma
 
@@ -71,12 +71,12 @@ def lora_expand_add_grad_A(d_shrink, lora_A, dx, x, *, seed, threshold, inv_keep
     rank = lora_A.shape[0]
     if tokens == 0 or width == 0:
         return torch.zeros(rank, width, dtype=torch.float32, device=x.device)
-    splits, rows_per_split = token_slices(tokens, triton.cdiv(width, 128), x.device, rank=rank,
+    splits, rows_per_split = token_slices(tokens, ceil_div(width, 128), x.device, rank=rank,
                                           element_size=x.element_size())
     partials = torch.empty(splits, rank, width, dtype=torch.float32, device=x.device)
 
     def grid(meta):
-        return (triton.cdiv(width, meta["BLOCK_K"]), splits)
+        return (ceil_div(width, meta["BLOCK_K"]), splits)
 
     args = (
         d_shrink, lora_A, dx, x, partials,

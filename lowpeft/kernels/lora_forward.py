@@ -15,7 +15,7 @@
 import triton
 import triton.language as tl
 
-from ._tuning import (RANK_CHUNK, forward_tma_configs, gemm_configs, multiprocessor_count, prune_gemm_configs,
+from ._tuning import (RANK_CHUNK, ceil_div, forward_tma_configs, gemm_configs, multiprocessor_count, prune_gemm_configs,
                       tma_ready, token_bucket)
 from .lora_common import grouped_tile, mma
 
@@ -172,7 +172,7 @@ def lora_forward_gemm(x, weight, bias, lora_A, lora_B, shrink, y, *, scaling, fu
         sms = multiprocessor_count(x.device.index or 0)
 
         def persistent_grid(meta):
-            return (min(sms, triton.cdiv(tokens, meta["BLOCK_M"]) * triton.cdiv(out_features, meta["BLOCK_N"])),)
+            return (min(sms, ceil_div(tokens, meta["BLOCK_M"]) * ceil_div(out_features, meta["BLOCK_N"])),)
 
         # Block shapes are placeholders: the autotune pre-hook sets the chosen config's.
         descriptors = [TensorDescriptor.from_tensor(t, [16, 16])
@@ -186,7 +186,7 @@ def lora_forward_gemm(x, weight, bias, lora_A, lora_B, shrink, y, *, scaling, fu
         return y
 
     def grid(meta):
-        return (triton.cdiv(tokens, meta["BLOCK_M"]) * triton.cdiv(out_features, meta["BLOCK_N"]),)
+        return (ceil_div(tokens, meta["BLOCK_M"]) * ceil_div(out_features, meta["BLOCK_N"]),)
 
     _lora_fwd_kernel[grid](
         x, weight, bias_arg, lora_A, lora_B, shrink, y,

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._tuning import prune_rank_accumulator_configs, split_t_configs, token_bucket, token_slices
+from ._tuning import ceil_div, prune_rank_accumulator_configs, split_t_configs, token_bucket, token_slices
 from .lora_common import dropout_keep_scale, mma
 
 
@@ -65,7 +65,7 @@ def _split_t(big, small, *, transpose_out, scale, seed, threshold, inv_keep, has
     and Σₜ big [C] when with_colsum."""
     tokens, columns = big.shape
     rank = small.shape[1]
-    splits, rows_per_split = token_slices(tokens, triton.cdiv(columns, 128), big.device, rank=rank,
+    splits, rows_per_split = token_slices(tokens, ceil_div(columns, 128), big.device, rank=rank,
                                           element_size=big.element_size())
     if transpose_out:
         partials = torch.empty(splits, columns, rank, dtype=torch.float32, device=big.device)
@@ -76,7 +76,7 @@ def _split_t(big, small, *, transpose_out, scale, seed, threshold, inv_keep, has
     colsums = torch.empty(splits, columns, dtype=torch.float32, device=big.device) if with_colsum else partials
 
     def grid(meta):
-        return (triton.cdiv(columns, meta["BLOCK_C"]), splits)
+        return (ceil_div(columns, meta["BLOCK_C"]), splits)
 
     _lora_split_t_kernel[grid](
         big, small, partials, colsums,

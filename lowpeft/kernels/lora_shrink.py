@@ -8,7 +8,7 @@
 import triton
 import triton.language as tl
 
-from ._tuning import launch_autotuned, row_block_configs, token_bucket
+from ._tuning import ceil_div, launch_autotuned, row_block_configs, token_bucket
 from .lora_common import dropout_keep_scale, mma
 
 
@@ -56,7 +56,7 @@ def lora_shrink(x, matrix_t, out, *, scale, seed, threshold, inv_keep, has_dropo
         return out
 
     def grid(meta):
-        return (triton.cdiv(tokens, meta["BLOCK_T"]),)
+        return (ceil_div(tokens, meta["BLOCK_T"]),)
 
     args = (
         x, matrix_t, out,
