@@ -298,3 +298,35 @@ def test_gpu_fixed_shapes_every_dtype(backend, device, dtype, dropout_p, strateg
     for tokens, in_features, out_features, rank, layout in GPU_CASES:
         _check_against_oracle(backend, device, dtype, tokens, in_features, out_features, rank, layout,
                               with_bias=True, dropout_p=dropout_p, seed=tokens + rank)
+
+
+@pytest.mark.parametrize("backend,device,dtype", backend_params())
+@pytest.mark.parametrize("leading", [(), (5,), (2, 3), (2, 0)], ids=["1-D", "2-D", "3-D", "3-D-empty"])
+@pytest.mark.parametrize("dropout_p", [0.0, 0.3])
+def test_any_leading_dimensions_add_no_graph_nodes(backend, device, dtype, leading, dropout_p):
+    """x [..., in] of any rank: y and the gradients equal the flattened call's (bit for bit), dx has x's shape, y
+    is not a view (FSDP2 warns about module outputs that are views) and its graph has the op's node only (the
+    flattening happens inside the autograd Function, Python or C++)."""
+    torch.manual_seed(11)
+    rows = 1
+    for size in leading:
+        rows *= size
+    x = torch.randn(*leading, 24, 2, device=device, dtype=dtype)[..., 0].requires_grad_(True)  # non-contiguous
+    weight = torch.randn(20, 24, device=device, dtype=dtype) / 5
+    lora_A = (torch.randn(6, 24, device=device, dtype=dtype) / 5).requires_grad_(True)
+    lora_B = (torch.randn(20, 6, device=device, dtype=dtype) / 3).requires_grad_(True)
+    grad = torch.randn(*leading, 20, device=device, dtype=dtype)
+    seed = torch.tensor(5)
+    y = lora_linear(x, weight, None, lora_A, lora_B, 0.5, dropout_p, backend=backend, seed=seed)
+    assert y.shape == (*leading, 20) and y._base is None
+    assert not any(type(node).__name__.startswith(("View", "Reshape", "UnsafeView"))
+                   for node, _ in y.grad_fn.next_functions if node is not None)
+    assert "View" not in type(y.grad_fn).__name__
+    dx, dA, dB = torch.autograd.grad(y, [x, lora_A, lora_B], grad)
+    assert dx.shape == x.shape
+    x_rows = x.detach().reshape(rows, 24).requires_grad_(True)
+    y_rows = lora_linear(x_rows, weight, None, lora_A, lora_B, 0.5, dropout_p, backend=backend, seed=seed)
+    expected = torch.autograd.grad(y_rows, [x_rows, lora_A, lora_B], grad.reshape(rows, 20))
+    torch.testing.assert_close(y.reshape(rows, 20), y_rows, rtol=0, atol=0)
+    for got, want in zip((dx.reshape(rows, 24), dA, dB), expected):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)

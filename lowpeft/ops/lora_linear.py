@@ -221,26 +221,33 @@ def _native_cublas_path(x: Tensor) -> bool:
 
 
 class LoRALinearFunction(torch.autograd.Function):
-    """Eager-mode autograd for the same backend functions the torch.library ops call (see the header)."""
+    """Eager-mode autograd for the same backend functions the torch.library ops call (see the header). x may
+    have any leading dimensions: they are flattened here, inside the Function, so the graph gets no reshape nodes
+    (as in the C++ autograd of the compiled backends); y comes back through _unsafe_view, not as a view."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, lora_A, lora_B, scaling, dropout_p, seed, backend):
-        y, shrink = _FORWARD[backend](x, weight, bias, lora_A, lora_B, scaling, dropout_p, seed)
-        ctx.save_for_backward(x, weight, lora_A, lora_B, shrink)
+        x_rows = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
+        y, shrink = _FORWARD[backend](x_rows, weight, bias, lora_A, lora_B, scaling, dropout_p, seed)
+        ctx.save_for_backward(x_rows, weight, lora_A, lora_B, shrink)
         ctx.scaling, ctx.dropout_p, ctx.seed, ctx.backend = scaling, dropout_p, seed, backend
+        ctx.x_shape = x.shape
         needs = ctx.needs_input_grad
         ctx.needs = (needs[0], needs[3], needs[4], needs[1], bias is not None and needs[2])
-        return y
+        return y if x.dim() == 2 else torch.ops.aten._unsafe_view(y, (*x.shape[:-1], y.shape[-1]))
 
     @staticmethod
     def backward(ctx, grad_y):
         if not any(ctx.needs):
             return (None,) * 9
         x, weight, lora_A, lora_B, shrink = ctx.saved_tensors
+        grad_y = grad_y if grad_y.dim() == 2 else grad_y.reshape(-1, grad_y.shape[-1])
         grad_y = grad_y.contiguous() if grad_y.stride(-1) != 1 else grad_y
         dx, d_lora_A, d_lora_B, d_weight, d_bias = _BACKWARD[ctx.backend](
             grad_y, x, weight, lora_A, lora_B, shrink, ctx.scaling, ctx.dropout_p, ctx.seed, ctx.needs
         )
+        if dx is not None and len(ctx.x_shape) != 2:
+            dx = torch.ops.aten._unsafe_view(dx, ctx.x_shape)
         return dx, d_weight, d_bias, d_lora_A, d_lora_B, None, None, None, None
 
 
@@ -359,12 +366,11 @@ def lora_linear(
         _extension.load()
         return torch.ops.lowpeft.native_lora_linear(x, weight, bias, lora_A, lora_B, float(scaling), effective_p,
                                                     int(seed) if effective_p > 0.0 else 0)
+    if not compiling:
+        return LoRALinearFunction.apply(x, weight, bias, lora_A, lora_B, float(scaling), effective_p,
+                                        int(seed) if effective_p > 0.0 else 0, name)
     flat = x.dim() == 2
     x2 = x if flat else x.reshape(-1, x.shape[-1])
-    if compiling:
-        y, _ = torch.ops.lowpeft.lora_linear(x2, weight, bias, lora_A, lora_B, float(scaling), effective_p, seed, name)
-    else:
-        y = LoRALinearFunction.apply(x2, weight, bias, lora_A, lora_B, float(scaling), effective_p,
-                                     int(seed) if effective_p > 0.0 else 0, name)
+    y, _ = torch.ops.lowpeft.lora_linear(x2, weight, bias, lora_A, lora_B, float(scaling), effective_p, seed, name)
     # A 2-D input gets the op's own output (not a view: FSDP2 warns about module outputs that are views).
     return y if flat else y.reshape(*x.shape[:-1], weight.shape[0])
