@@ -34,8 +34,6 @@
 #                                    provider); the ~1B Llama benchmark, dropout 0, repeated
 #   benchmarks/gpu_final.sh dropout_host  build; the launch-path tests; host time per layer call (dropout too); p = 0.1
 #                                    layer cases; the ~1B Llama benchmark at dropout 0.05
-#   benchmarks/gpu_final.sh fold     build; the cuda fold kernel against cuBLAS's beta = 1 GEMM (diag/fold_probe.py);
-#                                    the native-backend tests; the six LoRA cases in graph timing
 #   benchmarks/gpu_final.sh epilogue_probe  build; can a persistent TMA GEMM carry the LoRA term at cuBLAS speed
 #                                    (benchmarks/diag/fused_epilogue_probe.py)
 # Every step has its own time limit so one slow step cannot starve the rest.
@@ -269,17 +267,6 @@ case "${1:-layers}" in
     timeout 200 python3 -m lowpeft bench model --preset 1b --steps 50 --dropout 0 --no-progress \
       --json "$OUT/model_1b_h100.json" --md "$OUT/model_1b_h100.md" > "$OUT/model_bench.log" 2>&1
     echo "model bench exit $?"; tail -16 "$OUT/model_1b_h100.md"
-    ;;
-  fold)
-    timeout 120 python3 benchmarks/diag/fold_probe.py > "$OUT/fold_probe.log" 2>&1
-    echo "fold probe exit $?"; tail -10 "$OUT/fold_probe.log"
-    timeout 150 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_native_backends.py tests/test_lora_op.py \
-      -k "native or cuda or leading_dimensions" > "$OUT/gpu_native_tests.log" 2>&1
-    echo "native pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_native_tests.log" | tail -8
-    LOWPEFT_AUTOTUNE=0 timeout 150 python3 benchmarks/bench_lora.py --cases "$CASES" --modes forward+backward \
-      --timing graph --providers frozen,lowpeft,lowpeft_cuda,eager \
-      --json "$OUT/lora_h100_fold.json" --md "$OUT/lora_h100_fold.md" > "$OUT/lora_bench.log" 2>&1
-    echo "lora bench exit $?"; grep -A8 "^| timing" "$OUT/lora_h100_fold.md" | head -10
     ;;
   epilogue_probe)
     OUT=$OUT timeout 420 python3 benchmarks/diag/fused_epilogue_probe.py > "$OUT/fused_epilogue_probe.log" 2>&1

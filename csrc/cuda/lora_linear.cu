@@ -1,8 +1,7 @@
 // CUDA kernels of lowpeft::native_lora_linear_fwd / _bwd (DESIGN §2) for sm_90: own kernels for the
 // memory-bound LoRA pieces, cuBLAS (through ATen) for the frozen GEMMs with the LoRA term folded in by beta = 1.
-// Without dropout (no mask to apply) the skinny LoRA products are cuBLAS GEMMs, which measured faster on the H100
-// than the reductions below (S: 36 µs against the row-reduce kernel's ~2x at 8192 x 4096, r = 16), and the two
-// folds (y += s·S Bᵀ, dx += dS A) are fold_low_rank.cu's pass for 16-bit dtypes and r ≤ 32.
+// Without dropout (no mask to apply) every LoRA product is instead a skinny cuBLAS GEMM, which measured faster
+// on the H100 than the reductions below (S: 36 µs against the row-reduce kernel's ~2x at 8192 x 4096, r = 16).
 //
 // With dropout:
 //   forward:  S = dropout(x) Aᵀ                    row_reduce_kernel (16-byte loads of x, Philox mask in registers)
@@ -27,7 +26,6 @@
 
 #include "../lowpeft_common.h"
 #include "cuda_common.cuh"
-#include "fold_low_rank.h"
 
 namespace lowpeft::cuda {
 namespace {
@@ -304,7 +302,7 @@ std::tuple<at::Tensor, at::Tensor> lora_linear_fwd(const at::Tensor& x, const at
     // at the bandwidth of one read of x) and the LoRA term is folded into y with beta = 1.
     const at::Tensor shrink = at::linear(x, lora_A);
     at::Tensor y = at::linear(x, weight, bias);
-    fold_low_rank(y, shrink, lora_B, scaling);
+    y.addmm_(shrink, lora_B.t(), 1.0, scaling);
     return {y, shrink};
   }
   // The rank-r operand [s·S | 1 | 0...], padded to a multiple of 8 columns for aligned cuBLAS operands.
@@ -342,10 +340,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lora_line
     // The scaling rides in alpha; addmm with beta = 0 ignores its input (lora_B only lends a shape).
     if (need.dx || need.d_lora_A) {
       const at::Tensor d_shrink = at::addmm(lora_B.select(0, 0), grad_out, lora_B, 0.0, scaling);
-      if (need.dx) {
-        dx = at::mm(grad_out, weight);
-        fold_low_rank(dx, d_shrink, lora_A.t(), 1.0);
-      }
+      if (need.dx) dx = at::mm(grad_out, weight).addmm_(d_shrink, lora_A);
       if (need.d_lora_A) d_lora_A = at::mm(d_shrink.t(), x);
     }
     if (need.d_lora_B) d_lora_B = at::addmm(lora_B, grad_out.t(), shrink, 0.0, scaling);
