@@ -382,3 +382,30 @@ def test_backward_split_count_fills_whole_waves(monkeypatch, T, D, block_t, bloc
     monkeypatch.setattr(kernels, "_multiprocessors", lambda index: 132)
     splits = kernels._t_splits(T, D, block_t, block_d, 1, warps, torch.device("cuda", 0), memory_cap)
     assert splits == expected
+
+
+@pytest.mark.parametrize("backend,device,dtype", backend_params())
+@pytest.mark.parametrize("leading", [(), (5,), (2, 3), (2, 0)], ids=["1-D", "2-D", "3-D", "3-D-empty"])
+def test_any_leading_dimensions_are_flattened_without_graph_nodes(backend, device, dtype, leading):
+    """h [..., dim] of any rank: out and the gradients equal the flattened call's (bit for bit), dh has h's
+    shape, and out is not a view (FSDP2 warns about module outputs that are views): the flattening happens inside
+    the autograd Function (Python or C++), so out's graph node is the op's own."""
+    torch.manual_seed(12)
+    rows = 1
+    for size in leading:
+        rows *= size
+    h = torch.randn(*leading, 24, 2, device=device, dtype=dtype)[..., 0].requires_grad_(True)  # non-contiguous
+    down_weight = (torch.randn(8, 24, device=device, dtype=dtype) / 5).requires_grad_(True)
+    up_weight = (torch.randn(24, 8, device=device, dtype=dtype) / 3).requires_grad_(True)
+    grad = torch.randn(*leading, 24, device=device, dtype=dtype)
+    out = bottleneck_adapter(h, down_weight, None, up_weight, None, "gelu", 0.5, backend=backend)
+    assert out.shape == h.shape and out._base is None
+    assert "View" not in type(out.grad_fn).__name__ and "BottleneckAdapter" in out.grad_fn.name()
+    dh, d_down, d_up = torch.autograd.grad(out, [h, down_weight, up_weight], grad)
+    assert dh.shape == h.shape
+    h_rows = h.detach().reshape(rows, 24).requires_grad_(True)
+    out_rows = bottleneck_adapter(h_rows, down_weight, None, up_weight, None, "gelu", 0.5, backend=backend)
+    expected = torch.autograd.grad(out_rows, [h_rows, down_weight, up_weight], grad.reshape(rows, 24))
+    torch.testing.assert_close(out.reshape(rows, 24), out_rows, rtol=0, atol=0)
+    for got, want in zip((dh.reshape(rows, 24), d_down, d_up), expected):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -10,6 +10,8 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "rows.h"
+
 namespace lowpeft {
 namespace {
 
@@ -44,13 +46,15 @@ class BottleneckAdapterFunction : public torch::autograd::Function<BottleneckAda
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& h, const at::Tensor& down_weight,
                             const std::optional<at::Tensor>& down_bias, const at::Tensor& up_weight,
                             const std::optional<at::Tensor>& up_bias, c10::string_view activation, double scale) {
-    auto [out, z] = forward_op().call(h, down_weight, down_bias, up_weight, up_bias, activation, scale);
-    ctx->save_for_backward({h, down_weight, present(down_bias) ? *down_bias : at::Tensor(), up_weight, z});
+    const at::Tensor h_rows = rows_of("native_bottleneck_adapter", "h", h);
+    auto [out, z] = forward_op().call(h_rows, down_weight, down_bias, up_weight, up_bias, activation, scale);
+    ctx->save_for_backward({h_rows, down_weight, present(down_bias) ? *down_bias : at::Tensor(), up_weight, z});
+    ctx->saved_data["h_shape"] = h.sizes().vec();
     ctx->saved_data["activation"] = std::string(activation.data(), activation.size());
     ctx->saved_data["scale"] = scale;
     ctx->saved_data["has_down_bias"] = present(down_bias);
     ctx->saved_data["has_up_bias"] = present(up_bias);
-    return out;
+    return shaped_like(out, h.sizes(), h.size(-1));
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
@@ -69,6 +73,7 @@ class BottleneckAdapterFunction : public torch::autograd::Function<BottleneckAda
       return {empty, empty, empty, empty, empty, empty, empty};
     }
     at::Tensor grad = grad_outputs[0];
+    grad = grad.dim() == 2 ? grad : grad.reshape({-1, grad.size(-1)});
     if (grad.size(1) > 1 && grad.stride(1) != 1) grad = grad.contiguous();
     const std::optional<at::Tensor> down_bias = has_down_bias ? std::optional<at::Tensor>(saved[2]) : std::nullopt;
     const std::string activation = ctx->saved_data["activation"].toStringRef();
@@ -76,6 +81,10 @@ class BottleneckAdapterFunction : public torch::autograd::Function<BottleneckAda
     auto [dh, d_down_weight, d_down_bias, d_up_weight, d_up_bias] =
         backward_op().call(grad, saved[0], saved[1], down_bias, saved[3], saved[4], activation,
                            ctx->saved_data["scale"].toDouble(), needs);
+    if (need_dh) {
+      const std::vector<int64_t> h_shape = ctx->saved_data["h_shape"].toIntVector();
+      if (h_shape.size() != 2) dh = at::_unsafe_view(dh, h_shape);
+    }
     return {need_dh ? dh : empty,
             need_d_down_weight ? d_down_weight : empty,
             need_d_down_bias ? d_down_bias : empty,
@@ -98,7 +107,9 @@ at::Tensor bottleneck_adapter_forward_only(const at::Tensor& h, const at::Tensor
                                            const std::optional<at::Tensor>& down_bias, const at::Tensor& up_weight,
                                            const std::optional<at::Tensor>& up_bias, c10::string_view activation,
                                            double scale) {
-  return std::get<0>(forward_op().call(h, down_weight, down_bias, up_weight, up_bias, activation, scale));
+  const at::Tensor out = std::get<0>(forward_op().call(rows_of("native_bottleneck_adapter", "h", h), down_weight,
+                                                       down_bias, up_weight, up_bias, activation, scale));
+  return shaped_like(out, h.sizes(), h.size(-1));
 }
 
 }  // namespace

@@ -11,6 +11,8 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "rows.h"
+
 namespace lowpeft {
 namespace {
 
@@ -36,29 +38,12 @@ const c10::TypedOperatorHandle<BackwardFn>& backward_op() {
   return op;
 }
 
-// x [..., in] as the backend ops' [T, in] (a view where the strides allow), and y [T, out] back as [..., out].
-// Inside the autograd Function these reshapes record no graph nodes (from Python they were two view nodes and
-// two dispatcher calls per layer call); _unsafe_view keeps y from being a view of a temporary (FSDP2 warns about
-// module outputs that are views).
-at::Tensor rows_of(const at::Tensor& x) {
-  TORCH_CHECK_VALUE(x.dim() >= 1, "native_lora_linear: x: expected at least 1 dimension [..., in_features], got a "
-                    "0-d tensor");
-  return x.dim() == 2 ? x : x.reshape({-1, x.size(-1)});
-}
-
-at::Tensor shaped_like(const at::Tensor& rows, at::IntArrayRef x_shape, int64_t last) {
-  if (x_shape.size() == 2) return rows;
-  std::vector<int64_t> shape(x_shape.begin(), x_shape.end() - 1);
-  shape.push_back(last);
-  return at::_unsafe_view(rows, shape);
-}
-
 class LoraLinearFunction : public torch::autograd::Function<LoraLinearFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
                             const std::optional<at::Tensor>& bias, const at::Tensor& lora_A, const at::Tensor& lora_B,
                             double scaling, double dropout_p, int64_t seed) {
-    const at::Tensor x_rows = rows_of(x);
+    const at::Tensor x_rows = rows_of("native_lora_linear", "x", x);
     auto [y, shrink] = forward_op().call(x_rows, weight, bias, lora_A, lora_B, scaling, dropout_p, seed);
     ctx->save_for_backward({x_rows, weight, lora_A, lora_B, shrink});
     ctx->saved_data["scaling"] = scaling;
@@ -108,7 +93,7 @@ at::Tensor lora_linear_autograd(const at::Tensor& x, const at::Tensor& weight, c
 at::Tensor lora_linear_forward_only(const at::Tensor& x, const at::Tensor& weight,
                                     const std::optional<at::Tensor>& bias, const at::Tensor& lora_A,
                                     const at::Tensor& lora_B, double scaling, double dropout_p, int64_t seed) {
-  const at::Tensor y = std::get<0>(forward_op().call(rows_of(x), weight, bias, lora_A, lora_B, scaling, dropout_p,
+  const at::Tensor y = std::get<0>(forward_op().call(rows_of("native_lora_linear", "x", x), weight, bias, lora_A, lora_B, scaling, dropout_p,
                                                      seed));
   return shaped_like(y, x.sizes(), weight.size(0));
 }

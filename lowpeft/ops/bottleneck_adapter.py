@@ -181,20 +181,28 @@ class _EagerBottleneckAdapter(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h, down_weight, down_bias, up_weight, up_bias, activation, scale, backend):
-        out, z = _FORWARD[backend](h, down_weight, down_bias, up_weight, up_bias, activation, scale)
-        _setup_context(ctx, (h, down_weight, down_bias, up_weight, up_bias, activation, scale, backend), (out, z))
-        return out, z
+        # h [..., dim] is flattened here, inside the Function, so the graph gets no reshape nodes; out comes back
+        # through _unsafe_view, not as a view (FSDP2 warns about module outputs that are views).
+        h_rows = h if h.dim() == 2 else h.reshape(-1, h.shape[-1])
+        out, z = _FORWARD[backend](h_rows, down_weight, down_bias, up_weight, up_bias, activation, scale)
+        _setup_context(ctx, (h_rows, down_weight, down_bias, up_weight, up_bias, activation, scale, backend),
+                       (out, z))
+        ctx.h_shape = h.shape
+        return (out if h.dim() == 2 else torch.ops.aten._unsafe_view(out, h.shape)), z
 
     @staticmethod
     def backward(ctx, grad_out, grad_z):
         h, down_weight, down_bias, up_weight, z = ctx.saved_tensors
         if not any(ctx.needs):
             return (None,) * 8
-        grads = _BACKWARD[ctx.backend](
+        grad_out = grad_out if grad_out.dim() == 2 else grad_out.reshape(-1, grad_out.shape[-1])
+        dh, *weight_grads = _BACKWARD[ctx.backend](
             grad_out.contiguous() if grad_out.stride(-1) != 1 else grad_out,
             h, down_weight, down_bias, up_weight, z, ctx.activation, ctx.scale, ctx.needs,
         )
-        return tuple(grads) + (None, None, None)
+        if dh is not None and len(ctx.h_shape) != 2:
+            dh = torch.ops.aten._unsafe_view(dh, ctx.h_shape)
+        return (dh, *weight_grads, None, None, None)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -271,21 +279,23 @@ def bottleneck_adapter(
             f"down_weight: the triton backend takes a bottleneck of at most {MAX_TRITON_BOTTLENECK}, got "
             f"{down_weight.shape[0]} (use backend='torch' or a narrower bottleneck)"
         )
-    leading = h.shape[:-1]
-    h2 = h.reshape(-1, h.shape[-1])
-    if torch.compiler.is_compiling():
-        out, _ = torch.ops.lowpeft.bottleneck_adapter(
-            h2, down_weight, down_bias, up_weight, up_bias, activation, float(scale), name
-        )
-    elif name in _dispatch.COMPILED_BACKENDS:
+    compiling = torch.compiler.is_compiling()
+    if not compiling and name in _dispatch.COMPILED_BACKENDS:
         # lowpeft::native_bottleneck_adapter's autograd is C++ (csrc/autograd/bottleneck_adapter.cpp): one
-        # dispatcher call forward, no Python in the backward.
+        # dispatcher call forward, no Python in the backward, and h of any rank flattened there.
         _extension.load()
-        out = torch.ops.lowpeft.native_bottleneck_adapter(
-            h2, down_weight, down_bias, up_weight, up_bias, activation, float(scale)
+        return torch.ops.lowpeft.native_bottleneck_adapter(
+            h, down_weight, down_bias, up_weight, up_bias, activation, float(scale)
         )
-    else:
+    if not compiling:
         out, _ = _EagerBottleneckAdapter.apply(
-            h2, down_weight, down_bias, up_weight, up_bias, activation, float(scale), name
+            h, down_weight, down_bias, up_weight, up_bias, activation, float(scale), name
         )
-    return out.reshape(*leading, h.shape[-1])
+        return out
+    flat = h.dim() == 2
+    h2 = h if flat else h.reshape(-1, h.shape[-1])
+    out, _ = torch.ops.lowpeft.bottleneck_adapter(
+        h2, down_weight, down_bias, up_weight, up_bias, activation, float(scale), name
+    )
+    # A 2-D input gets the op's own output (not a view: FSDP2 warns about module outputs that are views).
+    return out if flat else out.reshape(*h.shape[:-1], h.shape[-1])
