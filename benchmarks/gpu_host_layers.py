@@ -48,11 +48,14 @@ def main():
     eager_dropout = EagerLoRALinear(torch.nn.Linear(64, 64, bias=False, device=dev, dtype=dt), 16, 32.0, 0.1)
     module_dropout = LoRALinear.from_linear(torch.nn.Linear(64, 64, bias=False, device=dev, dtype=dt), r=16,
                                             alpha=32.0, dropout=0.1)
+    def trainable(layer):
+        return [p for p in layer.parameters() if p.requires_grad]
+
     cases = {
         "nn.Linear": (base, x3, g3, [x3]),
-        "eager LoRA p=0.1": (eager_dropout, x3, g3, [x3] + [p for p in eager_dropout.parameters() if p.requires_grad]),
-        "LoRALinear p=0.1": (module_dropout, x3, g3, [x3] + [p for p in module_dropout.parameters() if p.requires_grad]),
-        "eager LoRA": (eager, x3, g3, [x3] + [p for p in eager.parameters() if p.requires_grad]),
+        "eager LoRA p=0.1": (eager_dropout, x3, g3, [x3] + trainable(eager_dropout)),
+        "LoRALinear p=0.1": (module_dropout, x3, g3, [x3] + trainable(module_dropout)),
+        "eager LoRA": (eager, x3, g3, [x3] + trainable(eager)),
         "LoRALinear": (module, x3, g3, leaves3),
         "ops.lora_linear (2-D)": (op, x2, g2, leaves2),
         "native_lora_linear (2-D)": (native, x2, g2, leaves2),

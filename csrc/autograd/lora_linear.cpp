@@ -93,8 +93,8 @@ at::Tensor lora_linear_autograd(const at::Tensor& x, const at::Tensor& weight, c
 at::Tensor lora_linear_forward_only(const at::Tensor& x, const at::Tensor& weight,
                                     const std::optional<at::Tensor>& bias, const at::Tensor& lora_A,
                                     const at::Tensor& lora_B, double scaling, double dropout_p, int64_t seed) {
-  const at::Tensor y = std::get<0>(forward_op().call(rows_of("native_lora_linear", "x", x), weight, bias, lora_A, lora_B, scaling, dropout_p,
-                                                     seed));
+  const at::Tensor y = std::get<0>(
+      forward_op().call(rows_of("native_lora_linear", "x", x), weight, bias, lora_A, lora_B, scaling, dropout_p, seed));
   return shaped_like(y, x.sizes(), weight.size(0));
 }
 

@@ -130,8 +130,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lora_line
     }
     if (need.dx) dx.addmm_(grad_out, weight);
   }
-  return {or_not_needed(dx, x), or_not_needed(d_lora_A, x), or_not_needed(d_lora_B, x), need.d_weight ? at::mm(grad_out.t(), x) : not_needed(x),
-          need.d_bias ? grad_out.sum(0) : not_needed(x)};
+  return {or_not_needed(dx, x), or_not_needed(d_lora_A, x), or_not_needed(d_lora_B, x),
+          need.d_weight ? at::mm(grad_out.t(), x) : not_needed(x), need.d_bias ? grad_out.sum(0) : not_needed(x)};
 }
 
 }  // namespace

@@ -287,7 +287,7 @@ def _check_inputs(x, weight, bias, lora_A, lora_B, scaling, dropout_p):
     if not isinstance(x, Tensor):
         raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
     if x.dim() < 1:
-        raise ValueError(f"x: expected at least 1 dimension [..., in_features], got a 0-d tensor")
+        raise ValueError("x: expected at least 1 dimension [..., in_features], got a 0-d tensor")
     _check_tensor("weight", weight, 2, "[out_features, in_features]")
     _check_tensor("lora_A", lora_A, 2, "[r, in_features]")
     _check_tensor("lora_B", lora_B, 2, "[out_features, r]")
