@@ -62,6 +62,20 @@ adapter_bench_both_timings() {
     --providers floor,triton,cuda,eager --json "$OUT/$1.json" --md "$OUT/$1.md" > "$OUT/$1.log" 2>&1
   echo "adapter bench exit $?"; grep "^| " "$OUT/$1.md" | cut -c1-300
 }
+# The ~1B Llama benchmark: dropout $1, $2 steps, at most $3 s, into $OUT/$4.{json,md} (log $OUT/$4.log).
+model_bench_1b() {
+  timeout "$3" python3 -m lowpeft bench model --preset 1b --steps "$2" --dropout "$1" --no-progress \
+    --json "$OUT/$4.json" --md "$OUT/$4.md" > "$OUT/$4.log" 2>&1
+  echo "model bench exit $?"; tail -16 "$OUT/$4.md"
+}
+# The six DESIGN §5 LoRA cases, forward + backward, launched and graph-replayed, every provider, into
+# $OUT/lora_h100_graphs.{json,md} (log $OUT/lora_bench.log).
+lora_cases_both_timings() {
+  LOWPEFT_AUTOTUNE=0 timeout 240 python3 benchmarks/bench_lora.py --cases "$CASES" --modes forward+backward \
+    --timing launch,graph --providers frozen,lowpeft,lowpeft_cuda,eager,compile,peft \
+    --json "$OUT/lora_h100_graphs.json" --md "$OUT/lora_h100_graphs.md" > "$OUT/lora_bench.log" 2>&1
+  echo "lora bench exit $?"; grep -A16 "^| timing" "$OUT/lora_h100_graphs.md" | head -18
+}
 # tests/test_triton_lora.py in full with one kernel config per family (a new shape costs a compile, not a tuning
 # sweep) and 3 hypothesis examples, into $OUT/$1.log.
 triton_lora_tests_untuned() {
@@ -89,9 +103,7 @@ case "${1:-layers}" in
       tests/test_lora_op.py -k "(native or cuda) and not bad_input and not gpu_fixed" > "$OUT/gpu_native_tests.log" 2>&1
     echo "native pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed|^E |Error" "$OUT/gpu_native_tests.log" | head -30
     bad_input_tests_with_native_stack
-    timeout 330 python3 -m lowpeft bench model --preset 1b --steps 50 --dropout 0 --no-progress \
-      --json "$OUT/model_1b_h100.json" --md "$OUT/model_1b_h100.md" > "$OUT/model_bench.log" 2>&1
-    echo "model bench exit $?"; tail -16 "$OUT/model_1b_h100.md"
+    model_bench_1b 0 50 330 model_1b_h100
     ;;
   checks)
     LOWPEFT_AUTOTUNE=0 timeout 170 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_lora_op.py \
@@ -100,9 +112,7 @@ case "${1:-layers}" in
     LOWPEFT_HYPOTHESIS_EXAMPLES=2 timeout 90 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_adapter_op.py \
       -k "cuda" > "$OUT/gpu_adapter_tests.log" 2>&1
     echo "adapter pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_adapter_tests.log" | tail -12
-    timeout 170 python3 -m lowpeft bench model --preset 1b --steps 30 --dropout 0.05 --no-progress \
-      --json "$OUT/model_1b_h100_dropout.json" --md "$OUT/model_1b_h100_dropout.md" > "$OUT/model_bench_dropout.log" 2>&1
-    echo "model bench exit $?"; grep -E "^\| (lowpeft|peft|eager|frozen)|^- dropout" "$OUT/model_1b_h100_dropout.md"
+    model_bench_1b 0.05 30 170 model_1b_h100_dropout
     ;;
   stacks)
     timeout 240 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_peft_interop.py \
@@ -120,9 +130,7 @@ case "${1:-layers}" in
       --providers frozen,lowpeft,lowpeft_cuda,eager,peft,compile \
       --json "$OUT/lora_h100.json" --md "$OUT/lora_h100.md" > "$OUT/lora_bench.log" 2>&1
     echo "lora bench exit $?"; grep -A9 "^| case" "$OUT/lora_h100.md" | head -10
-    timeout 320 python3 -m lowpeft bench model --preset 1b --steps 50 --dropout 0.05 --no-progress \
-      --json "$OUT/model_1b_h100_dropout.json" --md "$OUT/model_1b_h100_dropout.md" > "$OUT/model_bench_dropout.log" 2>&1
-    echo "model bench exit $?"; tail -9 "$OUT/model_1b_h100_dropout.md"
+    model_bench_1b 0.05 50 320 model_1b_h100_dropout
     ;;
   verify)
     timeout 90 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_native_backends.py > "$OUT/gpu_native_tests.log" 2>&1
@@ -155,10 +163,7 @@ case "${1:-layers}" in
     timeout 100 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_lora_op.py tests/test_cli.py \
       -k "cuda_graph or timing" >> "$OUT/gpu_s3_tests.log" 2>&1
     echo "graph pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_s3_tests.log" | tail -4
-    LOWPEFT_AUTOTUNE=0 timeout 240 python3 benchmarks/bench_lora.py --cases "$CASES" --modes forward+backward \
-      --timing launch,graph --providers frozen,lowpeft,lowpeft_cuda,eager,compile,peft \
-      --json "$OUT/lora_h100_graphs.json" --md "$OUT/lora_h100_graphs.md" > "$OUT/lora_bench.log" 2>&1
-    echo "lora bench exit $?"; grep -A16 "^| timing" "$OUT/lora_h100_graphs.md" | head -18
+    lora_cases_both_timings
     adapter_bench_both_timings adapter_h100_graphs
     ;;
   grid)
@@ -172,9 +177,7 @@ case "${1:-layers}" in
     echo "lora grid exit $?"; grep -A18 "^| timing" "$OUT/lora_h100_grid.md" | head -20
     ;;
   model_dropout)
-    timeout 440 python3 -m lowpeft bench model --preset 1b --steps 50 --dropout 0.05 --no-progress \
-      --json "$OUT/model_1b_h100_dropout.json" --md "$OUT/model_1b_h100_dropout.md" > "$OUT/model_bench_dropout.log" 2>&1
-    echo "model bench exit $?"; tail -12 "$OUT/model_1b_h100_dropout.md"
+    model_bench_1b 0.05 50 440 model_1b_h100_dropout
     LOWPEFT_AUTOTUNE=0 timeout 60 python3 benchmarks/bench_lora.py --cases 8192x4096x4096:16:0.1 \
       --modes forward+backward --timing launch,graph --providers frozen,lowpeft,eager \
       --json "$OUT/lora_h100_p01_memory.json" > "$OUT/lora_p01.log" 2>&1
@@ -252,21 +255,14 @@ case "${1:-layers}" in
     echo "native pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_native_tests.log" | tail -8
     timeout 90 python3 benchmarks/gpu_host_layers.py > "$OUT/host_layers.log" 2>&1
     echo "host layers exit $?"; cat "$OUT/host_layers.log" | tail -8
-    timeout 330 python3 -m lowpeft bench model --preset 1b --steps 50 --dropout 0 --no-progress \
-      --json "$OUT/model_1b_h100.json" --md "$OUT/model_1b_h100.md" > "$OUT/model_bench.log" 2>&1
-    echo "model bench exit $?"; tail -16 "$OUT/model_1b_h100.md"
+    model_bench_1b 0 50 330 model_1b_h100
     ;;
   confirm)
     timeout 120 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_native_backends.py \
       -k "not bad_input" > "$OUT/gpu_native_tests.log" 2>&1
     echo "native pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_native_tests.log" | tail -8
-    LOWPEFT_AUTOTUNE=0 timeout 240 python3 benchmarks/bench_lora.py --cases "$CASES" --modes forward+backward \
-      --timing launch,graph --providers frozen,lowpeft,lowpeft_cuda,eager,compile,peft \
-      --json "$OUT/lora_h100_graphs.json" --md "$OUT/lora_h100_graphs.md" > "$OUT/lora_bench.log" 2>&1
-    echo "lora bench exit $?"; grep -A16 "^| timing" "$OUT/lora_h100_graphs.md" | head -18
-    timeout 200 python3 -m lowpeft bench model --preset 1b --steps 50 --dropout 0 --no-progress \
-      --json "$OUT/model_1b_h100.json" --md "$OUT/model_1b_h100.md" > "$OUT/model_bench.log" 2>&1
-    echo "model bench exit $?"; tail -16 "$OUT/model_1b_h100.md"
+    lora_cases_both_timings
+    model_bench_1b 0 50 200 model_1b_h100
     ;;
   epilogue_probe)
     OUT=$OUT timeout 420 python3 benchmarks/diag/fused_epilogue_probe.py > "$OUT/fused_epilogue_probe.log" 2>&1
@@ -283,9 +279,7 @@ case "${1:-layers}" in
       --cases 8192x4096x4096:16:0.1,8192x4096x4096:128:0.1,2048x1024x1024:16:0.1 --providers frozen,lowpeft,eager \
       --json "$OUT/lora_h100_p01.json" --md "$OUT/lora_h100_p01.md" > "$OUT/lora_p01.log" 2>&1
     echo "lora bench exit $?"; grep -A6 "^| timing" "$OUT/lora_h100_p01.md" | head -8
-    timeout 250 python3 -m lowpeft bench model --preset 1b --steps 50 --dropout 0.05 --no-progress \
-      --json "$OUT/model_1b_h100_dropout.json" --md "$OUT/model_1b_h100_dropout.md" > "$OUT/model_bench.log" 2>&1
-    echo "model bench exit $?"; tail -16 "$OUT/model_1b_h100_dropout.md"
+    model_bench_1b 0.05 50 250 model_1b_h100_dropout
     ;;
   probe)
     LOWPEFT_AUTOTUNE=0 timeout 200 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_lora_op.py \

@@ -136,6 +136,23 @@ def host_us_per_call(fn, calls=500, warmup=50):
     return (time.perf_counter() - start) / calls * 1e6
 
 
+def kernel_table(step, steps):
+    """CUDA kernels of `steps` back-to-back step() calls under torch.profiler: [(µs per step, calls per step,
+    kernel name)], the most expensive first."""
+    from torch.autograd import DeviceType
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    per_kernel = {}
+    for event in prof.events():
+        if event.device_type == DeviceType.CUDA:
+            count, us = per_kernel.get(event.name, (0, 0.0))
+            per_kernel[event.name] = (count + 1, us + event.time_range.elapsed_us())
+    return sorted(((us / steps, count / steps, kernel) for kernel, (count, us) in per_kernel.items()), reverse=True)
+
+
 def host_times():
     """Per-call wall time of a forward + backward at a launch-bound size (16 x 64 -> 64): host work only."""
     from lowpeft import LoRALinear

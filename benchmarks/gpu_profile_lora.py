@@ -12,13 +12,11 @@ import json
 import os
 import pstats
 import sys
-from collections import defaultdict
 
 import torch
-from torch.autograd import DeviceType
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from gpu_probe_components import host_us_per_call  # noqa: E402  (this script's folder is on sys.path)
+from gpu_probe_components import host_us_per_call, kernel_table  # noqa: E402  (this script's folder is on sys.path)
 from lowpeft import LoRALinear  # noqa: E402
 from lowpeft.bench.adapter import eager_adapter, make_inputs  # noqa: E402
 from lowpeft.bench.lora import eager_lora  # noqa: E402
@@ -33,16 +31,7 @@ def kernel_profile(name, step, steps=10):
     for _ in range(5):
         step()
     torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(steps):
-            step()
-        torch.cuda.synchronize()
-    per_kernel = defaultdict(lambda: [0, 0.0])
-    for event in prof.events():
-        if event.device_type == DeviceType.CUDA:
-            per_kernel[event.name][0] += 1
-            per_kernel[event.name][1] += event.time_range.elapsed_us()
-    table = sorted(((us / steps, count / steps, kernel) for kernel, (count, us) in per_kernel.items()), reverse=True)
+    table = kernel_table(step, steps)
     total = sum(us for us, _, _ in table)
     print(f"\n## {name}: {total:.1f} us of kernels per step")
     for us, count, kernel in table:

@@ -10,12 +10,11 @@ import os
 import statistics
 import sys
 import time
-from collections import defaultdict
 
 import torch
-from torch.autograd import DeviceType
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from gpu_probe_components import kernel_table  # noqa: E402  (this script's folder is on sys.path)
 from lowpeft.bench.model import PRESETS, _apply_provider, build_llama  # noqa: E402
 
 
@@ -44,17 +43,7 @@ def profile_provider(provider, preset, dropout, steps=3, timed=8):
         step()
         torch.cuda.synchronize()
         walls.append(1e3 * (time.perf_counter() - start))
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(steps):
-            step()
-        torch.cuda.synchronize()
-    per_kernel = defaultdict(lambda: [0, 0.0])
-    for event in prof.events():
-        if event.device_type == DeviceType.CUDA:
-            per_kernel[event.name][0] += 1
-            per_kernel[event.name][1] += event.time_range.elapsed_us()
-    table = sorted(((us / steps / 1e3, count / steps, kernel) for kernel, (count, us) in per_kernel.items()),
-                   reverse=True)
+    table = [(us / 1e3, count, kernel) for us, count, kernel in kernel_table(step, steps)]
     kernel_ms = sum(ms for ms, _, _ in table)
     wall_ms = statistics.median(walls)
     print(f"\n## {provider} p={dropout:g}: step {wall_ms:.1f} ms wall, {kernel_ms:.1f} ms of kernels "
