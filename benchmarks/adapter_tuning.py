@@ -20,7 +20,7 @@ SHAPES = ((8192, 4096), (4096, 1024), (16384, 8192))
 BOTTLENECKS = (16, 64, 256)
 # (BLOCK_T, BLOCK_D, num_warps, num_stages), each tried with split factors 1 and 2.
 COLUMN_TILES = ((64, 128, 8, 3), (64, 128, 4, 3), (32, 128, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (64, 64, 4, 4),
-                (32, 64, 4, 4), (128, 64, 8, 3), (32, 32, 4, 4), (64, 256, 8, 3))
+                (32, 64, 4, 4), (128, 64, 8, 3), (32, 32, 4, 4), (64, 256, 8, 3), (64, 32, 4, 3), (64, 128, 8, 4))
 SPLIT_FACTORS = (1, 2)
 
 
@@ -79,11 +79,15 @@ def sweep_columns(inputs, tokens, dim, bottleneck):
 def main():
     torch.manual_seed(0)
     print(f"device {torch.cuda.get_device_name()}  torch {torch.__version__}")
-    for (tokens, dim), bottleneck in itertools.product(SHAPES, BOTTLENECKS):
+    cases = list(itertools.product(SHAPES, BOTTLENECKS))
+    if len(sys.argv) > 1:  # e.g. 8192x4096x64 4096x1024x16: only these cases
+        cases = [((int(t), int(d)), int(m)) for t, d, m in (arg.split("x") for arg in sys.argv[1:])]
+    for (tokens, dim), bottleneck in cases:
         inputs = make_inputs(tokens, dim, bottleneck, torch.bfloat16, "cuda")
         print(f"== {tokens}x{dim} M={bottleneck}")
         profile_step(inputs)
-        print(f"    forward autotuned: {kernels._forward_kernel.best_config}")
+        print(f"    down autotuned: {kernels._down_kernel.best_config}")
+        print(f"    up autotuned: {kernels._up_kernel.best_config}")
         print(f"    backward_rows autotuned: {kernels._backward_rows_kernel.best_config}")
         sweep_columns(inputs, tokens, dim, bottleneck)
         del inputs

@@ -36,6 +36,8 @@
 #                                    layer cases; the ~1B Llama benchmark at dropout 0.05
 #   benchmarks/gpu_final.sh epilogue_probe  build; can a persistent TMA GEMM carry the LoRA term at cuBLAS speed
 #                                    (benchmarks/diag/fused_epilogue_probe.py)
+#   benchmarks/gpu_final.sh adapter_split  build; the adapter op and native adapter tests on the GPU; per-kernel
+#                                    times and the column-tile sweep (adapter_tuning.py); the adapter benchmark
 # Every step has its own time limit so one slow step cannot starve the rest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -190,6 +192,17 @@ case "${1:-layers}" in
     LOWPEFT_AUTOTUNE=0 LOWPEFT_HYPOTHESIS_EXAMPLES=8 timeout 300 python3 -m pytest -q -p no:cacheprovider -rfE \
       tests/test_lora_op.py -k "not gpu_fixed" > "$OUT/gpu_lora_op_tests.log" 2>&1
     echo "lora_op pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_lora_op_tests.log" | tail -8
+    ;;
+  adapter_split)
+    LOWPEFT_HYPOTHESIS_EXAMPLES=3 timeout 150 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_adapter_op.py \
+      > "$OUT/gpu_adapter_tests.log" 2>&1
+    echo "adapter pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_adapter_tests.log" | tail -12
+    timeout 90 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_native_backends.py -k "adapter or leading" \
+      > "$OUT/gpu_native_adapter_tests.log" 2>&1
+    echo "native adapter pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_native_adapter_tests.log" | tail -6
+    timeout 150 python3 benchmarks/adapter_tuning.py 8192x4096x64 8192x4096x16 4096x1024x64 > "$OUT/adapter_tuning.log" 2>&1
+    echo "adapter tuning exit $?"; cat "$OUT/adapter_tuning.log" | cut -c1-160
+    adapter_bench_both_timings adapter_h100_graphs
     ;;
   adapter_search)
     timeout 120 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_native_backends.py -k "adapter" \

@@ -2,19 +2,23 @@
 # out = h + s · (act(h W_downᵀ + b_down) W_upᵀ + b_up) and its backward, no [T, D] temporary reaching memory.
 #
 # Kernels (no autograd, no nn; called by lowpeft/ops/bottleneck_adapter.py):
-#   forward        one program per block of rows: pass 1 over D builds z [BT, M] in registers (saved, float32),
-#                  pass 2 over D re-reads the row block of h (meant as an L2 hit: the block was read
-#                  microseconds before; on the H100 it runs at ~2x the one-read ideal, see
-#                  benchmarks/NOTES_adapter.md) and writes out.
+#   down           one program per block of rows: z = h W_downᵀ + b_down over all of D (saved, float32) and
+#                  a = act(z) in h's dtype ([T, M], for the up kernel). One read of h.
+#   up             one program per [rows × columns] tile: out = h + s · (a W_upᵀ + b_up). One read of h, one write.
 #   backward_rows  one program per block of rows: da = s · g W_up over all of D, then dz = da ⊙ act'(z) and
 #                  a = act(z), both written as [T, M] in the dot operand dtype. One read of g.
-#   backward_cols  a (D-chunk × T-split) grid: reads g and h once, writes dh = g + dz W_down and keeps the four
-#                  weight / bias gradients of its D chunk as float32 accumulators over its T range, written
-#                  as one split-T partial; `reduce` then sums the partials in a fixed order (deterministic).
-# Trade-off: a single row-block pass cannot produce the weight gradients (they reduce over T while dz needs a
-# reduction over all of D first) without per-row-block partials as large as h itself, so the backward reads g
-# twice (≈ 6 passes over a [T, D] tensor for forward + backward against 4 for the copy floor) and keeps the
-# partials small (splits × D × M); the [T, M] tensors a and dz are re-read once per D chunk, from L2.
+#   backward_g_cols, backward_h_cols
+#                  a (D-chunk × T-split) grid each: the first reads g once, writes dh = g + dz W_down and keeps
+#                  dW_up, db_up of its D chunk as float32 accumulators over its T range; the second reads h once
+#                  for dW_down (and db_down). Both write split-T partials that `reduce` sums in a fixed order
+#                  (deterministic).
+# Trade-off: z needs a reduction over all of D before any output column can be written, so neither direction
+# can be one pass. The forward reads h twice (6 passes over a [T, D] tensor for forward + backward against 4 for
+# the copy floor): a single kernel that kept the row block for its second pass ran at ~2x the one-read ideal
+# on the H100 (the re-read missed L2) and used a program per row block only. The backward's weight gradients
+# reduce over T while dz needs all of D, hence the split-T partials (splits × D × M, small next to h); dW_up and
+# dW_down live in separate kernels so each keeps one accumulator in registers (one kernel holding both spilled,
+# benchmarks/NOTES_adapter.md). The [T, M] tensors a and dz are re-read once per D chunk, from L2.
 # Bottleneck widths are padded to a power of two ≥ 16 with masks; all offsets along T are 64-bit.
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._tuning import ceil_div, launch_autotuned, next_power_of_2
+from ._tuning import autotuning, ceil_div, launch_autotuned, next_power_of_2
 
 __all__ = ["bottleneck_adapter_fwd", "bottleneck_adapter_bwd", "ACTIVATION_CODES", "MAX_BOTTLENECK"]
 
@@ -82,20 +86,38 @@ def prune_row_block_configs(configs, named_args, **kwargs):
     return fitting
 
 
+def up_tile_configs():
+    """Candidates for the up kernel's [BLOCK_T, BLOCK_D] output tiles (one read of h, one write of out, a
+    K = M dot): memory-bound, so wide column blocks for 16-byte accesses; autotuned per (bucketed T, D, padded M)."""
+    if _interpreting():
+        return [triton.Config({"BLOCK_T": 16, "BLOCK_D": 32}, num_warps=4, num_stages=1)]
+    return [
+        triton.Config({"BLOCK_T": 64, "BLOCK_D": 128}, num_warps=4, num_stages=2),
+        triton.Config({"BLOCK_T": 32, "BLOCK_D": 256}, num_warps=4, num_stages=2),
+        triton.Config({"BLOCK_T": 128, "BLOCK_D": 128}, num_warps=8, num_stages=2),
+        triton.Config({"BLOCK_T": 64, "BLOCK_D": 256}, num_warps=8, num_stages=2),
+        triton.Config({"BLOCK_T": 32, "BLOCK_D": 64}, num_warps=4, num_stages=2),
+    ]
+
+
+def prune_up_tile_configs(configs, named_args, **kwargs):
+    """Keep tiles whose a [BLOCK_T, M] and W_up [M, BLOCK_D] operands stay within about 48 KB (M = 256 takes
+    the small last tile); LOWPEFT_AUTOTUNE=0 then keeps the first that fits."""
+    block_m = kwargs.get("BLOCK_M", named_args.get("BLOCK_M"))
+    kept = [c for c in configs if block_m * (c.kwargs["BLOCK_T"] + c.kwargs["BLOCK_D"]) <= 24576] or configs[-1:]
+    return kept if autotuning() else kept[:1]
+
+
 def column_block_config(T: int, D: int, M_pad: int, element_size: int = 2):
-    """Tile of backward_cols: (BLOCK_T, BLOCK_D, num_warps, num_stages, split factor). The fastest of the H100
-    sweep in benchmarks/adapter_tuning.py (bf16; benchmarks/results/adapter_tuning_h100.log): 64 rows × 128
-    columns up to D = 4096 and 64 columns beyond; 8 warps only for the 128-column tile with M ≥ 64;
-    bottlenecks above 64 take 32 × 64 tiles (the two [BLOCK_D, M] float32 accumulators must stay in registers)
-    and a split factor of 2 (a wider range of split counts for _t_splits to choose from). 4- and 8-byte elements
-    take fewer rows per step so the pipeline fits in shared memory."""
+    """Tile of the two backward column kernels: (BLOCK_T, BLOCK_D, num_warps, num_stages, split factor). Each
+    keeps one [BLOCK_D, M] float32 accumulator (dW_up or dW_down), so BLOCK_D × M stays at or under 8192
+    (32 KB of registers): 128 columns up to M = 64, fewer above; 8 warps once the accumulator is that large.
+    4- and 8-byte elements take fewer rows per step so the pipeline fits in shared memory."""
     if _interpreting():
         return 16, 32, 4, 1, 1
-    if M_pad > 64:
-        return max(16, 64 // element_size), 64, 4, 4, 2
-    block_d = 128 if D <= 4096 and element_size <= 4 else 64
-    warps = 8 if block_d == 128 and M_pad >= 64 else 4
-    return {2: 64, 4: 32}.get(element_size, 16), block_d, warps, 3, 1
+    block_d = min(128, 8192 // M_pad)
+    warps = 8 if block_d * M_pad >= 8192 else 4
+    return {2: 64, 4: 32}.get(element_size, 16), block_d, warps, 3, 1 if M_pad <= 64 else 2
 
 
 @functools.lru_cache(maxsize=None)
@@ -190,13 +212,11 @@ def _dot(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 @triton.autotune(configs=row_block_configs(), key=["T_BUCKET", "D", "BLOCK_M"],
                  prune_configs_by={"early_config_prune": prune_row_block_configs})
 @triton.jit(do_not_specialize=["T", "M", "T_BUCKET"])
-def _forward_kernel(
-    h_ptr, down_w_ptr, down_b_ptr, up_w_ptr, up_b_ptr, out_ptr, z_ptr,
+def _down_kernel(
+    h_ptr, down_w_ptr, down_b_ptr, z_ptr, a_ptr,
     T, D, M, T_BUCKET,
-    stride_h_t, stride_h_d, stride_dw_m, stride_dw_d, stride_db, stride_uw_d, stride_uw_m, stride_ub,
-    stride_out_t, stride_z_t,
-    scale,
-    HAS_DOWN_BIAS: tl.constexpr, HAS_UP_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
+    stride_h_t, stride_h_d, stride_dw_m, stride_dw_d, stride_db, stride_z_t, stride_a_t,
+    HAS_DOWN_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
     PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -215,22 +235,42 @@ def _forward_kernel(
         z = _dot(h, down_w, z, PRECISION, UPCAST)
     if HAS_DOWN_BIAS:
         z += tl.load(down_b_ptr + cols_m * stride_db, mask=m_mask, other=0.0).to(z.dtype)[None, :]
-    tl.store(z_ptr + rows[:, None] * stride_z_t + cols_m[None, :], z, mask=row_mask[:, None] & m_mask[None, :])
-    # Padded bottleneck columns are forced to zero: an Inf in h makes them Inf · 0 = NaN otherwise.
-    a = tl.where(m_mask[None, :], _activation(z, ACTIVATION), 0.0).to(h_ptr.dtype.element_ty)
-    for d0 in range(0, D, BLOCK_D):
-        cols_d = d0 + tl.arange(0, BLOCK_D)
-        d_mask = cols_d < D
-        up_w = tl.load(up_w_ptr + cols_d[None, :] * stride_uw_d + cols_m[:, None] * stride_uw_m,
-                       mask=d_mask[None, :] & m_mask[:, None], other=0.0)
-        up = _dot(a, up_w, tl.zeros([BLOCK_T, BLOCK_D], dtype=z.dtype), PRECISION, UPCAST)
-        if HAS_UP_BIAS:
-            up += tl.load(up_b_ptr + cols_d * stride_ub, mask=d_mask, other=0.0).to(z.dtype)[None, :]
-        tile_mask = row_mask[:, None] & d_mask[None, :]
-        h = tl.load(h_ptr + rows[:, None] * stride_h_t + cols_d[None, :] * stride_h_d, mask=tile_mask, other=0.0)
-        out = h.to(z.dtype) + scale * up
-        tl.store(out_ptr + rows[:, None] * stride_out_t + cols_d[None, :], out.to(out_ptr.dtype.element_ty),
-                 mask=tile_mask)
+    small_mask = row_mask[:, None] & m_mask[None, :]
+    tl.store(z_ptr + rows[:, None] * stride_z_t + cols_m[None, :], z, mask=small_mask)
+    tl.store(a_ptr + rows[:, None] * stride_a_t + cols_m[None, :],
+             _activation(z, ACTIVATION).to(a_ptr.dtype.element_ty), mask=small_mask)
+
+
+@triton.autotune(configs=up_tile_configs(), key=["T_BUCKET", "D", "BLOCK_M"],
+                 prune_configs_by={"early_config_prune": prune_up_tile_configs})
+@triton.jit(do_not_specialize=["T", "M", "T_BUCKET"])
+def _up_kernel(
+    h_ptr, a_ptr, up_w_ptr, up_b_ptr, out_ptr,
+    T, D, M, T_BUCKET,
+    stride_h_t, stride_h_d, stride_a_t, stride_uw_d, stride_uw_m, stride_ub, stride_out_t,
+    scale,
+    HAS_UP_BIAS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
+    cols_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    row_mask = rows < T
+    d_mask = cols_d < D
+    cols_m = tl.arange(0, BLOCK_M)
+    m_mask = cols_m < M
+    # Padded bottleneck columns load as zero (an Inf in h would make them Inf · 0 = NaN otherwise).
+    a = tl.load(a_ptr + rows[:, None] * stride_a_t + cols_m[None, :], mask=row_mask[:, None] & m_mask[None, :],
+                other=0.0)
+    up_w = tl.load(up_w_ptr + cols_d[None, :] * stride_uw_d + cols_m[:, None] * stride_uw_m,
+                   mask=d_mask[None, :] & m_mask[:, None], other=0.0)
+    up = _dot(a, up_w, tl.zeros([BLOCK_T, BLOCK_D], dtype=ACC), PRECISION, UPCAST)
+    if HAS_UP_BIAS:
+        up += tl.load(up_b_ptr + cols_d * stride_ub, mask=d_mask, other=0.0).to(ACC)[None, :]
+    tile_mask = row_mask[:, None] & d_mask[None, :]
+    h = tl.load(h_ptr + rows[:, None] * stride_h_t + cols_d[None, :] * stride_h_d, mask=tile_mask, other=0.0)
+    out = h.to(ACC) + scale * up
+    tl.store(out_ptr + rows[:, None] * stride_out_t + cols_d[None, :], out.to(out_ptr.dtype.element_ty),
+             mask=tile_mask)
 
 
 @triton.autotune(configs=row_block_configs(), key=["T_BUCKET", "D", "BLOCK_M"],
@@ -266,58 +306,86 @@ def _backward_rows_kernel(
 
 
 @triton.jit(do_not_specialize=["T", "M", "PARTIAL_LEN"])
-def _backward_cols_kernel(
-    g_ptr, h_ptr, down_w_ptr, a_ptr, dz_ptr, dh_ptr, partial_ptr,
+def _backward_g_cols_kernel(
+    g_ptr, down_w_ptr, a_ptr, dz_ptr, dh_ptr, partial_ptr,
     T, D, M, PARTIAL_LEN,
-    stride_g_t, stride_g_d, stride_h_t, stride_h_d, stride_dw_m, stride_dw_d, stride_small_t, stride_dh_t,
+    stride_g_t, stride_g_d, stride_dw_m, stride_dw_d, stride_small_t, stride_dh_t,
     scale,
-    NEED_DH: tl.constexpr, NEED_WEIGHT_GRADS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    NEED_DH: tl.constexpr, NEED_UP_GRADS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    # Grid (D chunk, T split). Partial layout per split (float32):
-    # [dW_down (M × D, row-major) | dW_up (D × M) | db_up (D) | db_down (M)].
+    # Grid (D chunk, T split): dh = g + dz W_down for its tiles, and its split's partials of dW_up = s · gᵀ a and
+    # db_up = s · Σ g. Partial layout per split (float32): [dW_down (M × D) | dW_up (D × M) | db_up (D) | db_down (M)].
     pid_d = tl.program_id(0)
     split = tl.program_id(1)
-    splits = tl.num_programs(1)
-    rows_per_split = tl.cdiv(tl.cdiv(T, splits), BLOCK_T) * BLOCK_T
+    rows_per_split = tl.cdiv(tl.cdiv(T, tl.num_programs(1)), BLOCK_T) * BLOCK_T
     row_start = split.to(tl.int64) * rows_per_split
     row_end = tl.minimum(row_start + rows_per_split, T)
     cols_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     d_mask = cols_d < D
     cols_m = tl.arange(0, BLOCK_M)
     m_mask = cols_m < M
-    down_w = tl.load(down_w_ptr + cols_m[:, None] * stride_dw_m + cols_d[None, :] * stride_dw_d,
-                     mask=m_mask[:, None] & d_mask[None, :], other=0.0)
+    if NEED_DH:
+        down_w = tl.load(down_w_ptr + cols_m[:, None] * stride_dw_m + cols_d[None, :] * stride_dw_d,
+                         mask=m_mask[:, None] & d_mask[None, :], other=0.0)
     d_up_w = tl.zeros([BLOCK_D, BLOCK_M], dtype=ACC)
-    d_down_w = tl.zeros([BLOCK_M, BLOCK_D], dtype=ACC)
     d_up_b = tl.zeros([BLOCK_D], dtype=ACC)
-    d_down_b = tl.zeros([BLOCK_M], dtype=ACC)
     for t0 in range(row_start, row_end, BLOCK_T):
         rows = t0 + tl.arange(0, BLOCK_T)
         row_mask = rows < row_end
         tile_mask = row_mask[:, None] & d_mask[None, :]
         small_mask = row_mask[:, None] & m_mask[None, :]
         g = tl.load(g_ptr + rows[:, None] * stride_g_t + cols_d[None, :] * stride_g_d, mask=tile_mask, other=0.0)
-        dz = tl.load(dz_ptr + rows[:, None] * stride_small_t + cols_m[None, :], mask=small_mask, other=0.0)
         if NEED_DH:
+            dz = tl.load(dz_ptr + rows[:, None] * stride_small_t + cols_m[None, :], mask=small_mask, other=0.0)
             dh = _dot(dz, down_w, g.to(ACC), PRECISION, UPCAST)
             tl.store(dh_ptr + rows[:, None] * stride_dh_t + cols_d[None, :], dh.to(dh_ptr.dtype.element_ty),
                      mask=tile_mask)
-        if NEED_WEIGHT_GRADS:
-            h = tl.load(h_ptr + rows[:, None] * stride_h_t + cols_d[None, :] * stride_h_d, mask=tile_mask, other=0.0)
+        if NEED_UP_GRADS:
             a = tl.load(a_ptr + rows[:, None] * stride_small_t + cols_m[None, :], mask=small_mask, other=0.0)
             d_up_w = _dot(tl.trans(g), a, d_up_w, PRECISION, UPCAST)
-            d_down_w = _dot(tl.trans(dz), h, d_down_w, PRECISION, UPCAST)
             d_up_b += tl.sum(g.to(ACC), axis=0)
-            d_down_b += tl.sum(dz.to(ACC), axis=0)
-    if NEED_WEIGHT_GRADS:
+    if NEED_UP_GRADS:
         base = partial_ptr + split.to(tl.int64) * PARTIAL_LEN
-        tl.store(base + cols_m[:, None] * D + cols_d[None, :], d_down_w, mask=m_mask[:, None] & d_mask[None, :])
         tl.store(base + M * D + cols_d[:, None] * M + cols_m[None, :], d_up_w * scale,
                  mask=d_mask[:, None] & m_mask[None, :])
         tl.store(base + 2 * M * D + cols_d, d_up_b * scale, mask=d_mask)
-        if pid_d == 0:
-            tl.store(base + 2 * M * D + D + cols_m, d_down_b, mask=m_mask)
+
+
+@triton.jit(do_not_specialize=["T", "M", "PARTIAL_LEN"])
+def _backward_h_cols_kernel(
+    h_ptr, dz_ptr, partial_ptr,
+    T, D, M, PARTIAL_LEN,
+    stride_h_t, stride_h_d, stride_small_t,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    # Grid (D chunk, T split) as _backward_g_cols_kernel: its split's partials of dW_down = dzᵀ h and (the first
+    # D chunk) db_down = Σ dz, into the same partial layout.
+    pid_d = tl.program_id(0)
+    split = tl.program_id(1)
+    rows_per_split = tl.cdiv(tl.cdiv(T, tl.num_programs(1)), BLOCK_T) * BLOCK_T
+    row_start = split.to(tl.int64) * rows_per_split
+    row_end = tl.minimum(row_start + rows_per_split, T)
+    cols_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_mask = cols_d < D
+    cols_m = tl.arange(0, BLOCK_M)
+    m_mask = cols_m < M
+    d_down_w = tl.zeros([BLOCK_M, BLOCK_D], dtype=ACC)
+    d_down_b = tl.zeros([BLOCK_M], dtype=ACC)
+    for t0 in range(row_start, row_end, BLOCK_T):
+        rows = t0 + tl.arange(0, BLOCK_T)
+        row_mask = rows < row_end
+        h = tl.load(h_ptr + rows[:, None] * stride_h_t + cols_d[None, :] * stride_h_d,
+                    mask=row_mask[:, None] & d_mask[None, :], other=0.0)
+        dz = tl.load(dz_ptr + rows[:, None] * stride_small_t + cols_m[None, :],
+                     mask=row_mask[:, None] & m_mask[None, :], other=0.0)
+        d_down_w = _dot(tl.trans(dz), h, d_down_w, PRECISION, UPCAST)
+        d_down_b += tl.sum(dz.to(ACC), axis=0)
+    base = partial_ptr + split.to(tl.int64) * PARTIAL_LEN
+    tl.store(base + cols_m[:, None] * D + cols_d[None, :], d_down_w, mask=m_mask[:, None] & d_mask[None, :])
+    if pid_d == 0:
+        tl.store(base + 2 * M * D + D + cols_m, d_down_b, mask=m_mask)
 
 
 @triton.jit(do_not_specialize=["SPLITS", "M", "PARTIAL_LEN"])
@@ -396,25 +464,27 @@ def bottleneck_adapter_fwd(h, down_weight, down_bias, up_weight, up_bias, activa
     z = torch.empty((T, M), dtype=torch.promote_types(h.dtype, torch.float32), device=h.device)
     if T == 0:
         return out, z
-    dummy = z
+    a = torch.empty((T, M), dtype=h.dtype, device=h.device)
     block_m, t_bucket = _padded_bottleneck(M), _t_bucket(T)
-    args = (
-        h, down_weight, dummy if down_bias is None else down_bias, up_weight, dummy if up_bias is None else up_bias,
-        out, z,
-        T, D, M, t_bucket,
-        h.stride(0), h.stride(1), down_weight.stride(0), down_weight.stride(1),
-        0 if down_bias is None else down_bias.stride(0), up_weight.stride(0), up_weight.stride(1),
-        0 if up_bias is None else up_bias.stride(0),
-        out.stride(0), z.stride(0),
-        float(scale),
-    )
-    kwargs = dict(
-        HAS_DOWN_BIAS=down_bias is not None, HAS_UP_BIAS=up_bias is not None,
-        ACTIVATION=ACTIVATION_CODES[activation], PRECISION=dot_precision(h.dtype), UPCAST=_upcast(h.dtype),
-        ACC=_accumulator_dtype(h.dtype), BLOCK_M=block_m,
-    )
+    precision, upcast, acc = dot_precision(h.dtype), _upcast(h.dtype), _accumulator_dtype(h.dtype)
     with _device_context(h):
-        _launch_row_kernel(_forward_kernel, T, ("forward", t_bucket, D, block_m, h.dtype, h.device), args, kwargs)
+        _launch_row_kernel(
+            _down_kernel, T, ("down", t_bucket, D, block_m, h.dtype, h.device),
+            (h, down_weight, z if down_bias is None else down_bias, z, a, T, D, M, t_bucket,
+             h.stride(0), h.stride(1), down_weight.stride(0), down_weight.stride(1),
+             0 if down_bias is None else down_bias.stride(0), z.stride(0), a.stride(0)),
+            dict(HAS_DOWN_BIAS=down_bias is not None, ACTIVATION=ACTIVATION_CODES[activation], PRECISION=precision,
+                 UPCAST=upcast, ACC=acc, BLOCK_M=block_m),
+        )
+        launch_autotuned(
+            _up_kernel, lambda meta: (ceil_div(T, meta["BLOCK_T"]), ceil_div(D, meta["BLOCK_D"])),
+            ("up", t_bucket, D, block_m, h.dtype, h.device),
+            (h, a, up_weight, z if up_bias is None else up_bias, out, T, D, M, t_bucket,
+             h.stride(0), h.stride(1), a.stride(0), up_weight.stride(0), up_weight.stride(1),
+             0 if up_bias is None else up_bias.stride(0), out.stride(0), float(scale)),
+            dict(HAS_UP_BIAS=up_bias is not None, PRECISION=precision, UPCAST=upcast, ACC=acc, BLOCK_M=block_m),
+            prune=prune_up_tile_configs,
+        )
     return out, z
 
 
@@ -424,7 +494,8 @@ def bottleneck_adapter_bwd(grad_out, h, down_weight, down_bias, up_weight, z, ac
     T, D = h.shape
     M = down_weight.shape[0]
     _check_supported(h, M)
-    need_weight_grads = need_d_down_w or need_d_down_b or need_d_up_w or need_d_up_b
+    need_down_grads, need_up_grads = need_d_down_w or need_d_down_b, need_d_up_w or need_d_up_b
+    need_weight_grads = need_down_grads or need_up_grads
     dh = torch.empty((T, D), dtype=h.dtype, device=h.device) if need_dh else None
     weight_grads = None
     if need_weight_grads:
@@ -460,16 +531,24 @@ def bottleneck_adapter_bwd(grad_out, h, down_weight, down_bias, up_weight, z, ac
              float(scale)),
             dict(ACTIVATION=ACTIVATION_CODES[activation], PRECISION=precision, UPCAST=upcast, BLOCK_M=block_m),
         )
-        _backward_cols_kernel[(ceil_div(D, block_d), splits)](
-            grad_out, h, down_weight, a, dz, dh if dh is not None else a, partials,
-            T, D, M, partial_len,
-            grad_out.stride(0), grad_out.stride(1), h.stride(0), h.stride(1),
-            down_weight.stride(0), down_weight.stride(1), a.stride(0), dh.stride(0) if dh is not None else 0,
-            float(scale),
-            NEED_DH=need_dh, NEED_WEIGHT_GRADS=need_weight_grads, PRECISION=precision, UPCAST=upcast,
-            ACC=_accumulator_dtype(h.dtype), BLOCK_M=block_m, BLOCK_T=block_t, BLOCK_D=block_d,
-            num_warps=warps, num_stages=stages,
-        )
+        grid = (ceil_div(D, block_d), splits)
+        acc = _accumulator_dtype(h.dtype)
+        if need_dh or need_up_grads:
+            _backward_g_cols_kernel[grid](
+                grad_out, down_weight, a, dz, dh if dh is not None else a, partials,
+                T, D, M, partial_len,
+                grad_out.stride(0), grad_out.stride(1), down_weight.stride(0), down_weight.stride(1), a.stride(0),
+                dh.stride(0) if dh is not None else 0,
+                float(scale),
+                NEED_DH=need_dh, NEED_UP_GRADS=need_up_grads, PRECISION=precision, UPCAST=upcast,
+                ACC=acc, BLOCK_M=block_m, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps, num_stages=stages,
+            )
+        if need_down_grads:
+            _backward_h_cols_kernel[grid](
+                h, dz, partials, T, D, M, partial_len, h.stride(0), h.stride(1), dz.stride(0),
+                PRECISION=precision, UPCAST=upcast,
+                ACC=acc, BLOCK_M=block_m, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps, num_stages=stages,
+            )
         if need_weight_grads:
             block = 1024
             _reduce_kernel[(ceil_div(partial_len, block),)](
