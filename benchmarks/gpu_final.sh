@@ -194,7 +194,7 @@ case "${1:-layers}" in
     echo "lora_op pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_lora_op_tests.log" | tail -8
     ;;
   adapter_split)
-    LOWPEFT_HYPOTHESIS_EXAMPLES=3 timeout 150 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_adapter_op.py \
+    LOWPEFT_HYPOTHESIS_EXAMPLES=2 timeout 230 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_adapter_op.py \
       > "$OUT/gpu_adapter_tests.log" 2>&1
     echo "adapter pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_adapter_tests.log" | tail -12
     timeout 90 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_native_backends.py -k "adapter or leading" \
