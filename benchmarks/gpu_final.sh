@@ -38,6 +38,8 @@
 #                                    (benchmarks/diag/fused_epilogue_probe.py)
 #   benchmarks/gpu_final.sh adapter_split  build; the adapter op and native adapter tests on the GPU; per-kernel
 #                                    times and the column-tile sweep (adapter_tuning.py); the adapter benchmark
+#   benchmarks/gpu_final.sh adapter_specialized  the adapter kernel probe; per-kernel times; the adapter benchmark;
+#                                    the adapter op tests (stop at the first failure)
 # Every step has its own time limit so one slow step cannot starve the rest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -203,6 +205,17 @@ case "${1:-layers}" in
     timeout 150 python3 benchmarks/adapter_tuning.py 8192x4096x64 8192x4096x16 4096x1024x64 > "$OUT/adapter_tuning.log" 2>&1
     echo "adapter tuning exit $?"; cat "$OUT/adapter_tuning.log" | cut -c1-160
     adapter_bench_both_timings adapter_h100_graphs
+    ;;
+  adapter_specialized)
+    timeout 100 python3 benchmarks/diag/adapter_kernel_probe.py 8192x4096x64 > "$OUT/adapter_kernel_probe.log" 2>&1
+    echo "probe exit $?"; grep -v Warning "$OUT/adapter_kernel_probe.log" | cut -c1-150
+    timeout 120 python3 benchmarks/adapter_tuning.py 8192x4096x64 8192x4096x16 4096x1024x64 16384x8192x64 \
+      > "$OUT/adapter_tuning.log" 2>&1
+    echo "adapter tuning exit $?"; grep -v "Warning\|_warn_once" "$OUT/adapter_tuning.log" | cut -c1-150
+    adapter_bench_both_timings adapter_h100_graphs
+    LOWPEFT_HYPOTHESIS_EXAMPLES=2 timeout 230 python3 -m pytest -x -q -p no:cacheprovider -rfE tests/test_adapter_op.py \
+      > "$OUT/gpu_adapter_tests.log" 2>&1
+    echo "adapter pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed|%" "$OUT/gpu_adapter_tests.log" | tail -6
     ;;
   adapter_search)
     timeout 120 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_native_backends.py -k "adapter" \

@@ -170,7 +170,8 @@ def probe(tokens, dim, bottleneck):
     def h_cols(tile):
         bt, bd, warps, stages = tile
         return kernels._backward_h_cols_kernel[(triton.cdiv(dim, bd), splits_for(tile))](
-            h, dz, partials, tokens, dim, bottleneck, partial_len, h.stride(0), 1, dz.stride(0), PRECISION="ieee",
+            h, dz, partials, tokens, dim, bottleneck, partial_len, h.stride(0), 1, dz.stride(0), NEED_DOWN_W=True,
+            NEED_DOWN_B=True, PRECISION="ieee",
             UPCAST=False, ACC=tl.float32, BLOCK_M=block_m, BLOCK_T=bt, BLOCK_D=bd, num_warps=warps,
             num_stages=stages)
 

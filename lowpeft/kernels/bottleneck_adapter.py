@@ -11,8 +11,8 @@
 #   backward_g_cols, backward_h_cols
 #                  a (D-chunk × T-split) grid each: the first reads g once, writes dh = g + dz W_down and keeps
 #                  dW_up, db_up of its D chunk as float32 accumulators over its T range; the second reads h once
-#                  for dW_down. Both write split-T partials that `reduce` sums in a fixed order (deterministic);
-#                  db_down = Σ dz is a torch sum of the small [T, M] dz.
+#                  for dW_down (and db_down from the small dz). Both write split-T partials that `reduce` sums in a
+#                  fixed order (deterministic).
 # Trade-off: z needs a reduction over all of D before any output column can be written, so neither direction
 # can be one pass. The forward reads h twice and the backward g twice (7 passes over a [T, D] tensor for forward +
 # backward against 4 for the copy floor): a single kernel that kept the row block for its second pass ran at ~2x the one-read ideal
@@ -214,7 +214,7 @@ def _dot(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 # ----------------------------------------------------------------------------------------------------
 @triton.autotune(configs=row_block_configs(), key=["T_BUCKET", "D", "BLOCK_M"],
                  prune_configs_by={"early_config_prune": prune_row_block_configs})
-@triton.jit(do_not_specialize=["T", "M", "T_BUCKET"])
+@triton.jit(do_not_specialize=["T_BUCKET"])
 def _down_kernel(
     h_ptr, down_w_ptr, down_b_ptr, z_ptr, a_ptr,
     T, D, M, T_BUCKET,
@@ -246,7 +246,7 @@ def _down_kernel(
 
 @triton.autotune(configs=up_tile_configs(), key=["T_BUCKET", "D", "BLOCK_M"],
                  prune_configs_by={"early_config_prune": prune_up_tile_configs})
-@triton.jit(do_not_specialize=["T", "M", "T_BUCKET"])
+@triton.jit(do_not_specialize=["T_BUCKET"])
 def _up_kernel(
     h_ptr, a_ptr, up_w_ptr, up_b_ptr, out_ptr,
     T, D, M, T_BUCKET,
@@ -278,7 +278,7 @@ def _up_kernel(
 
 @triton.autotune(configs=row_block_configs(), key=["T_BUCKET", "D", "BLOCK_M"],
                  prune_configs_by={"early_config_prune": prune_row_block_configs})
-@triton.jit(do_not_specialize=["T", "M", "T_BUCKET"])
+@triton.jit(do_not_specialize=["T_BUCKET"])
 def _backward_rows_kernel(
     g_ptr, up_w_ptr, z_ptr, a_ptr, dz_ptr,
     T, D, M, T_BUCKET,
@@ -308,7 +308,7 @@ def _backward_rows_kernel(
              _activation(z, ACTIVATION).to(a_ptr.dtype.element_ty), mask=small_mask)
 
 
-@triton.jit(do_not_specialize=["T", "M", "PARTIAL_LEN"])
+@triton.jit(do_not_specialize=["PARTIAL_LEN"])
 def _backward_g_cols_kernel(
     g_ptr, down_w_ptr, a_ptr, dz_ptr, dh_ptr, partial_ptr,
     T, D, M, PARTIAL_LEN,
@@ -342,7 +342,7 @@ def _backward_g_cols_kernel(
     d_up_b = tl.zeros([BLOCK_D], dtype=ACC)
     for t0 in range(row_start, row_end, BLOCK_T):
         rows = t0 + tl.arange(0, BLOCK_T)
-        row_mask = rows < row_end
+        row_mask = rows < T  # the loop ends at row_end; only the last split's last tile can pass T
         tile_mask = row_mask[:, None] & d_mask[None, :]
         small_mask = row_mask[:, None] & m_mask[None, :]
         g = tl.load(g_ptr + rows[:, None] * stride_g_t + cols_d[None, :] * stride_g_d, mask=tile_mask, other=0.0)
@@ -372,17 +372,18 @@ def _backward_g_cols_kernel(
         tl.store(base + 2 * M * D + cols_d, d_up_b * scale, mask=d_mask)
 
 
-@triton.jit(do_not_specialize=["T", "M", "PARTIAL_LEN"])
+@triton.jit(do_not_specialize=["PARTIAL_LEN"])
 def _backward_h_cols_kernel(
     h_ptr, dz_ptr, partial_ptr,
     T, D, M, PARTIAL_LEN,
     stride_h_t, stride_h_d, stride_dz_t,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    NEED_DOWN_W: tl.constexpr, NEED_DOWN_B: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    # Grid (D chunk, T split) as _backward_g_cols_kernel: its split's partials of dW_down = dzᵀ h, into the same
-    # partial layout. db_down = Σ dz is left to the launcher: summing dz here too (a second use of the loaded tile)
-    # cost the loop its pipelined loads on the H100 (48 against 37 µs at 8192 x 4096, M = 64).
+    # Grid (D chunk, T split) as _backward_g_cols_kernel: its split's partials of dW_down = dzᵀ h and, in the first
+    # D chunk's programs, of db_down = Σ dz, into the same partial layout. The column sum is a loop of its own over
+    # the small dz: inside the main loop (a second use of the loaded dz tile) it cost that loop its pipelined loads
+    # on the H100 (48 against 37 µs at 8192 x 4096, M = 64; benchmarks/diag/adapter_kernel_probe.py).
     pid_d = tl.program_id(0)
     split = tl.program_id(1)
     rows_per_split = tl.cdiv(tl.cdiv(T, tl.num_programs(1)), BLOCK_T) * BLOCK_T
@@ -392,22 +393,32 @@ def _backward_h_cols_kernel(
     d_mask = cols_d < D
     cols_m = tl.arange(0, BLOCK_M)
     m_mask = cols_m < M
-    d_down_w = tl.zeros([BLOCK_M, BLOCK_D], dtype=ACC)
-    for t0 in range(row_start, row_end, BLOCK_T):
-        rows = t0 + tl.arange(0, BLOCK_T)
-        row_mask = rows < row_end
-        h = tl.load(h_ptr + rows[:, None] * stride_h_t + cols_d[None, :] * stride_h_d,
-                    mask=row_mask[:, None] & d_mask[None, :], other=0.0)
-        dz = tl.load(dz_ptr + rows[:, None] * stride_dz_t + cols_m[None, :],
-                     mask=row_mask[:, None] & m_mask[None, :], other=0.0)
-        d_down_w = _dot(tl.trans(dz), h, d_down_w, PRECISION, UPCAST)
     base = partial_ptr + split.to(tl.int64) * PARTIAL_LEN
-    tl.store(base + cols_m[:, None] * D + cols_d[None, :], d_down_w, mask=m_mask[:, None] & d_mask[None, :])
+    if NEED_DOWN_W:
+        d_down_w = tl.zeros([BLOCK_M, BLOCK_D], dtype=ACC)
+        for t0 in range(row_start, row_end, BLOCK_T):
+            rows = t0 + tl.arange(0, BLOCK_T)
+            row_mask = rows < T  # the loop ends at row_end; only the last split's last tile can pass T
+            h = tl.load(h_ptr + rows[:, None] * stride_h_t + cols_d[None, :] * stride_h_d,
+                        mask=row_mask[:, None] & d_mask[None, :], other=0.0)
+            dz = tl.load(dz_ptr + rows[:, None] * stride_dz_t + cols_m[None, :],
+                         mask=row_mask[:, None] & m_mask[None, :], other=0.0)
+            d_down_w = _dot(tl.trans(dz), h, d_down_w, PRECISION, UPCAST)
+        tl.store(base + cols_m[:, None] * D + cols_d[None, :], d_down_w, mask=m_mask[:, None] & d_mask[None, :])
+    if NEED_DOWN_B:
+        if pid_d == 0:
+            d_down_b = tl.zeros([BLOCK_M], dtype=ACC)
+            for t0 in range(row_start, row_end, BLOCK_T):
+                rows = t0 + tl.arange(0, BLOCK_T)
+                dz = tl.load(dz_ptr + rows[:, None] * stride_dz_t + cols_m[None, :],
+                             mask=(rows < T)[:, None] & m_mask[None, :], other=0.0)
+                d_down_b += tl.sum(dz.to(ACC), axis=0)
+            tl.store(base + 2 * M * D + D + cols_m, d_down_b, mask=m_mask)
 
 
 @triton.jit(do_not_specialize=["SPLITS", "M", "PARTIAL_LEN"])
 def _reduce_kernel(
-    partial_ptr, d_down_w_ptr, d_up_w_ptr, d_up_b_ptr,
+    partial_ptr, d_down_w_ptr, d_up_w_ptr, d_up_b_ptr, d_down_b_ptr,
     SPLITS, D, M, PARTIAL_LEN,
     BLOCK: tl.constexpr,
 ):
@@ -420,11 +431,14 @@ def _reduce_kernel(
         total += tl.load(pointers, mask=mask, other=0.0)
     up_w_start = M * D
     up_b_start = 2 * M * D
+    down_b_start = 2 * M * D + D
     tl.store(d_down_w_ptr + offsets, total.to(d_down_w_ptr.dtype.element_ty), mask=offsets < up_w_start)
     tl.store(d_up_w_ptr + (offsets - up_w_start), total.to(d_up_w_ptr.dtype.element_ty),
              mask=(offsets >= up_w_start) & (offsets < up_b_start))
     tl.store(d_up_b_ptr + (offsets - up_b_start), total.to(d_up_b_ptr.dtype.element_ty),
-             mask=(offsets >= up_b_start) & mask)
+             mask=(offsets >= up_b_start) & (offsets < down_b_start))
+    tl.store(d_down_b_ptr + (offsets - down_b_start), total.to(d_down_b_ptr.dtype.element_ty),
+             mask=(offsets >= down_b_start) & mask)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -536,7 +550,7 @@ def bottleneck_adapter_bwd(grad_out, h, down_weight, down_bias, up_weight, z, ac
     # kernel ran at 72-77 against 44-45 µs at 8192 x 4096, M = 64, H100; a free view when already laid out so).
     up_weight_rows = up_weight.t().contiguous()
     block_t, block_d, warps, stages, split_factor = column_block_config(T, D, block_m, h.element_size())
-    partial_len = 2 * M * D + D
+    partial_len = 2 * M * D + D + M
     # The split-T partials (float32, one [partial_len] row per split) stay no larger than h itself.
     splits = _t_splits(T, D, block_t, block_d, split_factor, warps, h.device,
                        memory_cap=(T * D * h.element_size()) // (4 * partial_len))
@@ -563,19 +577,18 @@ def bottleneck_adapter_bwd(grad_out, h, down_weight, down_bias, up_weight, z, ac
                 PRECISION=precision, UPCAST=upcast,
                 ACC=acc, BLOCK_M=block_m, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps, num_stages=stages,
             )
-        if need_d_down_w:
+        if need_d_down_w or need_d_down_b:
             _backward_h_cols_kernel[grid](
                 h, dz, partials, T, D, M, partial_len, h.stride(0), h.stride(1), dz.stride(0),
-                PRECISION=precision, UPCAST=upcast,
+                NEED_DOWN_W=need_d_down_w, NEED_DOWN_B=need_d_down_b, PRECISION=precision, UPCAST=upcast,
                 ACC=acc, BLOCK_M=block_m, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps, num_stages=stages,
             )
-        if need_d_down_w or need_up_grads:
+        if need_weight_grads:
             block = 1024
             _reduce_kernel[(ceil_div(partial_len, block),)](
-                partials, weight_grads[0], weight_grads[2], weight_grads[3], splits, D, M, partial_len, BLOCK=block,
+                partials, weight_grads[0], weight_grads[2], weight_grads[3], weight_grads[1], splits, D, M,
+                partial_len, BLOCK=block,
             )
-        if need_d_down_b:
-            weight_grads[1].copy_(dz.sum(0, dtype=z.dtype))
     return _select(dh, weight_grads, needs)
 
 
