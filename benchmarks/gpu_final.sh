@@ -40,6 +40,8 @@
 #                                    times and the column-tile sweep (adapter_tuning.py); the adapter benchmark
 #   benchmarks/gpu_final.sh adapter_specialized  the adapter kernel probe; per-kernel times; the adapter benchmark;
 #                                    the adapter op tests (stop at the first failure)
+#   benchmarks/gpu_final.sh adapter_final  the adapter benchmark at M = 16, 64, 256 (torch.compile too); the native
+#                                    adapter tests; the adapter op tests
 # Every step has its own time limit so one slow step cannot starve the rest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -214,6 +216,18 @@ case "${1:-layers}" in
     echo "adapter tuning exit $?"; grep -v "Warning\|_warn_once" "$OUT/adapter_tuning.log" | cut -c1-150
     adapter_bench_both_timings adapter_h100_graphs
     LOWPEFT_HYPOTHESIS_EXAMPLES=2 timeout 230 python3 -m pytest -x -q -p no:cacheprovider -rfE tests/test_adapter_op.py \
+      > "$OUT/gpu_adapter_tests.log" 2>&1
+    echo "adapter pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed|%" "$OUT/gpu_adapter_tests.log" | tail -6
+    ;;
+  adapter_final)
+    timeout 200 python3 benchmarks/bench_adapter.py --bottlenecks 16,64,256 --timing launch,graph \
+      --providers floor,triton,cuda,eager,compile --json "$OUT/adapter_h100_graphs.json" \
+      --md "$OUT/adapter_h100_graphs.md" > "$OUT/adapter_h100_graphs.log" 2>&1
+    echo "adapter bench exit $?"; grep "^| " "$OUT/adapter_h100_graphs.md" | cut -c1-300
+    timeout 40 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_native_backends.py -k "adapter or leading" \
+      > "$OUT/gpu_native_adapter_tests.log" 2>&1
+    echo "native adapter pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_native_adapter_tests.log" | tail -4
+    LOWPEFT_HYPOTHESIS_EXAMPLES=2 timeout 270 python3 -m pytest -x -q -p no:cacheprovider -rfE tests/test_adapter_op.py \
       > "$OUT/gpu_adapter_tests.log" 2>&1
     echo "adapter pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed|%" "$OUT/gpu_adapter_tests.log" | tail -6
     ;;
