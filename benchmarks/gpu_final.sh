@@ -41,7 +41,8 @@
 #   benchmarks/gpu_final.sh adapter_specialized  the adapter kernel probe; per-kernel times; the adapter benchmark;
 #                                    the adapter op tests (stop at the first failure)
 #   benchmarks/gpu_final.sh adapter_final  the adapter benchmark at M = 16, 64, 256 (torch.compile too); the native
-#                                    adapter tests; the adapter op tests
+#                                    adapter tests
+#   benchmarks/gpu_final.sh adapter_tests  tests/test_adapter_op.py on the GPU (stop at the first failure)
 # Every step has its own time limit so one slow step cannot starve the rest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -227,7 +228,9 @@ case "${1:-layers}" in
     timeout 40 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_native_backends.py -k "adapter or leading" \
       > "$OUT/gpu_native_adapter_tests.log" 2>&1
     echo "native adapter pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_native_adapter_tests.log" | tail -4
-    LOWPEFT_HYPOTHESIS_EXAMPLES=2 timeout 270 python3 -m pytest -x -q -p no:cacheprovider -rfE tests/test_adapter_op.py \
+    ;;
+  adapter_tests)
+    LOWPEFT_HYPOTHESIS_EXAMPLES=2 timeout 480 python3 -m pytest -x -q -p no:cacheprovider -rfE tests/test_adapter_op.py \
       > "$OUT/gpu_adapter_tests.log" 2>&1
     echo "adapter pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed|%" "$OUT/gpu_adapter_tests.log" | tail -6
     ;;
