@@ -43,6 +43,7 @@
 #   benchmarks/gpu_final.sh adapter_final  the adapter benchmark at M = 16, 64, 256 (torch.compile too); the native
 #                                    adapter tests
 #   benchmarks/gpu_final.sh adapter_tests  tests/test_adapter_op.py on the GPU (stop at the first failure)
+#   benchmarks/gpu_final.sh adapter_check  per-kernel adapter times at M = 64 / 256; the adapter benchmark; its tests
 # Every step has its own time limit so one slow step cannot starve the rest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -228,6 +229,17 @@ case "${1:-layers}" in
     timeout 40 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_native_backends.py -k "adapter or leading" \
       > "$OUT/gpu_native_adapter_tests.log" 2>&1
     echo "native adapter pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_native_adapter_tests.log" | tail -4
+    ;;
+  adapter_check)
+    timeout 90 python3 benchmarks/adapter_tuning.py 8192x4096x64 8192x4096x256 > "$OUT/adapter_tuning.log" 2>&1
+    echo "adapter tuning exit $?"; grep -v "Warning\|_warn_once" "$OUT/adapter_tuning.log" | cut -c1-150
+    timeout 170 python3 benchmarks/bench_adapter.py --bottlenecks 16,64,256 --timing launch,graph \
+      --providers floor,triton,cuda,eager,compile --json "$OUT/adapter_h100_graphs.json" \
+      --md "$OUT/adapter_h100_graphs.md" > "$OUT/adapter_h100_graphs.log" 2>&1
+    echo "adapter bench exit $?"; grep "^| " "$OUT/adapter_h100_graphs.md" | cut -c1-300
+    LOWPEFT_HYPOTHESIS_EXAMPLES=2 timeout 300 python3 -m pytest -x -q -p no:cacheprovider -rfE tests/test_adapter_op.py \
+      > "$OUT/gpu_adapter_tests.log" 2>&1
+    echo "adapter pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed|%" "$OUT/gpu_adapter_tests.log" | tail -6
     ;;
   adapter_tests)
     LOWPEFT_HYPOTHESIS_EXAMPLES=2 timeout 480 python3 -m pytest -x -q -p no:cacheprovider -rfE tests/test_adapter_op.py \

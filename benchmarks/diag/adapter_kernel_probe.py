@@ -1,8 +1,9 @@
 # Where the bottleneck adapter's backward kernels lose their time at M = 64 (one device call, H100, bf16,
 # 8192 x 4096): at M = 16 the three backward kernels ran near their traffic ideal (45 / 64 / 35 µs), at M = 64
-# they took 72 / 141 / 73 µs (session 5, run 43). Run 44 found the causes; the library now has the fixes (W_up
-# read row-major, the aᵀ g form at M ≥ 64, db_down out of the h-side loop), and `g_cols` / `rows` here time the
-# library's kernels in their pre-fix forms (gᵀ a; W_up as the [D, M] parameter) for comparison. For each kernel this times a few tiles through the JITFunction
+# they took 72 / 141 / 73 µs (session 5, run 43). Run 44 found loads left out of the software pipeline, and
+# layout variants that avoided it; run 46, with the sizes T and M specialised again (masks with a known constancy,
+# so 16-byte loads the pipeliner takes), found the library's own layouts as fast as the variants, which the
+# library then dropped. `h_cols` includes the db_down loop of the first D chunk's programs. For each kernel this times a few tiles through the JITFunction
 # (no autotuner) and prints what the compiler made of it: registers, spills, whether the dots became wgmma and
 # whether the loads were pipelined (async copies in the TTGIR). Experimental variants live only in this file:
 #   h_nobias   the h-side kernel without the db_down column sum (does a second use of dz stop the pipelining?)
@@ -149,7 +150,7 @@ def probe(tokens, dim, bottleneck):
         bt, bd, warps, stages = tile
         return kernels._backward_rows_kernel.fn[(triton.cdiv(tokens, bt),)](
             g, w, z, a, dz, tokens, dim, bottleneck, tokens, g.stride(0), 1, stride_d, stride_m, z.stride(0),
-            a.stride(0), 1, dz.stride(0), 1.0, ACTIVATION=0, PRECISION="ieee", UPCAST=False, BLOCK_M=block_m, BLOCK_T=bt, BLOCK_D=bd,
+            a.stride(0), 1.0, ACTIVATION=0, PRECISION="ieee", UPCAST=False, BLOCK_M=block_m, BLOCK_T=bt, BLOCK_D=bd,
             num_warps=warps, num_stages=stages)
 
     def down(tile):
@@ -163,8 +164,7 @@ def probe(tokens, dim, bottleneck):
         bt, bd, warps, stages = tile
         return kernels._backward_g_cols_kernel[(triton.cdiv(dim, bd), splits_for(tile))](
             g, down_w, a, dz, dh, partials, tokens, dim, bottleneck, partial_len, g.stride(0), 1, down_w.stride(0), 1,
-            a.stride(0), 1, dz.stride(0), dh.stride(0), 1.0, NEED_DH=need_dh, NEED_UP_GRADS=need_up,
-            UP_GRAD_AS_A_T_G=False, PRECISION="ieee", UPCAST=False,
+            a.stride(0), dh.stride(0), 1.0, NEED_DH=need_dh, NEED_UP_GRADS=need_up, PRECISION="ieee", UPCAST=False,
             ACC=tl.float32, BLOCK_M=block_m, BLOCK_T=bt, BLOCK_D=bd, num_warps=warps, num_stages=stages)
 
     def h_cols(tile):

@@ -5,9 +5,8 @@
 #   down           one program per block of rows: z = h W_downᵀ + b_down over all of D (saved, float32) and
 #                  a = act(z) in h's dtype ([T, M], for the up kernel). One read of h.
 #   up             one program per [rows × columns] tile: out = h + s · (a W_upᵀ + b_up). One read of h, one write.
-#   backward_rows  one program per block of rows: da = s · g W_up over all of D (W_up read as a [M, D] row-major
-#                  copy), then dz = da ⊙ act'(z) and a = act(z), both written as [T, M] in h's dtype (a as
-#                  [M, T] at M ≥ 64, for the aᵀ g form below). One read of g.
+#   backward_rows  one program per block of rows: da = s · g W_up over all of D, then dz = da ⊙ act'(z) and
+#                  a = act(z), both written as [T, M] in h's dtype. One read of g.
 #   backward_g_cols, backward_h_cols
 #                  a (D-chunk × T-split) grid each: the first reads g once, writes dh = g + dz W_down and keeps
 #                  dW_up, db_up of its D chunk as float32 accumulators over its T range; the second reads h once
@@ -282,7 +281,7 @@ def _up_kernel(
 def _backward_rows_kernel(
     g_ptr, up_w_ptr, z_ptr, a_ptr, dz_ptr,
     T, D, M, T_BUCKET,
-    stride_g_t, stride_g_d, stride_uw_d, stride_uw_m, stride_z_t, stride_a_t, stride_a_m, stride_dz_t,
+    stride_g_t, stride_g_d, stride_uw_d, stride_uw_m, stride_z_t, stride_small_t,
     scale,
     ACTIVATION: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -303,26 +302,23 @@ def _backward_rows_kernel(
                        mask=d_mask[:, None] & m_mask[None, :], other=0.0)
         da = _dot(g, up_w, da, PRECISION, UPCAST)
     dz = scale * da * _activation_derivative(z, ACTIVATION)
-    tl.store(dz_ptr + rows[:, None] * stride_dz_t + cols_m[None, :], dz.to(dz_ptr.dtype.element_ty), mask=small_mask)
-    tl.store(a_ptr + rows[:, None] * stride_a_t + cols_m[None, :] * stride_a_m,
-             _activation(z, ACTIVATION).to(a_ptr.dtype.element_ty), mask=small_mask)
+    small = rows[:, None] * stride_small_t + cols_m[None, :]
+    tl.store(dz_ptr + small, dz.to(dz_ptr.dtype.element_ty), mask=small_mask)
+    tl.store(a_ptr + small, _activation(z, ACTIVATION).to(a_ptr.dtype.element_ty), mask=small_mask)
 
 
 @triton.jit(do_not_specialize=["PARTIAL_LEN"])
 def _backward_g_cols_kernel(
     g_ptr, down_w_ptr, a_ptr, dz_ptr, dh_ptr, partial_ptr,
     T, D, M, PARTIAL_LEN,
-    stride_g_t, stride_g_d, stride_dw_m, stride_dw_d, stride_a_t, stride_a_m, stride_dz_t, stride_dh_t,
+    stride_g_t, stride_g_d, stride_dw_m, stride_dw_d, stride_small_t, stride_dh_t,
     scale,
-    NEED_DH: tl.constexpr, NEED_UP_GRADS: tl.constexpr, UP_GRAD_AS_A_T_G: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    NEED_DH: tl.constexpr, NEED_UP_GRADS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     # Grid (D chunk, T split): dh = g + dz W_down for its tiles, and its split's partials of dW_up = s · gᵀ a and
-    # db_up = s · Σ g. Partial layout per split (float32): [dW_down (M × D) | dW_up (D × M) | db_up (D)].
-    # UP_GRAD_AS_A_T_G accumulates dW_upᵀ = aᵀ g ([M, BLOCK_D]) instead of gᵀ a: at M = 64 on the H100 that form
-    # kept g's loads pipelined (60 against 94 µs at 8192 x 4096, benchmarks/diag/adapter_kernel_probe.py); at
-    # M = 16 (a dot 16 rows tall) gᵀ a is faster (75 against 86 µs).
+    # db_up = s · Σ g. Partial layout per split (float32):
+    # [dW_down (M × D) | dW_up (D × M) | db_up (D) | db_down (M)].
     pid_d = tl.program_id(0)
     split = tl.program_id(1)
     rows_per_split = tl.cdiv(tl.cdiv(T, tl.num_programs(1)), BLOCK_T) * BLOCK_T
@@ -335,10 +331,7 @@ def _backward_g_cols_kernel(
     if NEED_DH:
         down_w = tl.load(down_w_ptr + cols_m[:, None] * stride_dw_m + cols_d[None, :] * stride_dw_d,
                          mask=m_mask[:, None] & d_mask[None, :], other=0.0)
-    if UP_GRAD_AS_A_T_G:
-        d_up_w = tl.zeros([BLOCK_M, BLOCK_D], dtype=ACC)
-    else:
-        d_up_w = tl.zeros([BLOCK_D, BLOCK_M], dtype=ACC)
+    d_up_w = tl.zeros([BLOCK_D, BLOCK_M], dtype=ACC)
     d_up_b = tl.zeros([BLOCK_D], dtype=ACC)
     for t0 in range(row_start, row_end, BLOCK_T):
         rows = t0 + tl.arange(0, BLOCK_T)
@@ -347,28 +340,18 @@ def _backward_g_cols_kernel(
         small_mask = row_mask[:, None] & m_mask[None, :]
         g = tl.load(g_ptr + rows[:, None] * stride_g_t + cols_d[None, :] * stride_g_d, mask=tile_mask, other=0.0)
         if NEED_DH:
-            dz = tl.load(dz_ptr + rows[:, None] * stride_dz_t + cols_m[None, :], mask=small_mask, other=0.0)
+            dz = tl.load(dz_ptr + rows[:, None] * stride_small_t + cols_m[None, :], mask=small_mask, other=0.0)
             dh = _dot(dz, down_w, g.to(ACC), PRECISION, UPCAST)
             tl.store(dh_ptr + rows[:, None] * stride_dh_t + cols_d[None, :], dh.to(dh_ptr.dtype.element_ty),
                      mask=tile_mask)
         if NEED_UP_GRADS:
-            if UP_GRAD_AS_A_T_G:
-                a_t = tl.load(a_ptr + cols_m[:, None] * stride_a_m + rows[None, :] * stride_a_t,
-                              mask=m_mask[:, None] & row_mask[None, :], other=0.0)
-                d_up_w = _dot(a_t, g, d_up_w, PRECISION, UPCAST)
-            else:
-                a = tl.load(a_ptr + rows[:, None] * stride_a_t + cols_m[None, :] * stride_a_m, mask=small_mask,
-                            other=0.0)
-                d_up_w = _dot(tl.trans(g), a, d_up_w, PRECISION, UPCAST)
+            a = tl.load(a_ptr + rows[:, None] * stride_small_t + cols_m[None, :], mask=small_mask, other=0.0)
+            d_up_w = _dot(tl.trans(g), a, d_up_w, PRECISION, UPCAST)
             d_up_b += tl.sum(g.to(ACC), axis=0)
     if NEED_UP_GRADS:
         base = partial_ptr + split.to(tl.int64) * PARTIAL_LEN
-        if UP_GRAD_AS_A_T_G:
-            tl.store(base + M * D + cols_d[None, :] * M + cols_m[:, None], d_up_w * scale,
-                     mask=d_mask[None, :] & m_mask[:, None])
-        else:
-            tl.store(base + M * D + cols_d[:, None] * M + cols_m[None, :], d_up_w * scale,
-                     mask=d_mask[:, None] & m_mask[None, :])
+        tl.store(base + M * D + cols_d[:, None] * M + cols_m[None, :], d_up_w * scale,
+                 mask=d_mask[:, None] & m_mask[None, :])
         tl.store(base + 2 * M * D + cols_d, d_up_b * scale, mask=d_mask)
 
 
@@ -376,7 +359,7 @@ def _backward_g_cols_kernel(
 def _backward_h_cols_kernel(
     h_ptr, dz_ptr, partial_ptr,
     T, D, M, PARTIAL_LEN,
-    stride_h_t, stride_h_d, stride_dz_t,
+    stride_h_t, stride_h_d, stride_small_t,
     NEED_DOWN_W: tl.constexpr, NEED_DOWN_B: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -401,7 +384,7 @@ def _backward_h_cols_kernel(
             row_mask = rows < T  # the loop ends at row_end; only the last split's last tile can pass T
             h = tl.load(h_ptr + rows[:, None] * stride_h_t + cols_d[None, :] * stride_h_d,
                         mask=row_mask[:, None] & d_mask[None, :], other=0.0)
-            dz = tl.load(dz_ptr + rows[:, None] * stride_dz_t + cols_m[None, :],
+            dz = tl.load(dz_ptr + rows[:, None] * stride_small_t + cols_m[None, :],
                          mask=row_mask[:, None] & m_mask[None, :], other=0.0)
             d_down_w = _dot(tl.trans(dz), h, d_down_w, PRECISION, UPCAST)
         tl.store(base + cols_m[:, None] * D + cols_d[None, :], d_down_w, mask=m_mask[:, None] & d_mask[None, :])
@@ -412,7 +395,7 @@ def _backward_h_cols_kernel(
             d_down_b = tl.zeros([BLOCK_M], dtype=ACC)
             for t0 in range(row_start, row_end, 4 * BLOCK_T):
                 rows = t0 + tl.arange(0, 4 * BLOCK_T)
-                dz = tl.load(dz_ptr + rows[:, None] * stride_dz_t + cols_m[None, :],
+                dz = tl.load(dz_ptr + rows[:, None] * stride_small_t + cols_m[None, :],
                              mask=(rows < row_end)[:, None] & m_mask[None, :], other=0.0)
                 d_down_b += tl.sum(dz.to(ACC), axis=0)
             tl.store(base + 2 * M * D + D + cols_m, d_down_b, mask=m_mask)
@@ -544,13 +527,7 @@ def bottleneck_adapter_bwd(grad_out, h, down_weight, down_bias, up_weight, z, ac
         return (None,) * 5
     block_m = _padded_bottleneck(M)
     precision, upcast = dot_precision(h.dtype), _upcast(h.dtype)
-    up_grad_as_a_t_g = block_m >= 64
-    dz = torch.empty((T, M), dtype=h.dtype, device=h.device)
-    # a in the layout its consumer reads along T: [M, T] for the aᵀ g form, else [T, M].
-    a = torch.empty((M, T), dtype=h.dtype, device=h.device).t() if up_grad_as_a_t_g else torch.empty_like(dz)
-    # W_up read as a [M, D] row-major copy: the [D, M] parameter's tiles were not pipelined by the compiler (the
-    # kernel ran at 72-77 against 44-45 µs at 8192 x 4096, M = 64, H100; a free view when already laid out so).
-    up_weight_rows = up_weight.t().contiguous()
+    a, dz = torch.empty((2, T, M), dtype=h.dtype, device=h.device).unbind(0)
     block_t, block_d, warps, stages, split_factor = column_block_config(T, D, block_m, h.element_size())
     partial_len = 2 * M * D + D + M
     # The split-T partials (float32, one [partial_len] row per split) stay no larger than h itself.
@@ -561,9 +538,9 @@ def bottleneck_adapter_bwd(grad_out, h, down_weight, down_bias, up_weight, z, ac
         t_bucket = _t_bucket(T)
         _launch_row_kernel(
             _backward_rows_kernel, T, ("backward_rows", t_bucket, D, block_m, h.dtype, h.device),
-            (grad_out, up_weight_rows, z, a, dz, T, D, M, t_bucket,
-             grad_out.stride(0), grad_out.stride(1), up_weight_rows.stride(1), up_weight_rows.stride(0), z.stride(0),
-             a.stride(0), a.stride(1), dz.stride(0), float(scale)),
+            (grad_out, up_weight, z, a, dz, T, D, M, t_bucket,
+             grad_out.stride(0), grad_out.stride(1), up_weight.stride(0), up_weight.stride(1), z.stride(0), a.stride(0),
+             float(scale)),
             dict(ACTIVATION=ACTIVATION_CODES[activation], PRECISION=precision, UPCAST=upcast, BLOCK_M=block_m),
         )
         grid = (ceil_div(D, block_d), splits)
@@ -573,10 +550,9 @@ def bottleneck_adapter_bwd(grad_out, h, down_weight, down_bias, up_weight, z, ac
                 grad_out, down_weight, a, dz, dh if dh is not None else a, partials,
                 T, D, M, partial_len,
                 grad_out.stride(0), grad_out.stride(1), down_weight.stride(0), down_weight.stride(1), a.stride(0),
-                a.stride(1), dz.stride(0), dh.stride(0) if dh is not None else 0,
+                dh.stride(0) if dh is not None else 0,
                 float(scale),
-                NEED_DH=need_dh, NEED_UP_GRADS=need_up_grads, UP_GRAD_AS_A_T_G=up_grad_as_a_t_g,
-                PRECISION=precision, UPCAST=upcast,
+                NEED_DH=need_dh, NEED_UP_GRADS=need_up_grads, PRECISION=precision, UPCAST=upcast,
                 ACC=acc, BLOCK_M=block_m, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps, num_stages=stages,
             )
         if need_d_down_w or need_d_down_b:
