@@ -112,14 +112,15 @@ def column_block_config(T: int, D: int, M_pad: int, element_size: int = 2):
     """Tile of the two backward column kernels: (BLOCK_T, BLOCK_D, num_warps, num_stages, split factor). Each
     keeps one [BLOCK_D, M] float32 accumulator (dW_up or dW_down). Up to M = 64: 64 rows × 128 columns, 4 warps,
     3 stages, the fastest for both kernels at M = 16 and 64 in the H100 probe (bf16, 8192 x 4096,
-    benchmarks/diag/adapter_kernel_probe.py, run 44). Wider bottlenecks keep BLOCK_D × M at 8192 (32 KB of
-    registers) with 8 warps. 4- and 8-byte elements take fewer rows per step so the pipeline fits in shared memory."""
+    benchmarks/diag/adapter_kernel_probe.py, run 44). Wider bottlenecks: 32 × 64 tiles, 4 warps, 4 stages and a
+    split factor of 2, the best of run 50's sweep at M = 256 (backward 397 µs at 8192 x 4096, against 623 µs with
+    64 × 32 tiles at 8 warps). 4- and 8-byte elements take fewer rows per step so the pipeline fits in shared
+    memory."""
     if _interpreting():
         return 16, 32, 4, 1, 1
-    rows = {2: 64, 4: 32}.get(element_size, 16)
     if M_pad <= 64:
-        return rows, 128, 4, 3, 1
-    return rows, 8192 // M_pad, 8, 3, 2
+        return {2: 64, 4: 32}.get(element_size, 16), 128, 4, 3, 1
+    return max(16, 64 // element_size), 64, 4, 4 if element_size <= 2 else 3, 2
 
 
 @functools.lru_cache(maxsize=None)
