@@ -48,7 +48,7 @@ def sweep_columns(inputs, tokens, dim, bottleneck):
     args = [inputs[k].detach() for k in ("h", "down_weight", "down_bias", "up_weight", "up_bias")]
     _, z = kernels.bottleneck_adapter_fwd(*args, "gelu", 1.0)
     block_m = max(16, 1 << (bottleneck - 1).bit_length())
-    default = kernels.column_block_config(tokens, dim, block_m)
+    default = kernels.column_block_config(block_m)
     original = kernels.column_block_config, kernels._t_splits
     default_tile, default_factor = default[:4], default[4]
     cap = (tokens * dim * args[0].element_size()) // (4 * (2 * bottleneck * dim + dim + bottleneck))

@@ -108,7 +108,7 @@ def prune_up_tile_configs(configs, named_args, **kwargs):
     return kept if autotuning() else kept[:1]
 
 
-def column_block_config(T: int, D: int, M_pad: int, element_size: int = 2):
+def column_block_config(M_pad: int, element_size: int = 2):
     """Tile of the two backward column kernels: (BLOCK_T, BLOCK_D, num_warps, num_stages, split factor). Each
     keeps one [BLOCK_D, M] float32 accumulator (dW_up or dW_down). Up to M = 64: 64 rows × 128 columns, 4 warps,
     3 stages, the fastest for both kernels at M = 16 and 64 in the H100 probe (bf16, 8192 x 4096,
@@ -529,7 +529,7 @@ def bottleneck_adapter_bwd(grad_out, h, down_weight, down_bias, up_weight, z, ac
     block_m = _padded_bottleneck(M)
     precision, upcast = dot_precision(h.dtype), _upcast(h.dtype)
     a, dz = torch.empty((2, T, M), dtype=h.dtype, device=h.device).unbind(0)
-    block_t, block_d, warps, stages, split_factor = column_block_config(T, D, block_m, h.element_size())
+    block_t, block_d, warps, stages, split_factor = column_block_config(block_m, h.element_size())
     partial_len = 2 * M * D + D + M
     # The split-T partials (float32, one [partial_len] row per split) stay no larger than h itself.
     splits = _t_splits(T, D, block_t, block_d, split_factor, warps, h.device,
