@@ -13,9 +13,12 @@
 #                  for dW_down (and db_down from the small dz). Both write split-T partials that `reduce` sums in a
 #                  fixed order (deterministic).
 # Trade-off: z needs a reduction over all of D before any output column can be written, so neither direction
-# can be one pass. The forward reads h twice and the backward g twice (7 passes over a [T, D] tensor for forward +
-# backward against 4 for the copy floor): a single kernel that kept the row block for its second pass ran at ~2x the one-read ideal
-# on the H100 (the re-read missed L2) and used a program per row block only. The backward's weight gradients
+# can be one pass. The forward reads h twice and the backward g twice (7 passes over a [T, D] tensor for
+# forward + backward against 4 for the copy floor): a single forward kernel that kept the row block for its
+# second pass ran at ~2x the one-read ideal on the H100 (the re-read missed L2) with one program per row block.
+# Sizes T and M stay specialised: with a runtime bound a mask along M or T has no known constancy, the loads
+# drop to 2 bytes and the compiler leaves them out of the software pipeline (the backward kernels ran 1.5-2.4x
+# slower at M = 64, benchmarks/diag/adapter_kernel_probe.py). The backward's weight gradients
 # reduce over T while dz needs all of D, hence the split-T partials (splits × D × M, small next to h); dW_up and
 # dW_down live in separate kernels so each keeps one accumulator in registers (one kernel holding both spilled,
 # benchmarks/NOTES_adapter.md). The [T, M] tensors a and dz are re-read once per D chunk, from L2.
