@@ -1,11 +1,12 @@
 # Where the bottleneck adapter's backward kernels lose their time at M = 64 (one device call, H100, bf16,
 # 8192 x 4096): at M = 16 the three backward kernels ran near their traffic ideal (45 / 64 / 35 µs), at M = 64
 # they took 72 / 141 / 73 µs (session 5, run 43). Run 44 found loads left out of the software pipeline, and
-# layout variants that avoided it; run 46, with the sizes T and M specialised again (masks with a known constancy,
-# so 16-byte loads the pipeliner takes), found the library's own layouts as fast as the variants, which the
-# library then dropped. `h_cols` includes the db_down loop of the first D chunk's programs. For each kernel this times a few tiles through the JITFunction
-# (no autotuner) and prints what the compiler made of it: registers, spills, whether the dots became wgmma and
-# whether the loads were pipelined (async copies in the TTGIR). Experimental variants live only in this file:
+# layout variants that avoided it; run 46, with the sizes T and M specialised again (masks with a known
+# constancy, so 16-byte loads the pipeliner takes), found the library's own layouts as fast as the variants,
+# which the library then dropped. `h_cols` includes the db_down loop of the first D chunk's programs.
+# For each kernel this times a few tiles through the JITFunction (no autotuner) and prints what the compiler
+# made of it: registers, spills, whether the dots became wgmma and whether the loads were pipelined (async
+# copies in the TTGIR). Experimental variants live only in this file:
 #   h_nobias   the h-side kernel without the db_down column sum (does a second use of dz stop the pipelining?)
 #   h_dz_t     the h-side kernel reading dz pre-transposed ([M, T], so the dot's A tile is K-contiguous)
 #   g_a_t      the g-side kernel computing dW_upᵀ = aᵀ g from a pre-transposed a ([M, T]) instead of gᵀ a
