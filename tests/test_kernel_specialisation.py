@@ -26,8 +26,12 @@ KERNELS = {
 }
 
 
+def _jit_function(kernel):
+    return kernel.fn if isinstance(kernel, triton.runtime.Autotuner) else kernel
+
+
 def _unspecialised_arguments(kernel) -> set[str]:
-    function = kernel.fn if isinstance(kernel, triton.runtime.Autotuner) else kernel
+    function = _jit_function(kernel)
     if hasattr(function, "do_not_specialize"):  # a JITFunction: indices or names
         return {function.arg_names[item] if isinstance(item, int) else item for item in function.do_not_specialize}
     return set(function.kwargs.get("do_not_specialize") or ())  # the interpreter's InterpretedFunction
@@ -36,7 +40,6 @@ def _unspecialised_arguments(kernel) -> set[str]:
 @pytest.mark.parametrize("name", list(KERNELS))
 def test_size_arguments_stay_specialised(name):
     kernel = KERNELS[name]
-    function = kernel.fn if isinstance(kernel, triton.runtime.Autotuner) else kernel
-    sizes = SIZE_ARGUMENTS & set(function.arg_names)
+    sizes = SIZE_ARGUMENTS & set(_jit_function(kernel).arg_names)
     assert sizes, f"{name}: none of {sorted(SIZE_ARGUMENTS)} among its arguments; is the list out of date?"
     assert not sizes & _unspecialised_arguments(kernel), f"{name}: size arguments in do_not_specialize"

@@ -18,22 +18,21 @@
 # second pass ran at ~2x the one-read ideal on the H100 (the re-read missed L2) with one program per row block.
 # Sizes T and M stay specialised: with a runtime bound a mask along M or T has no known constancy, the loads
 # drop to 2 bytes and the compiler leaves them out of the software pipeline (the backward kernels ran 1.5-2.4x
-# slower at M = 64, benchmarks/diag/adapter_kernel_probe.py). The backward's weight gradients
-# reduce over T while dz needs all of D, hence the split-T partials (splits × D × M, small next to h); dW_up and
-# dW_down live in separate kernels so each keeps one accumulator in registers (one kernel holding both spilled,
+# slower at M = 64, benchmarks/diag/adapter_kernel_probe.py). The backward's weight gradients reduce over T
+# while dz needs all of D, hence the split-T partials (splits × D × M, small next to h); dW_up and dW_down live
+# in separate kernels so each keeps one accumulator in registers (one kernel holding both spilled,
 # benchmarks/NOTES_adapter.md). The [T, M] tensors a and dz are re-read once per D chunk, from L2.
 # Bottleneck widths are padded to a power of two ≥ 16 with masks; all offsets along T are 64-bit.
 from __future__ import annotations
 
 import contextlib
 import functools
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-from ._tuning import autotuning, ceil_div, launch_autotuned, next_power_of_2
+from ._tuning import autotuning, ceil_div, interpreting, launch_autotuned, next_power_of_2
 
 __all__ = ["bottleneck_adapter_fwd", "bottleneck_adapter_bwd", "ACTIVATION_CODES", "MAX_BOTTLENECK"]
 
@@ -45,16 +44,12 @@ _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64
 # ----------------------------------------------------------------------------------------------------
 # configurations
 # ----------------------------------------------------------------------------------------------------
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
 def row_block_configs():
     """Candidates for the two row-block kernels (forward, backward_rows), autotuned per (bucketed T, D, padded
     M, dtype). The H100 autotuner (bf16, T 4096-16384, D 1024-8192, M 16-256; benchmarks/results/
     adapter_tuning_h100.log) picked the first one almost everywhere, so it is also the untuned choice for small T;
     the last candidate is a small fallback that fits any shared-memory budget."""
-    if _interpreting():
+    if interpreting():
         return [triton.Config({"BLOCK_T": 16, "BLOCK_D": 32}, num_warps=4, num_stages=1)]
     return [
         triton.Config({"BLOCK_T": 32, "BLOCK_D": 128}, num_warps=4, num_stages=3),
@@ -92,7 +87,7 @@ def prune_row_block_configs(configs, named_args, **kwargs):
 def up_tile_configs():
     """Candidates for the up kernel's [BLOCK_T, BLOCK_D] output tiles (one read of h, one write of out, a
     K = M dot): memory-bound, so wide column blocks for 16-byte accesses; autotuned per (bucketed T, D, padded M)."""
-    if _interpreting():
+    if interpreting():
         return [triton.Config({"BLOCK_T": 16, "BLOCK_D": 32}, num_warps=4, num_stages=1)]
     return [
         triton.Config({"BLOCK_T": 64, "BLOCK_D": 128}, num_warps=4, num_stages=2),
@@ -119,7 +114,7 @@ def column_block_config(M_pad: int, element_size: int = 2):
     split factor of 2, the best of run 50's sweep at M = 256 (backward 397 µs at 8192 x 4096, against 623 µs with
     64 × 32 tiles at 8 warps). 4- and 8-byte elements take fewer rows per step so the pipeline fits in shared
     memory."""
-    if _interpreting():
+    if interpreting():
         return 16, 32, 4, 1, 1
     if M_pad <= 64:
         return {2: 64, 4: 32}.get(element_size, 16), 128, 4, 3, 1
@@ -457,7 +452,7 @@ def _padded_bottleneck(M: int) -> int:
 
 
 def _upcast(dtype: torch.dtype) -> bool:
-    return _interpreting() and dtype == torch.bfloat16
+    return interpreting() and dtype == torch.bfloat16
 
 
 def _device_context(tensor: torch.Tensor):
