@@ -80,8 +80,9 @@ def main():
     torch.manual_seed(0)
     print(f"device {torch.cuda.get_device_name()}  torch {torch.__version__}")
     cases = list(itertools.product(SHAPES, BOTTLENECKS))
-    if len(sys.argv) > 1:  # e.g. 8192x4096x64 4096x1024x16: only these cases
-        cases = [((int(t), int(d)), int(m)) for t, d, m in (arg.split("x") for arg in sys.argv[1:])]
+    named = [arg for arg in sys.argv[1:] if arg != "--no-sweep"]
+    if named:  # e.g. 8192x4096x64 4096x1024x16: only these cases
+        cases = [((int(t), int(d)), int(m)) for t, d, m in (arg.split("x") for arg in named)]
     for (tokens, dim), bottleneck in cases:
         inputs = make_inputs(tokens, dim, bottleneck, torch.bfloat16, "cuda")
         print(f"== {tokens}x{dim} M={bottleneck}")
@@ -89,7 +90,8 @@ def main():
         print(f"    down autotuned: {kernels._down_kernel.best_config}")
         print(f"    up autotuned: {kernels._up_kernel.best_config}")
         print(f"    backward_rows autotuned: {kernels._backward_rows_kernel.best_config}")
-        sweep_columns(inputs, tokens, dim, bottleneck)
+        if "--no-sweep" not in sys.argv:
+            sweep_columns(inputs, tokens, dim, bottleneck)
         del inputs
 
 

@@ -44,6 +44,8 @@
 #                                    adapter tests
 #   benchmarks/gpu_final.sh adapter_tests  tests/test_adapter_op.py on the GPU (stop at the first failure)
 #   benchmarks/gpu_final.sh adapter_check  per-kernel adapter times at M = 64 / 256; the adapter benchmark; its tests
+#   benchmarks/gpu_final.sh adapter_survey  per-kernel adapter times at M = 64; where the adapter's host time goes
+#                                    (diag/adapter_host_probe.py); triton against cuda at M = 64 ... 256 (graph timing)
 # Every step has its own time limit so one slow step cannot starve the rest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -240,6 +242,19 @@ case "${1:-layers}" in
     LOWPEFT_HYPOTHESIS_EXAMPLES=2 timeout 300 python3 -m pytest -x -q -p no:cacheprovider -rfE tests/test_adapter_op.py \
       > "$OUT/gpu_adapter_tests.log" 2>&1
     echo "adapter pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed|%" "$OUT/gpu_adapter_tests.log" | tail -6
+    ;;
+  adapter_survey)
+    timeout 60 python3 benchmarks/adapter_tuning.py --no-sweep 8192x4096x64 4096x1024x64 > "$OUT/adapter_tuning.log" 2>&1
+    echo "adapter tuning exit $?"; grep -v "Warning\|_warn_once" "$OUT/adapter_tuning.log" | cut -c1-150
+    timeout 90 python3 benchmarks/diag/adapter_host_probe.py > "$OUT/adapter_host_probe.log" 2>&1
+    echo "host probe exit $?"; head -80 "$OUT/adapter_host_probe.log" | cut -c1-160
+    timeout 260 python3 benchmarks/bench_adapter.py --bottlenecks 64,96,128,192,256 --timing graph --no-breakdown \
+      --providers floor,triton,cuda,eager --json "$OUT/adapter_widths_h100.json" --md "$OUT/adapter_widths_h100.md" \
+      > "$OUT/adapter_widths_h100.log" 2>&1
+    echo "adapter widths bench exit $?"; grep "^| " "$OUT/adapter_widths_h100.md" | cut -c1-200
+    timeout 60 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_dispatch.py tests/test_adapter_op.py \
+      -k "dispatch or auto_takes or wider_than" > "$OUT/gpu_dispatch_tests.log" 2>&1
+    echo "dispatch pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_dispatch_tests.log" | tail -6
     ;;
   adapter_tests)
     LOWPEFT_HYPOTHESIS_EXAMPLES=2 timeout 480 python3 -m pytest -x -q -p no:cacheprovider -rfE tests/test_adapter_op.py \

@@ -114,7 +114,11 @@ def _print_info(report: dict) -> None:
         print(f"backends for {device_type} tensors:")
         for name, entry in table.items():
             if name == "auto":
-                print(f"  {'auto':<7} picks {entry['picks']}")
+                line = f"  {'auto':<7} picks {entry['picks']}"
+                if set(entry["adapter_picks"].values()) != {entry["picks"]}:
+                    by_width = ", ".join(f"{width}: {pick}" for width, pick in entry["adapter_picks"].items())
+                    line += f" (bottleneck adapters, {by_width})"
+                print(line)
             elif entry["available"]:
                 print(f"  {name:<7} available")
             else:

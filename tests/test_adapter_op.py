@@ -327,6 +327,14 @@ def test_triton_rejects_a_bottleneck_wider_than_256():
 
 
 @needs_cuda
+@pytest.mark.parametrize("bottleneck,dtype", [(257, torch.bfloat16), (128, torch.float16), (16, torch.float64)])
+def test_auto_takes_every_width_and_dtype_on_cuda(bottleneck, dtype):
+    # backend="auto" picks per call (lowpeft/ops/bottleneck_adapter.adapter_auto_order): wider than the triton
+    # kernels take, or float64, it must still run and be right, not raise the triton backend's errors.
+    _check_against_oracle("auto", "cuda", dtype, 100, 512, bottleneck, "2d", True, True, "gelu", 0.5, 21)
+
+
+@needs_cuda
 @pytest.mark.parametrize(
     "tokens,dim,bottleneck,dtype,activation",
     [(1000, 4096, 64, torch.bfloat16, "gelu"), (300, 16384, 200, torch.bfloat16, "silu"),

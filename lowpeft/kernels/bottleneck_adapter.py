@@ -207,6 +207,20 @@ def _dot(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     return tl.dot(a, b, acc, input_precision=PRECISION)
 
 
+@triton.jit
+def _column_program(T, D, M, BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+    # The (D chunk, T split) program of a backward column kernel: its ids, its split's rows [row_start, row_end)
+    # (whole BLOCK_T steps, 64-bit), its D columns and bottleneck columns with their masks.
+    pid_d = tl.program_id(0)
+    split = tl.program_id(1)
+    rows_per_split = tl.cdiv(tl.cdiv(T, tl.num_programs(1)), BLOCK_T) * BLOCK_T
+    row_start = split.to(tl.int64) * rows_per_split
+    row_end = tl.minimum(row_start + rows_per_split, T)
+    cols_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    cols_m = tl.arange(0, BLOCK_M)
+    return pid_d, split, row_start, row_end, cols_d, cols_d < D, cols_m, cols_m < M
+
+
 # ----------------------------------------------------------------------------------------------------
 # kernels
 # ----------------------------------------------------------------------------------------------------
@@ -318,15 +332,7 @@ def _backward_g_cols_kernel(
     # Grid (D chunk, T split): dh = g + dz W_down for its tiles, and its split's partials of dW_up = s · gᵀ a and
     # db_up = s · Σ g. Partial layout per split (float32):
     # [dW_down (M × D) | dW_up (D × M) | db_up (D) | db_down (M)].
-    pid_d = tl.program_id(0)
-    split = tl.program_id(1)
-    rows_per_split = tl.cdiv(tl.cdiv(T, tl.num_programs(1)), BLOCK_T) * BLOCK_T
-    row_start = split.to(tl.int64) * rows_per_split
-    row_end = tl.minimum(row_start + rows_per_split, T)
-    cols_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    d_mask = cols_d < D
-    cols_m = tl.arange(0, BLOCK_M)
-    m_mask = cols_m < M
+    _, split, row_start, row_end, cols_d, d_mask, cols_m, m_mask = _column_program(T, D, M, BLOCK_M, BLOCK_T, BLOCK_D)
     if NEED_DH:
         down_w = tl.load(down_w_ptr + cols_m[:, None] * stride_dw_m + cols_d[None, :] * stride_dw_d,
                          mask=m_mask[:, None] & d_mask[None, :], other=0.0)
@@ -366,15 +372,8 @@ def _backward_h_cols_kernel(
     # D chunk's programs, of db_down = Σ dz, into the same partial layout. The column sum is a loop of its own over
     # the small dz: inside the main loop (a second use of the loaded dz tile) it cost that loop its pipelined loads
     # on the H100 (48 against 37 µs at 8192 x 4096, M = 64; benchmarks/diag/adapter_kernel_probe.py).
-    pid_d = tl.program_id(0)
-    split = tl.program_id(1)
-    rows_per_split = tl.cdiv(tl.cdiv(T, tl.num_programs(1)), BLOCK_T) * BLOCK_T
-    row_start = split.to(tl.int64) * rows_per_split
-    row_end = tl.minimum(row_start + rows_per_split, T)
-    cols_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    d_mask = cols_d < D
-    cols_m = tl.arange(0, BLOCK_M)
-    m_mask = cols_m < M
+    pid_d, split, row_start, row_end, cols_d, d_mask, cols_m, m_mask = _column_program(T, D, M, BLOCK_M, BLOCK_T,
+                                                                                       BLOCK_D)
     base = partial_ptr + split.to(tl.int64) * PARTIAL_LEN
     if NEED_DOWN_W:
         d_down_w = tl.zeros([BLOCK_M, BLOCK_D], dtype=ACC)

@@ -2,7 +2,8 @@
 #
 # Backends: "triton" (lowpeft/kernels, CUDA GPUs; on the CPU only under TRITON_INTERPRET=1), "cuda" and
 # "cpu" (the compiled extension lowpeft._C), "torch" (plain PyTorch, the reference). "auto" resolves per
-# device. Trade-off: resolution happens in Python before the torch.library op is called (the op receives
+# device, and an op may pass its own measured order for a call (the adapter does, by bottleneck width).
+# Trade-off: resolution happens in Python before the torch.library op is called (the op receives
 # a concrete backend name as a string argument), so torch.compile sees one opaque op per call and the
 # choice costs one dict lookup; an explicitly requested backend that cannot run is an error, never a
 # silent fall-back.
@@ -108,19 +109,23 @@ def _dtype_reason(backend: str, dtype_name: str | None) -> str | None:
 _resolved_cache: dict[tuple, str] = {}
 
 
-def resolve(backend: str, device: torch.device, dtype: torch.dtype | None = None) -> str:
+def resolve(backend: str, device: torch.device, dtype: torch.dtype | None = None,
+            auto_order: tuple[str, ...] | None = None) -> str:
     """The concrete backend to run for a call on `device` with inputs of `dtype` ("auto" and the global choice
-    resolved). Memoised per (backend, device type, dtype, global choice): it runs on every layer call, where
-    host time is what small layers pay for."""
-    key = (backend, device.type, dtype, _global_backend["name"] or os.environ.get("LOWPEFT_BACKEND"))
+    resolved). `auto_order`: the calling op's own fastest-first order for this call (by measurement), instead of
+    the device's default; the first available one that takes `dtype` is picked. Memoised per (backend, device
+    type, dtype, order, global choice): it runs on every layer call, where host time is what small layers pay
+    for."""
+    key = (backend, device.type, dtype, auto_order, _global_backend["name"] or os.environ.get("LOWPEFT_BACKEND"))
     name = _resolved_cache.get(key)
     if name is None:
-        name = _resolve_for_device_type(backend, device.type, None if dtype is None else str(dtype)[6:])
+        name = _resolve_for_device_type(backend, device.type, None if dtype is None else str(dtype)[6:], auto_order)
         _resolved_cache[key] = name
     return name
 
 
-def _resolve_for_device_type(backend: str, device_type: str, dtype_name: str | None = None) -> str:
+def _resolve_for_device_type(backend: str, device_type: str, dtype_name: str | None = None,
+                             auto_order: tuple[str, ...] | None = None) -> str:
     device = torch.device(device_type)
     name = _check_name(backend)
     if name == "auto":
@@ -130,13 +135,14 @@ def _resolve_for_device_type(backend: str, device_type: str, dtype_name: str | N
         if reason is not None:
             raise ValueError(f"backend: {name!r} was requested but cannot run on {device.type}: {reason}")
         return name
-    order = _auto_order(device.type)
+    order = auto_order or _auto_order(device.type)
     for candidate in order:
         if _dtype_reason(candidate, dtype_name) is not None:
             continue
         if unavailable_reason(candidate, device.type) is None:
-            if candidate != order[0] and _dtype_reason(order[0], dtype_name) is None and device.type not in _warned_auto:
-                _warned_auto.add(device.type)
+            if (candidate != order[0] and _dtype_reason(order[0], dtype_name) is None
+                    and (device.type, order[0]) not in _warned_auto):
+                _warned_auto.add((device.type, order[0]))
                 warnings.warn(
                     f"lowpeft: backend 'auto' on {device.type} uses {candidate!r} because {order[0]!r} is "
                     f"unavailable: {unavailable_reason(order[0], device.type)}",
@@ -161,5 +167,16 @@ def backends(device_type: str | None = None) -> dict[str, dict[str, object]]:
     for name in BACKENDS:
         reason = unavailable_reason(name, device_type)
         report[name] = {"available": reason is None, "reason": reason}
-    report["auto"] = {"available": True, "picks": resolve("auto", torch.device(device_type))}
+    device = torch.device(device_type)
+    from .bottleneck_adapter import adapter_auto_order, AUTO_TRITON_MAX_BOTTLENECK
+
+    narrow, wide = AUTO_TRITON_MAX_BOTTLENECK, AUTO_TRITON_MAX_BOTTLENECK + 1
+    report["auto"] = {
+        "available": True,
+        "picks": resolve("auto", device),
+        "adapter_picks": {
+            f"bottleneck <= {narrow}": resolve("auto", device, auto_order=adapter_auto_order(device_type, narrow)),
+            f"bottleneck > {narrow}": resolve("auto", device, auto_order=adapter_auto_order(device_type, wide)),
+        },
+    }
     return report

@@ -22,9 +22,25 @@ from torch import Tensor
 from .. import _extension, reference
 from . import _dispatch
 
-__all__ = ["bottleneck_adapter", "saved_dtype", "MAX_TRITON_BOTTLENECK"]
+__all__ = ["bottleneck_adapter", "saved_dtype", "MAX_TRITON_BOTTLENECK", "AUTO_TRITON_MAX_BOTTLENECK",
+           "adapter_auto_order"]
 
 MAX_TRITON_BOTTLENECK = 256  # = lowpeft.kernels.bottleneck_adapter.MAX_BOTTLENECK (not imported: it imports triton)
+# backend="auto" on CUDA, by bottleneck width M (H100, bf16, fwd + bwd, graph timing, benchmarks/results/
+# adapter_h100_graphs.md): up to M = 64 the triton kernels are fastest (8192 x 4096: 0.229 ms against the cuda
+# backend's 0.278); wider, the tiles' [rows, M] accumulators make them compute-bound and the cuda backend's cuBLAS
+# GEMMs win (M = 256: 0.627 against 0.342 ms).
+AUTO_TRITON_MAX_BOTTLENECK = 64
+
+
+def adapter_auto_order(device_type: str, bottleneck: int) -> tuple[str, ...] | None:
+    """The fastest-first backend order that backend="auto" tries for an adapter of this bottleneck width on
+    this device type (None: the device's default order, triton first on CUDA)."""
+    if device_type != "cuda" or bottleneck <= AUTO_TRITON_MAX_BOTTLENECK:
+        return None
+    if bottleneck <= MAX_TRITON_BOTTLENECK:
+        return ("cuda", "triton", "torch")
+    return ("cuda", "torch")
 
 
 def saved_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -273,11 +289,12 @@ def bottleneck_adapter(
         down_bias = None if down_bias is None else down_bias.to(dtype)
         up_bias = None if up_bias is None else up_bias.to(dtype)
     _check_inputs(h, down_weight, down_bias, up_weight, up_bias, activation, scale)
-    name = _dispatch.resolve(backend, h.device)
-    if name == "triton" and down_weight.shape[0] > MAX_TRITON_BOTTLENECK:
+    bottleneck = down_weight.shape[0]
+    name = _dispatch.resolve(backend, h.device, h.dtype, adapter_auto_order(h.device.type, bottleneck))
+    if name == "triton" and bottleneck > MAX_TRITON_BOTTLENECK:
         raise ValueError(
             f"down_weight: the triton backend takes a bottleneck of at most {MAX_TRITON_BOTTLENECK}, got "
-            f"{down_weight.shape[0]} (use backend='torch' or a narrower bottleneck)"
+            f"{bottleneck} (use backend='auto', 'cuda' or 'torch', or a narrower bottleneck)"
         )
     compiling = torch.compiler.is_compiling()
     if not compiling and name in _dispatch.COMPILED_BACKENDS:

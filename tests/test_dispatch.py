@@ -1,0 +1,100 @@
+# Backend resolution (lowpeft/ops/_dispatch.py): what backend="auto" picks on each device type, including the
+# adapter's own order by bottleneck width, with the availability of each backend faked so the CUDA rules are
+# checked on a CPU-only machine too; explicit choices that cannot run are errors, never fall-backs.
+import warnings
+
+import pytest
+import torch
+
+from lowpeft.ops import _dispatch
+from lowpeft.ops.bottleneck_adapter import AUTO_TRITON_MAX_BOTTLENECK, MAX_TRITON_BOTTLENECK, adapter_auto_order
+
+
+@pytest.fixture
+def availability(monkeypatch):
+    """Fake which backends can run: returns the set of unavailable (backend, device type) pairs to fill in."""
+    unavailable = set()
+
+    def fake_reason(backend, device_type):
+        if backend in _dispatch.COMPILED_BACKENDS and backend != device_type:
+            return f"the {backend} backend runs on {backend} tensors"
+        if backend == "triton" and device_type != "cuda":
+            return "triton runs on CUDA GPUs"
+        return "faked as missing" if (backend, device_type) in unavailable else None
+
+    monkeypatch.setattr(_dispatch, "unavailable_reason", fake_reason)
+    monkeypatch.setattr(_dispatch, "_resolved_cache", {})
+    monkeypatch.setattr(_dispatch, "_warned_auto", set())
+    monkeypatch.setattr(_dispatch, "_global_backend", {"name": None})
+    monkeypatch.delenv("LOWPEFT_BACKEND", raising=False)
+    return unavailable
+
+
+def _adapter_pick(bottleneck, dtype=torch.bfloat16, device_type="cuda"):
+    return _dispatch.resolve("auto", torch.device(device_type), dtype, adapter_auto_order(device_type, bottleneck))
+
+
+def test_adapter_order_by_bottleneck_width():
+    assert adapter_auto_order("cuda", 1) is None
+    assert adapter_auto_order("cuda", AUTO_TRITON_MAX_BOTTLENECK) is None
+    assert adapter_auto_order("cuda", AUTO_TRITON_MAX_BOTTLENECK + 1) == ("cuda", "triton", "torch")
+    assert adapter_auto_order("cuda", MAX_TRITON_BOTTLENECK) == ("cuda", "triton", "torch")
+    assert adapter_auto_order("cuda", MAX_TRITON_BOTTLENECK + 1) == ("cuda", "torch")
+    assert adapter_auto_order("cpu", 4096) is None
+
+
+def test_auto_on_cuda_picks_triton_for_narrow_adapters_and_cuda_for_wide_ones(availability):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _adapter_pick(16) == "triton"
+        assert _adapter_pick(AUTO_TRITON_MAX_BOTTLENECK) == "triton"
+        assert _adapter_pick(AUTO_TRITON_MAX_BOTTLENECK + 1) == "cuda"
+        assert _adapter_pick(MAX_TRITON_BOTTLENECK + 1) == "cuda"
+        # The default order is untouched for everything else.
+        assert _dispatch.resolve("auto", torch.device("cuda"), torch.bfloat16) == "triton"
+
+
+def test_auto_skips_triton_for_float64_adapters(availability):
+    assert _adapter_pick(16, torch.float64) == "cuda"
+    availability.add(("cuda", "cuda"))
+    _dispatch._resolved_cache.clear()  # availability never changes within a real process
+    assert _adapter_pick(16, torch.float64) == "torch"
+
+
+def test_auto_without_the_cuda_extension_warns_once_and_takes_the_next(availability):
+    availability.add(("cuda", "cuda"))
+    with pytest.warns(UserWarning, match="uses 'triton' because 'cuda' is unavailable"):
+        assert _adapter_pick(128) == "triton"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _adapter_pick(200) == "triton"  # the same situation: no second warning
+    # Wider than the triton kernels take: plain PyTorch (the skipped first choice is the same one, so no new
+    # warning).
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _adapter_pick(MAX_TRITON_BOTTLENECK + 1) == "torch"
+
+
+def test_auto_on_the_cpu_ignores_the_width(availability):
+    assert _adapter_pick(16, torch.float32, "cpu") == "cpu"
+    assert _adapter_pick(1024, torch.float32, "cpu") == "cpu"
+
+
+def test_an_explicit_choice_is_kept_whatever_the_width(availability):
+    for bottleneck in (16, 128, 1024):
+        order = adapter_auto_order("cuda", bottleneck)
+        assert _dispatch.resolve("triton", torch.device("cuda"), torch.bfloat16, order) == "triton"
+    _dispatch.set_backend("triton")
+    assert _adapter_pick(128) == "triton"
+    availability.add(("cuda", "cuda"))
+    with pytest.raises(ValueError, match="'cuda' was requested"):
+        _dispatch.resolve("cuda", torch.device("cuda"), torch.bfloat16, adapter_auto_order("cuda", 128))
+
+
+def test_the_report_says_what_auto_picks_for_adapters(availability):
+    report = _dispatch.backends("cuda")
+    assert report["auto"]["picks"] == "triton"
+    assert report["auto"]["adapter_picks"] == {
+        f"bottleneck <= {AUTO_TRITON_MAX_BOTTLENECK}": "triton",
+        f"bottleneck > {AUTO_TRITON_MAX_BOTTLENECK}": "cuda",
+    }
