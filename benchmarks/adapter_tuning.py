@@ -10,7 +10,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
-from triton.testing import do_bench  # noqa: E402
+from triton.testing import do_bench_cudagraph  # noqa: E402
 
 from lowpeft.bench.adapter import make_inputs  # noqa: E402
 from lowpeft.kernels import bottleneck_adapter as kernels  # noqa: E402
@@ -22,6 +22,7 @@ BOTTLENECKS = (16, 64, 256)
 COLUMN_TILES = ((64, 128, 8, 3), (64, 128, 4, 3), (32, 128, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (64, 64, 4, 4),
                 (32, 64, 4, 4), (128, 64, 8, 3), (32, 32, 4, 4), (64, 256, 8, 3), (64, 32, 4, 3), (64, 128, 8, 4))
 SPLIT_FACTORS = (1, 2)
+FORCED_SPLITS = (2, 4, 8, 16, 32)
 
 
 def profile_step(inputs):
@@ -45,6 +46,10 @@ def profile_step(inputs):
 
 
 def sweep_columns(inputs, tokens, dim, bottleneck):
+    """The backward launcher's GPU time (CUDA-graph replays, so small shapes are not timed as host time) for each
+    column tile with the split counts its factors give and a few forced ones (2 ... 32, within the partials' memory
+    cap): small shapes pay for partials (splits × 2·M·D float32 written and read back) as much as for filling
+    the GPU."""
     args = [inputs[k].detach() for k in ("h", "down_weight", "down_bias", "up_weight", "up_bias")]
     _, z = kernels.bottleneck_adapter_fwd(*args, "gelu", 1.0)
     block_m = max(16, 1 << (bottleneck - 1).bit_length())
@@ -54,25 +59,34 @@ def sweep_columns(inputs, tokens, dim, bottleneck):
     cap = (tokens * dim * args[0].element_size()) // (4 * (2 * bottleneck * dim + dim + bottleneck))
     default_splits = original[1](tokens, dim, default_tile[0], default_tile[1], default_factor, default_tile[2],
                                  args[0].device, cap)
+
+    def backward():
+        kernels.bottleneck_adapter_bwd(inputs["grad_out"], args[0], args[1], args[2], args[3], z, "gelu", 1.0,
+                                       (True,) * 5)
+
     results = []
     try:
-        for tile, factor in itertools.product(COLUMN_TILES, SPLIT_FACTORS):
+        for tile in COLUMN_TILES:
             if tile[1] * block_m > 16384:
                 continue
-            kernels.column_block_config = lambda *a, tile=tile, factor=factor: tile + (factor,)
-            splits = original[1](tokens, dim, tile[0], tile[1], factor, tile[2], args[0].device, cap)
-            fn = lambda: kernels.bottleneck_adapter_bwd(inputs["grad_out"], args[0], args[1], args[2], args[3], z,  # noqa: E731
-                                                        "gelu", 1.0, (True,) * 5)
-            try:
-                results.append((do_bench(fn, warmup=10, rep=40, return_mode="median"), tile, splits))
-            except Exception as exc:  # a tile that does not compile (shared memory) is reported, not fatal
-                print(f"    tile {tile} splits {splits}: {type(exc).__name__}: {str(exc)[:100]}")
+            counts = {original[1](tokens, dim, tile[0], tile[1], factor, tile[2], args[0].device, cap)
+                      for factor in SPLIT_FACTORS}
+            counts |= {n for n in FORCED_SPLITS if n <= min(cap, -(-tokens // tile[0]))}
+            for splits in sorted(counts):
+                kernels.column_block_config = lambda *a, tile=tile: tile + (1,)
+                kernels._t_splits = lambda *a, splits=splits, **k: splits
+                try:
+                    backward()
+                    results.append((do_bench_cudagraph(backward, rep=20), tile, splits))
+                except Exception as exc:  # a tile that does not compile (shared memory) is reported, not fatal
+                    print(f"    tile {tile} splits {splits}: {type(exc).__name__}: {str(exc)[:100]}")
     finally:
         kernels.column_block_config, kernels._t_splits = original
     results.sort(key=lambda r: r[0])
     chosen = [r for r in results if r[1] == default_tile and r[2] == default_splits]
-    print(f"    default {default_tile} splits {default_splits}: {chosen[0][0] * 1e3 if chosen else float('nan'):.1f} us")
-    for ms, tile, splits in results[:4]:
+    print(f"    default {default_tile} splits {default_splits}: {chosen[0][0] * 1e3 if chosen else float('nan'):.1f} us"
+          " (backward, graph timing)")
+    for ms, tile, splits in results[:6]:
         print(f"    best    {tile} splits {splits}: {ms * 1e3:.1f} us")
 
 

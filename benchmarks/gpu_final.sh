@@ -44,6 +44,8 @@
 #                                    adapter tests
 #   benchmarks/gpu_final.sh adapter_tests  tests/test_adapter_op.py on the GPU (stop at the first failure)
 #   benchmarks/gpu_final.sh adapter_check  per-kernel adapter times at M = 64 / 256; the adapter benchmark; its tests
+#   benchmarks/gpu_final.sh adapter_small  per-kernel adapter times and the backward column-tile / split sweep (graph
+#                                    timing) at 4096 x 1024 and 8192 x 4096, M = 16 / 64
 #   benchmarks/gpu_final.sh adapter_survey  per-kernel adapter times at M = 64; where the adapter's host time goes
 #                                    (diag/adapter_host_probe.py); triton against cuda at M = 64 ... 256 (graph timing)
 # Every step has its own time limit so one slow step cannot starve the rest.
@@ -255,6 +257,11 @@ case "${1:-layers}" in
     timeout 60 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_dispatch.py tests/test_adapter_op.py \
       -k "dispatch or auto_takes or wider_than" > "$OUT/gpu_dispatch_tests.log" 2>&1
     echo "dispatch pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_dispatch_tests.log" | tail -6
+    ;;
+  adapter_small)
+    timeout 400 python3 benchmarks/adapter_tuning.py 4096x1024x16 4096x1024x64 8192x4096x64 8192x4096x16 \
+      > "$OUT/adapter_tuning.log" 2>&1
+    echo "adapter tuning exit $?"; grep -v "Warning\|_warn_once" "$OUT/adapter_tuning.log" | cut -c1-150
     ;;
   adapter_tests)
     LOWPEFT_HYPOTHESIS_EXAMPLES=2 timeout 480 python3 -m pytest -x -q -p no:cacheprovider -rfE tests/test_adapter_op.py \

@@ -433,3 +433,20 @@ def test_any_leading_dimensions_are_flattened_without_graph_nodes(backend, devic
     torch.testing.assert_close(out.reshape(rows, 24), out_rows, rtol=0, atol=0)
     for got, want in zip((dh.reshape(rows, 24), d_down, d_up), expected):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("bottleneck,dtype,only_fallback", [(64, torch.bfloat16, False), (256, torch.bfloat16, False),
+                                                            (128, torch.float32, False), (256, torch.float32, True)])
+def test_row_kernels_race_their_small_fallback_tile_only_when_nothing_else_fits(monkeypatch, bottleneck, dtype,
+                                                                                 only_fallback):
+    # The H100 candidate list (not the interpreter's one-config list): the fallback 32 x 32 tile won one process's
+    # autotuning at 4096 x 1024, M = 64 at 2.8x the usual winner's time (run 53), so it is kept out of the race.
+    from lowpeft.kernels import bottleneck_adapter as kernels
+
+    monkeypatch.setattr(kernels, "interpreting", lambda: False)
+    configs = kernels.row_block_configs()
+    block_m = max(16, 1 << (bottleneck - 1).bit_length())
+    named = {"h_ptr": torch.empty(0, dtype=dtype), "T_BUCKET": 4096}
+    kept = kernels.prune_row_block_configs(configs, named, BLOCK_M=block_m)
+    assert (kept == configs[-1:]) == only_fallback
+    assert only_fallback or configs[-1] not in kept
