@@ -53,11 +53,11 @@ def sweep_columns(inputs, tokens, dim, bottleneck):
     args = [inputs[k].detach() for k in ("h", "down_weight", "down_bias", "up_weight", "up_bias")]
     _, z = kernels.bottleneck_adapter_fwd(*args, "gelu", 1.0)
     block_m = max(16, 1 << (bottleneck - 1).bit_length())
-    default = kernels.column_block_config(block_m)
+    default = kernels.column_block_config(block_m, dim)
     original = kernels.column_block_config, kernels._t_splits
-    default_tile, default_factor = default[:4], default[4]
+    default_tile, default_factor, default_per_sm = default[:4], default[4], default[5]
     cap = (tokens * dim * args[0].element_size()) // (4 * (2 * bottleneck * dim + dim + bottleneck))
-    default_splits = original[1](tokens, dim, default_tile[0], default_tile[1], default_factor, default_tile[2],
+    default_splits = original[1](tokens, dim, default_tile[0], default_tile[1], default_factor, default_per_sm,
                                  args[0].device, cap)
 
     def backward():
@@ -69,11 +69,11 @@ def sweep_columns(inputs, tokens, dim, bottleneck):
         for tile in COLUMN_TILES:
             if tile[1] * block_m > 16384:
                 continue
-            counts = {original[1](tokens, dim, tile[0], tile[1], factor, tile[2], args[0].device, cap)
+            counts = {original[1](tokens, dim, tile[0], tile[1], factor, 2 if tile[2] <= 4 else 1, args[0].device, cap)
                       for factor in SPLIT_FACTORS}
             counts |= {n for n in FORCED_SPLITS if n <= min(cap, -(-tokens // tile[0]))}
             for splits in sorted(counts):
-                kernels.column_block_config = lambda *a, tile=tile: tile + (1,)
+                kernels.column_block_config = lambda *a, tile=tile: tile + (1, 2)
                 kernels._t_splits = lambda *a, splits=splits, **k: splits
                 try:
                     backward()

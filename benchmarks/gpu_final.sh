@@ -46,6 +46,8 @@
 #   benchmarks/gpu_final.sh adapter_check  per-kernel adapter times at M = 64 / 256; the adapter benchmark; its tests
 #   benchmarks/gpu_final.sh adapter_small  per-kernel adapter times and the backward column-tile / split sweep (graph
 #                                    timing) at 4096 x 1024 and 8192 x 4096, M = 16 / 64
+#   benchmarks/gpu_final.sh adapter_narrow  per-kernel adapter times at 4096 x 1024 and 8192 x 4096; the adapter
+#                                    benchmark (M = 16, 64, 256, both timings); the native adapter and dispatch tests
 #   benchmarks/gpu_final.sh adapter_survey  per-kernel adapter times at M = 64; where the adapter's host time goes
 #                                    (diag/adapter_host_probe.py); triton against cuda at M = 64 ... 256 (graph timing)
 # Every step has its own time limit so one slow step cannot starve the rest.
@@ -262,6 +264,18 @@ case "${1:-layers}" in
     timeout 400 python3 benchmarks/adapter_tuning.py 4096x1024x16 4096x1024x64 8192x4096x64 8192x4096x16 \
       > "$OUT/adapter_tuning.log" 2>&1
     echo "adapter tuning exit $?"; grep -v "Warning\|_warn_once" "$OUT/adapter_tuning.log" | cut -c1-150
+    ;;
+  adapter_narrow)
+    timeout 70 python3 benchmarks/adapter_tuning.py --no-sweep 4096x1024x16 4096x1024x64 8192x4096x64 \
+      > "$OUT/adapter_tuning.log" 2>&1
+    echo "adapter tuning exit $?"; grep -v "Warning\|_warn_once" "$OUT/adapter_tuning.log" | cut -c1-150
+    timeout 200 python3 benchmarks/bench_adapter.py --bottlenecks 16,64,256 --timing launch,graph \
+      --providers floor,triton,cuda,eager,compile --json "$OUT/adapter_h100_graphs.json" \
+      --md "$OUT/adapter_h100_graphs.md" > "$OUT/adapter_h100_graphs.log" 2>&1
+    echo "adapter bench exit $?"; grep "^| " "$OUT/adapter_h100_graphs.md" | cut -c1-300
+    timeout 150 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_dispatch.py tests/test_native_backends.py \
+      -k "dispatch or adapter" > "$OUT/gpu_native_adapter_tests.log" 2>&1
+    echo "native adapter pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_native_adapter_tests.log" | tail -6
     ;;
   adapter_tests)
     LOWPEFT_HYPOTHESIS_EXAMPLES=2 timeout 480 python3 -m pytest -x -q -p no:cacheprovider -rfE tests/test_adapter_op.py \

@@ -390,21 +390,22 @@ def test_triton_64_bit_offsets():
         assert relative < 2e-2, f"{name}: relative difference {relative:.2e} to the torch backend"
 
 
-@pytest.mark.parametrize("T,D,block_t,block_d,warps,memory_cap,expected", [
-    (8192, 4096, 64, 128, 8, 10**6, 4),    # 32 column blocks, one 8-warp program per SM: 128 programs, one wave
-    (8192, 4096, 64, 128, 4, 10**6, 8),    # two 4-warp programs per SM: 256 programs still fit in one wave
-    (16384, 8192, 64, 64, 4, 10**6, 2),    # 128 column blocks: 256 four-warp programs in one wave
-    (4096, 1024, 64, 128, 8, 10**6, 16),   # 8 column blocks: 128 programs
-    (4096, 1024, 64, 128, 8, 5, 5),        # the partial-memory cap wins
-    (64, 4096, 64, 128, 8, 10**6, 1),      # never more splits than row blocks
+@pytest.mark.parametrize("T,D,block_t,block_d,per_sm,memory_cap,expected", [
+    (8192, 4096, 64, 128, 1, 10**6, 4),    # 32 column blocks, one program per SM: 128 programs, one wave
+    (8192, 4096, 64, 128, 2, 10**6, 8),    # two programs per SM: 256 programs still fit in one wave
+    (16384, 8192, 64, 64, 2, 10**6, 2),    # 128 column blocks: 256 programs in one wave
+    (4096, 1024, 64, 128, 1, 10**6, 16),   # 8 column blocks: 128 programs
+    (4096, 1024, 64, 64, 1, 10**6, 8),     # 16 narrower column blocks: the same 128 programs with half the splits
+    (4096, 1024, 64, 128, 1, 5, 5),        # the partial-memory cap wins
+    (64, 4096, 64, 128, 1, 10**6, 1),      # never more splits than row blocks
 ])
-def test_backward_split_count_fills_whole_waves(monkeypatch, T, D, block_t, block_d, warps, memory_cap, expected):
+def test_backward_split_count_fills_whole_waves(monkeypatch, T, D, block_t, block_d, per_sm, memory_cap, expected):
     """_t_splits on a 132-SM GPU: never a second, mostly idle wave (160 eight-warp programs on 132 SMs ran two
     waves on the H100), within the partial-memory cap. A pure function of the SM count; no GPU needed."""
     from lowpeft.kernels import bottleneck_adapter as kernels
 
     monkeypatch.setattr(kernels, "_multiprocessors", lambda index: 132)
-    splits = kernels._t_splits(T, D, block_t, block_d, 1, warps, torch.device("cuda", 0), memory_cap)
+    splits = kernels._t_splits(T, D, block_t, block_d, 1, per_sm, torch.device("cuda", 0), memory_cap)
     assert splits == expected
 
 
@@ -450,3 +451,17 @@ def test_row_kernels_race_their_small_fallback_tile_only_when_nothing_else_fits(
     kept = kernels.prune_row_block_configs(configs, named, BLOCK_M=block_m)
     assert (kept == configs[-1:]) == only_fallback
     assert only_fallback or configs[-1] not in kept
+
+
+@pytest.mark.parametrize("M_pad,D,expected", [
+    (64, 1024, (64, 64, 4, 3, 1, 1)),      # narrow D: 64-column chunks, each SM filled once (fewer partials)
+    (16, 1920, (64, 64, 4, 3, 1, 1)),
+    (64, 2048, (64, 128, 4, 3, 1, 2)),     # 16 chunks of 128 columns and more: two programs per SM
+    (64, 4096, (64, 128, 4, 3, 1, 2)),
+    (256, 1024, (32, 64, 4, 4, 2, 2)),     # wide bottlenecks: their own tile
+])
+def test_backward_column_tile_by_bottleneck_and_width(monkeypatch, M_pad, D, expected):
+    from lowpeft.kernels import bottleneck_adapter as kernels
+
+    monkeypatch.setattr(kernels, "interpreting", lambda: False)
+    assert kernels.column_block_config(M_pad, D, 2) == expected

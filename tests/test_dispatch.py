@@ -31,7 +31,9 @@ def availability(monkeypatch):
 
 
 def _adapter_pick(bottleneck, dtype=torch.bfloat16, device_type="cuda"):
-    return _dispatch.resolve("auto", torch.device(device_type), dtype, adapter_auto_order(device_type, bottleneck))
+    """As lowpeft.ops.bottleneck_adapter resolves its backend."""
+    return _dispatch.resolve("auto", torch.device(device_type),
+                             auto_order=adapter_auto_order(device_type, bottleneck, dtype))
 
 
 def test_adapter_order_by_bottleneck_width():
@@ -40,6 +42,8 @@ def test_adapter_order_by_bottleneck_width():
     assert adapter_auto_order("cuda", AUTO_TRITON_MAX_BOTTLENECK + 1) == ("cuda", "triton", "torch")
     assert adapter_auto_order("cuda", MAX_TRITON_BOTTLENECK) == ("cuda", "triton", "torch")
     assert adapter_auto_order("cuda", MAX_TRITON_BOTTLENECK + 1) == ("cuda", "torch")
+    assert adapter_auto_order("cuda", 16, torch.float64) == ("cuda", "torch")
+    assert adapter_auto_order("cuda", 16, torch.float32) is None
     assert adapter_auto_order("cpu", 4096) is None
 
 
@@ -83,12 +87,12 @@ def test_auto_on_the_cpu_ignores_the_width(availability):
 def test_an_explicit_choice_is_kept_whatever_the_width(availability):
     for bottleneck in (16, 128, 1024):
         order = adapter_auto_order("cuda", bottleneck)
-        assert _dispatch.resolve("triton", torch.device("cuda"), torch.bfloat16, order) == "triton"
+        assert _dispatch.resolve("triton", torch.device("cuda"), auto_order=order) == "triton"
     _dispatch.set_backend("triton")
     assert _adapter_pick(128) == "triton"
     availability.add(("cuda", "cuda"))
     with pytest.raises(ValueError, match="'cuda' was requested"):
-        _dispatch.resolve("cuda", torch.device("cuda"), torch.bfloat16, adapter_auto_order("cuda", 128))
+        _dispatch.resolve("cuda", torch.device("cuda"), auto_order=adapter_auto_order("cuda", 128))
 
 
 def test_the_report_says_what_auto_picks_for_adapters(availability):

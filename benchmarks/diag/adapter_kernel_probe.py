@@ -145,7 +145,7 @@ def probe(tokens, dim, bottleneck):
     print(f"== {tokens} x {dim}, M = {bottleneck}")
 
     def splits_for(tile):
-        return kernels._t_splits(tokens, dim, tile[0], tile[1], 1, tile[2], h.device, 64)
+        return kernels._t_splits(tokens, dim, tile[0], tile[1], 1, 2 if tile[2] <= 4 else 1, h.device, 64)
 
     def rows(tile, w, stride_d, stride_m):
         bt, bd, warps, stages = tile

@@ -108,19 +108,26 @@ def prune_up_tile_configs(configs, named_args, **kwargs):
     return kept if autotuning() else kept[:1]
 
 
-def column_block_config(M_pad: int, element_size: int = 2):
-    """Tile of the two backward column kernels: (BLOCK_T, BLOCK_D, num_warps, num_stages, split factor). Each
-    keeps one [BLOCK_D, M] float32 accumulator (dW_up or dW_down). Up to M = 64: 64 rows × 128 columns, 4 warps,
-    3 stages, the fastest for both kernels at M = 16 and 64 in the H100 probe (bf16, 8192 x 4096,
-    benchmarks/diag/adapter_kernel_probe.py, run 44). Wider bottlenecks: 32 × 64 tiles, 4 warps, 4 stages and a
-    split factor of 2, the best of run 50's sweep at M = 256 (backward 397 µs at 8192 x 4096, against 623 µs with
-    64 × 32 tiles at 8 warps). 4- and 8-byte elements take fewer rows per step so the pipeline fits in shared
-    memory."""
+def column_block_config(M_pad: int, D: int, element_size: int = 2):
+    """Tile of the two backward column kernels: (BLOCK_T, BLOCK_D, num_warps, num_stages, split factor, programs
+    per SM that the split count aims to fill). Each keeps one [BLOCK_D, M] float32 accumulator (dW_up or dW_down).
+    Up to M = 64: 64 rows × 128 columns, 4 warps, 3 stages, two programs per SM, the fastest for both kernels at
+    M = 16 and 64 in the H100 probe (bf16, 8192 x 4096, benchmarks/diag/adapter_kernel_probe.py, run 44); where D
+    gives fewer than 16 such column chunks, 64 × 64 tiles filling each SM once: there the split-T partials
+    (splits × 2·M·D float32, written and read back) cost as much as the tiles, and fewer splits of narrower chunks
+    ran the backward at 4096 x 1024 in 30.1 µs against 36.2 at M = 64 and 25.4 against 29.2 at M = 16 (graph
+    timing, run 54's sweep; 8192 x 4096 kept its tile, the sweep's best there). Wider bottlenecks: 32 × 64 tiles,
+    4 warps, 4 stages and a split factor of 2, the best of run 50's sweep at M = 256 (backward 397 µs at
+    8192 x 4096, against 623 µs with 64 × 32 tiles at 8 warps). 4- and 8-byte elements take fewer rows per step so
+    the pipeline fits in shared memory."""
     if interpreting():
-        return 16, 32, 4, 1, 1
+        return 16, 32, 4, 1, 1, 2
     if M_pad <= 64:
-        return {2: 64, 4: 32}.get(element_size, 16), 128, 4, 3, 1
-    return max(16, 64 // element_size), 64, 4, 4 if element_size <= 2 else 3, 2
+        rows = {2: 64, 4: 32}.get(element_size, 16)
+        if ceil_div(D, 128) < 16:
+            return rows, 64, 4, 3, 1, 1
+        return rows, 128, 4, 3, 1, 2
+    return max(16, 64 // element_size), 64, 4, 4 if element_size <= 2 else 3, 2, 2
 
 
 @functools.lru_cache(maxsize=None)
@@ -128,19 +135,18 @@ def _multiprocessors(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def _t_splits(T: int, D: int, block_t: int, block_d: int, factor: int, warps: int, device: torch.device,
+def _t_splits(T: int, D: int, block_t: int, block_d: int, factor: int, programs_per_sm: int, device: torch.device,
               memory_cap: int) -> int:
-    """How many T ranges backward_cols splits the rows into. The time goes as (waves of programs) / (splits),
-    with one resident program per multiprocessor at 8 warps and two at 4 (the tiles' registers): the count in
-    1 .. factor × (enough to fill every slot twice) with the fewest splits among those within 5 % of the best,
-    and at most `memory_cap` (the caller's bound on the float32 partials, one per split). Filling the GPU once
-    and a bit is the trap: 160 eight-warp programs on 132 SMs ran two waves for 1.2 waves of work (H100,
-    run 24)."""
+    """How many T ranges the backward column kernels split the rows into. The time goes as (waves of programs) /
+    (splits), a wave being `programs_per_sm` programs on every multiprocessor: the count in 1 .. factor × (enough
+    to fill every slot twice) with the fewest splits among those within 5 % of the best, and at most `memory_cap`
+    (the caller's bound on the float32 partials, one per split). Filling the GPU once and a bit is the trap: 160
+    eight-warp programs on 132 SMs ran two waves for 1.2 waves of work (H100, run 24)."""
     max_splits = max(1, min(ceil_div(T, block_t), memory_cap))
     if device.type != "cuda":
         return max(1, min(3, max_splits))
     index = device.index if device.index is not None else torch.cuda.current_device()
-    slots = _multiprocessors(index) * (2 if warps <= 4 else 1)
+    slots = _multiprocessors(index) * programs_per_sm
     column_blocks = ceil_div(D, block_d)
     candidates = range(1, max(1, min(max_splits, factor * 2 * ceil_div(slots, column_blocks))) + 1)
 
@@ -528,10 +534,10 @@ def bottleneck_adapter_bwd(grad_out, h, down_weight, down_bias, up_weight, z, ac
     block_m = _padded_bottleneck(M)
     precision, upcast = dot_precision(h.dtype), _upcast(h.dtype)
     a, dz = torch.empty((2, T, M), dtype=h.dtype, device=h.device).unbind(0)
-    block_t, block_d, warps, stages, split_factor = column_block_config(block_m, h.element_size())
+    block_t, block_d, warps, stages, split_factor, programs_per_sm = column_block_config(block_m, D, h.element_size())
     partial_len = 2 * M * D + D + M
     # The split-T partials (float32, one [partial_len] row per split) stay no larger than h itself.
-    splits = _t_splits(T, D, block_t, block_d, split_factor, warps, h.device,
+    splits = _t_splits(T, D, block_t, block_d, split_factor, programs_per_sm, h.device,
                        memory_cap=(T * D * h.element_size()) // (4 * partial_len))
     partials = torch.empty((splits, partial_len) if need_weight_grads else (0,), dtype=z.dtype, device=h.device)
     with _device_context(h):

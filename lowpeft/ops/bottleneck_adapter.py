@@ -33,14 +33,17 @@ MAX_TRITON_BOTTLENECK = 256  # = lowpeft.kernels.bottleneck_adapter.MAX_BOTTLENE
 AUTO_TRITON_MAX_BOTTLENECK = 64
 
 
-def adapter_auto_order(device_type: str, bottleneck: int) -> tuple[str, ...] | None:
-    """The fastest-first backend order that backend="auto" tries for an adapter of this bottleneck width on
-    this device type (None: the device's default order, triton first on CUDA)."""
-    if device_type != "cuda" or bottleneck <= AUTO_TRITON_MAX_BOTTLENECK:
+def adapter_auto_order(device_type: str, bottleneck: int, dtype: torch.dtype | None = None) -> tuple[str, ...] | None:
+    """The fastest-first backend order that backend="auto" tries for an adapter of this bottleneck width and
+    dtype on this device type (None: the device's default order, triton first on CUDA). The triton kernels take
+    bottlenecks up to MAX_TRITON_BOTTLENECK and no float64 on CUDA (an explicit backend="triton" says so)."""
+    if device_type != "cuda":
         return None
-    if bottleneck <= MAX_TRITON_BOTTLENECK:
+    if dtype == torch.float64 or bottleneck > MAX_TRITON_BOTTLENECK:
+        return ("cuda", "torch")
+    if bottleneck > AUTO_TRITON_MAX_BOTTLENECK:
         return ("cuda", "triton", "torch")
-    return ("cuda", "torch")
+    return None
 
 
 def saved_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -164,16 +167,20 @@ def _bottleneck_adapter_backward_fake(grad_out, h, down_weight, down_bias, up_we
     )
 
 
-def _setup_context(ctx, inputs, output):
+def _save_for_backward(ctx, inputs, z):
     h, down_weight, down_bias, up_weight, up_bias, activation, scale, backend = inputs
-    _, z = output
-    ctx.mark_non_differentiable(z)
     ctx.save_for_backward(h, down_weight, down_bias, up_weight, z)
     ctx.activation, ctx.scale, ctx.backend = activation, scale, backend
     needs = ctx.needs_input_grad
     ctx.needs = (
         needs[0], needs[1], down_bias is not None and needs[2], needs[3], up_bias is not None and needs[4]
     )
+
+
+def _setup_context(ctx, inputs, output):
+    _, z = output
+    ctx.mark_non_differentiable(z)
+    _save_for_backward(ctx, inputs, z)
 
 
 def _backward(ctx, grad_out, grad_z):
@@ -193,7 +200,9 @@ torch.library.register_autograd("lowpeft::bottleneck_adapter", _backward, setup_
 class _EagerBottleneckAdapter(torch.autograd.Function):
     """The same forward / backward as the custom op, for eager calls: torch.library's Python dispatch and
     autograd wrapping cost several times an autograd.Function's host time (measured ~4x), which at small
-    shapes is the whole step. Under torch.compile the public function calls the custom op instead."""
+    shapes is the whole step. Under torch.compile the public function calls the custom op instead. It returns out
+    alone (z is saved, not returned): a non-differentiable second output would get a materialised [T, M] zero
+    gradient, one fill kernel per backward."""
 
     @staticmethod
     def forward(ctx, h, down_weight, down_bias, up_weight, up_bias, activation, scale, backend):
@@ -201,13 +210,12 @@ class _EagerBottleneckAdapter(torch.autograd.Function):
         # through _unsafe_view, not as a view (FSDP2 warns about module outputs that are views).
         h_rows = h if h.dim() == 2 else h.reshape(-1, h.shape[-1])
         out, z = _FORWARD[backend](h_rows, down_weight, down_bias, up_weight, up_bias, activation, scale)
-        _setup_context(ctx, (h_rows, down_weight, down_bias, up_weight, up_bias, activation, scale, backend),
-                       (out, z))
+        _save_for_backward(ctx, (h_rows, down_weight, down_bias, up_weight, up_bias, activation, scale, backend), z)
         ctx.h_shape = h.shape
-        return (out if h.dim() == 2 else torch.ops.aten._unsafe_view(out, h.shape)), z
+        return out if h.dim() == 2 else torch.ops.aten._unsafe_view(out, h.shape)
 
     @staticmethod
-    def backward(ctx, grad_out, grad_z):
+    def backward(ctx, grad_out):
         h, down_weight, down_bias, up_weight, z = ctx.saved_tensors
         if not any(ctx.needs):
             return (None,) * 8
@@ -290,7 +298,7 @@ def bottleneck_adapter(
         up_bias = None if up_bias is None else up_bias.to(dtype)
     _check_inputs(h, down_weight, down_bias, up_weight, up_bias, activation, scale)
     bottleneck = down_weight.shape[0]
-    name = _dispatch.resolve(backend, h.device, h.dtype, adapter_auto_order(h.device.type, bottleneck))
+    name = _dispatch.resolve(backend, h.device, auto_order=adapter_auto_order(h.device.type, bottleneck, h.dtype))
     if name == "triton" and bottleneck > MAX_TRITON_BOTTLENECK:
         raise ValueError(
             f"down_weight: the triton backend takes a bottleneck of at most {MAX_TRITON_BOTTLENECK}, got "
@@ -305,10 +313,8 @@ def bottleneck_adapter(
             h, down_weight, down_bias, up_weight, up_bias, activation, float(scale)
         )
     if not compiling:
-        out, _ = _EagerBottleneckAdapter.apply(
-            h, down_weight, down_bias, up_weight, up_bias, activation, float(scale), name
-        )
-        return out
+        return _EagerBottleneckAdapter.apply(h, down_weight, down_bias, up_weight, up_bias, activation, float(scale),
+                                             name)
     flat = h.dim() == 2
     h2 = h if flat else h.reshape(-1, h.shape[-1])
     out, _ = torch.ops.lowpeft.bottleneck_adapter(
