@@ -161,20 +161,21 @@ def probe(tokens, dim, bottleneck):
             a.stride(0), HAS_DOWN_BIAS=False, ACTIVATION=0, PRECISION="ieee", UPCAST=False, ACC=tl.float32,
             BLOCK_M=block_m, BLOCK_T=bt, BLOCK_D=bd, num_warps=warps, num_stages=stages)
 
-    def g_cols(tile, need_dh=True, need_up=True):
+    def cols(tile, need_dh=True, need_up=True, need_down=False):
+        # The library's column kernel with the chosen sides: g side (dh, dW_up / db_up), h side (dW_down, db_down).
         bt, bd, warps, stages = tile
-        return kernels._backward_g_cols_kernel[(triton.cdiv(dim, bd), splits_for(tile))](
-            g, down_w, a, dz, dh, partials, tokens, dim, bottleneck, partial_len, g.stride(0), 1, down_w.stride(0), 1,
-            a.stride(0), dh.stride(0), 1.0, NEED_DH=need_dh, NEED_UP_GRADS=need_up, PRECISION="ieee", UPCAST=False,
-            ACC=tl.float32, BLOCK_M=block_m, BLOCK_T=bt, BLOCK_D=bd, num_warps=warps, num_stages=stages)
+        sides = (need_dh or need_up) + need_down
+        return kernels._backward_cols_kernel[(triton.cdiv(dim, bd) * sides, splits_for(tile))](
+            g, h, down_w, a, dz, dh, partials, tokens, dim, bottleneck, partial_len, g.stride(0), 1, h.stride(0), 1,
+            down_w.stride(0), 1, a.stride(0), dh.stride(0), 1.0, NEED_DH=need_dh, NEED_UP_GRADS=need_up,
+            NEED_DOWN_W=need_down, NEED_DOWN_B=need_down, PRECISION="ieee", UPCAST=False, ACC=tl.float32,
+            BLOCK_M=block_m, BLOCK_T=bt, BLOCK_D=bd, num_warps=warps, num_stages=stages)
+
+    def g_cols(tile, need_dh=True, need_up=True):
+        return cols(tile, need_dh, need_up)
 
     def h_cols(tile):
-        bt, bd, warps, stages = tile
-        return kernels._backward_h_cols_kernel[(triton.cdiv(dim, bd), splits_for(tile))](
-            h, dz, partials, tokens, dim, bottleneck, partial_len, h.stride(0), 1, dz.stride(0), NEED_DOWN_W=True,
-            NEED_DOWN_B=True, PRECISION="ieee",
-            UPCAST=False, ACC=tl.float32, BLOCK_M=block_m, BLOCK_T=bt, BLOCK_D=bd, num_warps=warps,
-            num_stages=stages)
+        return cols(tile, need_dh=False, need_up=False, need_down=True)
 
     def h_variant(kernel, small, small_stride):
         def launch(tile):
@@ -198,6 +199,7 @@ def probe(tokens, dim, bottleneck):
     time_variant("g_cols up only", lambda t: g_cols(t, need_dh=False), COLUMN_TILES[:5], tensor_bytes)
     time_variant("g_a_t", g_a_t, COLUMN_TILES, 2 * tensor_bytes)
     time_variant("h_cols", h_cols, COLUMN_TILES, tensor_bytes)
+    time_variant("cols, both sides", lambda t: cols(t, need_down=True), COLUMN_TILES, 3 * tensor_bytes)
     time_variant("h_nobias", h_variant(_h_nobias_kernel, dz, dz.stride(0)), COLUMN_TILES, tensor_bytes)
     time_variant("h_dz_t", h_variant(_h_dz_t_kernel, dz_t, dz_t.stride(0)), COLUMN_TILES, tensor_bytes)
 

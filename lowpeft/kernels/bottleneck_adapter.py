@@ -7,11 +7,10 @@
 #   up             one program per [rows × columns] tile: out = h + s · (a W_upᵀ + b_up). One read of h, one write.
 #   backward_rows  one program per block of rows: da = s · g W_up over all of D, then dz = da ⊙ act'(z) and
 #                  a = act(z), both written as [T, M] in h's dtype. One read of g.
-#   backward_g_cols, backward_h_cols
-#                  a (D-chunk × T-split) grid each: the first reads g once, writes dh = g + dz W_down and keeps
-#                  dW_up, db_up of its D chunk as float32 accumulators over its T range; the second reads h once
-#                  for dW_down (and db_down from the small dz). Both write split-T partials that `reduce` sums in a
-#                  fixed order (deterministic).
+#   backward_cols  a ((g-side + h-side D chunks) × T splits) grid, one launch: a g-side program reads g once,
+#                  writes dh = g + dz W_down and keeps dW_up, db_up of its D chunk as float32 accumulators over its
+#                  T range; an h-side program reads h once for dW_down (and db_down from the small dz). Both write
+#                  split-T partials that `reduce` sums in a fixed order (deterministic).
 # Trade-off: z needs a reduction over all of D before any output column can be written, so neither direction
 # can be one pass. The forward reads h twice and the backward g twice (7 passes over a [T, D] tensor for
 # forward + backward against 4 for the copy floor): a single forward kernel that kept the row block for its
@@ -20,8 +19,9 @@
 # drop to 2 bytes and the compiler leaves them out of the software pipeline (the backward kernels ran 1.5-2.4x
 # slower at M = 64, benchmarks/diag/adapter_kernel_probe.py). The backward's weight gradients reduce over T
 # while dz needs all of D, hence the split-T partials (splits × D × M, small next to h); dW_up and dW_down live
-# in separate kernels so each keeps one accumulator in registers (one kernel holding both spilled,
-# benchmarks/NOTES_adapter.md). The [T, M] tensors a and dz are re-read once per D chunk, from L2.
+# in separate programs so each keeps one accumulator in registers (one program holding both spilled,
+# benchmarks/NOTES_adapter.md), but in one launch, so the two sides share the GPU instead of the second waiting
+# for the first's tail. The [T, M] tensors a and dz are re-read once per D chunk, from L2.
 # Bottleneck widths are padded to a power of two ≥ 16 with masks; all offsets along T are 64-bit.
 from __future__ import annotations
 
@@ -216,17 +216,16 @@ def _dot(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def _column_program(T, D, M, BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
-    # The (D chunk, T split) program of a backward column kernel: its ids, its split's rows [row_start, row_end)
+def _column_program(pid_d, T, D, M, BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+    # A (D chunk, T split) program of the backward column kernel: its split, the split's rows [row_start, row_end)
     # (whole BLOCK_T steps, 64-bit), its D columns and bottleneck columns with their masks.
-    pid_d = tl.program_id(0)
     split = tl.program_id(1)
     rows_per_split = tl.cdiv(tl.cdiv(T, tl.num_programs(1)), BLOCK_T) * BLOCK_T
     row_start = split.to(tl.int64) * rows_per_split
     row_end = tl.minimum(row_start + rows_per_split, T)
     cols_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     cols_m = tl.arange(0, BLOCK_M)
-    return pid_d, split, row_start, row_end, cols_d, cols_d < D, cols_m, cols_m < M
+    return split, row_start, row_end, cols_d, cols_d < D, cols_m, cols_m < M
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -328,19 +327,20 @@ def _backward_rows_kernel(
     tl.store(a_ptr + small, _activation(z, ACTIVATION).to(a_ptr.dtype.element_ty), mask=small_mask)
 
 
-@triton.jit(do_not_specialize=["PARTIAL_LEN"])
-def _backward_g_cols_kernel(
-    g_ptr, down_w_ptr, a_ptr, dz_ptr, dh_ptr, partial_ptr,
+@triton.jit
+def _g_side_columns(
+    pid_d, g_ptr, down_w_ptr, a_ptr, dz_ptr, dh_ptr, partial_ptr,
     T, D, M, PARTIAL_LEN,
     stride_g_t, stride_g_d, stride_dw_m, stride_dw_d, stride_small_t, stride_dh_t,
     scale,
     NEED_DH: tl.constexpr, NEED_UP_GRADS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    # Grid (D chunk, T split): dh = g + dz W_down for its tiles, and its split's partials of dW_up = s · gᵀ a and
-    # db_up = s · Σ g. Partial layout per split (float32):
+    # D chunk pid_d of the g side: dh = g + dz W_down for its tiles, and its split's partials of dW_up = s · gᵀ a
+    # and db_up = s · Σ g. Partial layout per split (float32):
     # [dW_down (M × D) | dW_up (D × M) | db_up (D) | db_down (M)].
-    _, split, row_start, row_end, cols_d, d_mask, cols_m, m_mask = _column_program(T, D, M, BLOCK_M, BLOCK_T, BLOCK_D)
+    split, row_start, row_end, cols_d, d_mask, cols_m, m_mask = _column_program(pid_d, T, D, M, BLOCK_M, BLOCK_T,
+                                                                                BLOCK_D)
     if NEED_DH:
         down_w = tl.load(down_w_ptr + cols_m[:, None] * stride_dw_m + cols_d[None, :] * stride_dw_d,
                          mask=m_mask[:, None] & d_mask[None, :], other=0.0)
@@ -368,20 +368,20 @@ def _backward_g_cols_kernel(
         tl.store(base + 2 * M * D + cols_d, d_up_b * scale, mask=d_mask)
 
 
-@triton.jit(do_not_specialize=["PARTIAL_LEN"])
-def _backward_h_cols_kernel(
-    h_ptr, dz_ptr, partial_ptr,
+@triton.jit
+def _h_side_columns(
+    pid_d, h_ptr, dz_ptr, partial_ptr,
     T, D, M, PARTIAL_LEN,
     stride_h_t, stride_h_d, stride_small_t,
     NEED_DOWN_W: tl.constexpr, NEED_DOWN_B: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    # Grid (D chunk, T split) as _backward_g_cols_kernel: its split's partials of dW_down = dzᵀ h and, in the first
-    # D chunk's programs, of db_down = Σ dz, into the same partial layout. The column sum is a loop of its own over
-    # the small dz: inside the main loop (a second use of the loaded dz tile) it cost that loop its pipelined loads
-    # on the H100 (48 against 37 µs at 8192 x 4096, M = 64; benchmarks/diag/adapter_kernel_probe.py).
-    pid_d, split, row_start, row_end, cols_d, d_mask, cols_m, m_mask = _column_program(T, D, M, BLOCK_M, BLOCK_T,
-                                                                                       BLOCK_D)
+    # D chunk pid_d of the h side: its split's partials of dW_down = dzᵀ h and, in the first D chunk's programs,
+    # of db_down = Σ dz, into the same partial layout. The column sum is a loop of its own over the small dz:
+    # inside the main loop (a second use of the loaded dz tile) it cost that loop its pipelined loads on the H100
+    # (48 against 37 µs at 8192 x 4096, M = 64; benchmarks/diag/adapter_kernel_probe.py).
+    split, row_start, row_end, cols_d, d_mask, cols_m, m_mask = _column_program(pid_d, T, D, M, BLOCK_M, BLOCK_T,
+                                                                                BLOCK_D)
     base = partial_ptr + split.to(tl.int64) * PARTIAL_LEN
     if NEED_DOWN_W:
         d_down_w = tl.zeros([BLOCK_M, BLOCK_D], dtype=ACC)
@@ -405,6 +405,35 @@ def _backward_h_cols_kernel(
                              mask=(rows < row_end)[:, None] & m_mask[None, :], other=0.0)
                 d_down_b += tl.sum(dz.to(ACC), axis=0)
             tl.store(base + 2 * M * D + D + cols_m, d_down_b, mask=m_mask)
+
+
+@triton.jit(do_not_specialize=["PARTIAL_LEN"])
+def _backward_cols_kernel(
+    g_ptr, h_ptr, down_w_ptr, a_ptr, dz_ptr, dh_ptr, partial_ptr,
+    T, D, M, PARTIAL_LEN,
+    stride_g_t, stride_g_d, stride_h_t, stride_h_d, stride_dw_m, stride_dw_d, stride_small_t, stride_dh_t,
+    scale,
+    NEED_DH: tl.constexpr, NEED_UP_GRADS: tl.constexpr, NEED_DOWN_W: tl.constexpr, NEED_DOWN_B: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    # Grid (D chunks of the g side, then D chunks of the h side; T splits), each side only where its gradients
+    # are needed: one launch, so the two sides share the GPU instead of the h side waiting for the g side's tail
+    # (at 4096 x 1024 each side alone fills one program per SM).
+    pid = tl.program_id(0)
+    if NEED_DH or NEED_UP_GRADS:
+        g_chunks = tl.cdiv(D, BLOCK_D)
+        if pid < g_chunks:
+            _g_side_columns(pid, g_ptr, down_w_ptr, a_ptr, dz_ptr, dh_ptr, partial_ptr, T, D, M, PARTIAL_LEN,
+                            stride_g_t, stride_g_d, stride_dw_m, stride_dw_d, stride_small_t, stride_dh_t, scale,
+                            NEED_DH, NEED_UP_GRADS, PRECISION, UPCAST, ACC, BLOCK_M, BLOCK_T, BLOCK_D)
+        else:
+            _h_side_columns(pid - g_chunks, h_ptr, dz_ptr, partial_ptr, T, D, M, PARTIAL_LEN,
+                            stride_h_t, stride_h_d, stride_small_t,
+                            NEED_DOWN_W, NEED_DOWN_B, PRECISION, UPCAST, ACC, BLOCK_M, BLOCK_T, BLOCK_D)
+    else:
+        _h_side_columns(pid, h_ptr, dz_ptr, partial_ptr, T, D, M, PARTIAL_LEN, stride_h_t, stride_h_d, stride_small_t,
+                        NEED_DOWN_W, NEED_DOWN_B, PRECISION, UPCAST, ACC, BLOCK_M, BLOCK_T, BLOCK_D)
 
 
 @triton.jit(do_not_specialize=["SPLITS", "M", "PARTIAL_LEN"])
@@ -549,24 +578,17 @@ def bottleneck_adapter_bwd(grad_out, h, down_weight, down_bias, up_weight, z, ac
              float(scale)),
             dict(ACTIVATION=ACTIVATION_CODES[activation], PRECISION=precision, UPCAST=upcast, BLOCK_M=block_m),
         )
-        grid = (ceil_div(D, block_d), splits)
-        acc = _accumulator_dtype(h.dtype)
-        if need_dh or need_up_grads:
-            _backward_g_cols_kernel[grid](
-                grad_out, down_weight, a, dz, dh if dh is not None else a, partials,
-                T, D, M, partial_len,
-                grad_out.stride(0), grad_out.stride(1), down_weight.stride(0), down_weight.stride(1), a.stride(0),
-                dh.stride(0) if dh is not None else 0,
-                float(scale),
-                NEED_DH=need_dh, NEED_UP_GRADS=need_up_grads, PRECISION=precision, UPCAST=upcast,
-                ACC=acc, BLOCK_M=block_m, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps, num_stages=stages,
-            )
-        if need_d_down_w or need_d_down_b:
-            _backward_h_cols_kernel[grid](
-                h, dz, partials, T, D, M, partial_len, h.stride(0), h.stride(1), dz.stride(0),
-                NEED_DOWN_W=need_d_down_w, NEED_DOWN_B=need_d_down_b, PRECISION=precision, UPCAST=upcast,
-                ACC=acc, BLOCK_M=block_m, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps, num_stages=stages,
-            )
+        need_g_side, need_h_side = need_dh or need_up_grads, need_d_down_w or need_d_down_b
+        _backward_cols_kernel[(ceil_div(D, block_d) * (need_g_side + need_h_side), splits)](
+            grad_out, h, down_weight, a, dz, dh if dh is not None else a, partials,
+            T, D, M, partial_len,
+            grad_out.stride(0), grad_out.stride(1), h.stride(0), h.stride(1), down_weight.stride(0),
+            down_weight.stride(1), a.stride(0), dh.stride(0) if dh is not None else 0,
+            float(scale),
+            NEED_DH=need_dh, NEED_UP_GRADS=need_up_grads, NEED_DOWN_W=need_d_down_w, NEED_DOWN_B=need_d_down_b,
+            PRECISION=precision, UPCAST=upcast, ACC=_accumulator_dtype(h.dtype),
+            BLOCK_M=block_m, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps, num_stages=stages,
+        )
         if need_weight_grads:
             block = 1024
             _reduce_kernel[(ceil_div(partial_len, block),)](
