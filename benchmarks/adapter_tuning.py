@@ -73,7 +73,7 @@ def sweep_columns(inputs, tokens, dim, bottleneck):
                       for factor in SPLIT_FACTORS}
             counts |= {n for n in FORCED_SPLITS if n <= min(cap, -(-tokens // tile[0]))}
             for splits in sorted(counts):
-                kernels.column_block_config = lambda *a, tile=tile: tile + (1, 2)
+                kernels.column_block_config = lambda *a, tile=tile: kernels.ColumnPlan(*tile, 1, 2, default.one_launch)
                 kernels._t_splits = lambda *a, splits=splits, **k: splits
                 try:
                     backward()

@@ -454,14 +454,35 @@ def test_row_kernels_race_their_small_fallback_tile_only_when_nothing_else_fits(
 
 
 @pytest.mark.parametrize("M_pad,D,expected", [
-    (64, 1024, (64, 64, 4, 3, 1, 1)),      # narrow D: 64-column chunks, each SM filled once (fewer partials)
-    (16, 1920, (64, 64, 4, 3, 1, 1)),
-    (64, 2048, (64, 128, 4, 3, 1, 2)),     # 16 chunks of 128 columns and more: two programs per SM
-    (64, 4096, (64, 128, 4, 3, 1, 2)),
-    (256, 1024, (32, 64, 4, 4, 2, 2)),     # wide bottlenecks: their own tile
+    (64, 1024, (64, 64, 4, 3, 1, 1, True)),     # narrow D: 64-column chunks, each SM filled once, one launch
+    (16, 1920, (64, 64, 4, 3, 1, 1, True)),
+    (64, 2048, (64, 128, 4, 3, 1, 2, False)),   # 16 chunks of 128 columns and more: two per SM, two launches
+    (64, 4096, (64, 128, 4, 3, 1, 2, False)),
+    (256, 1024, (32, 64, 4, 4, 2, 2, True)),    # wide bottlenecks: their own tile, one launch
+    (256, 8192, (32, 64, 4, 4, 2, 2, True)),
 ])
 def test_backward_column_tile_by_bottleneck_and_width(monkeypatch, M_pad, D, expected):
     from lowpeft.kernels import bottleneck_adapter as kernels
 
     monkeypatch.setattr(kernels, "interpreting", lambda: False)
     assert kernels.column_block_config(M_pad, D, 2) == expected
+
+
+@pytest.mark.parametrize("one_launch", [True, False], ids=["one-launch", "two-launches"])
+def test_both_column_launch_plans_give_the_oracle_gradients(monkeypatch, one_launch):
+    """The backward's g and h sides run as one launch or two (column_block_config decides by shape; on the CPU
+    interpreter the plan is always one launch): both give every gradient, alone or together."""
+    from lowpeft.kernels import bottleneck_adapter as kernels
+
+    if DEVICE == "cpu" and not kernels.interpreting():
+        pytest.skip("the triton kernels run on the CPU only under TRITON_INTERPRET=1")
+    plan = kernels.column_block_config
+    monkeypatch.setattr(kernels, "column_block_config", lambda *a: plan(*a)._replace(one_launch=one_launch))
+    _check_against_oracle("triton", DEVICE, torch.float32, 45, 70, 24, "2d", True, True, "gelu", 0.5, 31)
+    args = _make_inputs(45, 70, 24, torch.float32, DEVICE, seed=32)
+    args[1].requires_grad_(True)
+    out = bottleneck_adapter(*args, "gelu", 0.5, backend="triton")
+    (alone,) = torch.autograd.grad(out, args[1], torch.ones_like(out))
+    expected = reference.bottleneck_adapter_backward(torch.ones_like(out).double(), *(
+        t.detach().double() for t in args[:4]), "gelu", 0.5)[1]
+    assert_matches_oracle(alone, expected.to(alone.dtype), expected, name="d_down_weight alone")

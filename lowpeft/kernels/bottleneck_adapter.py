@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from typing import NamedTuple
 
 import torch
 import triton
@@ -108,26 +109,39 @@ def prune_up_tile_configs(configs, named_args, **kwargs):
     return kept if autotuning() else kept[:1]
 
 
-def column_block_config(M_pad: int, D: int, element_size: int = 2):
-    """Tile of the two backward column kernels: (BLOCK_T, BLOCK_D, num_warps, num_stages, split factor, programs
-    per SM that the split count aims to fill). Each keeps one [BLOCK_D, M] float32 accumulator (dW_up or dW_down).
-    Up to M = 64: 64 rows × 128 columns, 4 warps, 3 stages, two programs per SM, the fastest for both kernels at
-    M = 16 and 64 in the H100 probe (bf16, 8192 x 4096, benchmarks/diag/adapter_kernel_probe.py, run 44); where D
-    gives fewer than 16 such column chunks, 64 × 64 tiles filling each SM once: there the split-T partials
-    (splits × 2·M·D float32, written and read back) cost as much as the tiles, and fewer splits of narrower chunks
-    ran the backward at 4096 x 1024 in 30.1 µs against 36.2 at M = 64 and 25.4 against 29.2 at M = 16 (graph
-    timing, run 54's sweep; 8192 x 4096 kept its tile, the sweep's best there). Wider bottlenecks: 32 × 64 tiles,
-    4 warps, 4 stages and a split factor of 2, the best of run 50's sweep at M = 256 (backward 397 µs at
-    8192 x 4096, against 623 µs with 64 × 32 tiles at 8 warps). 4- and 8-byte elements take fewer rows per step so
-    the pipeline fits in shared memory."""
+class ColumnPlan(NamedTuple):
+    """How the backward column kernel runs: its tile, the split count's aim, and whether the g and h sides share
+    one launch."""
+    block_t: int
+    block_d: int
+    warps: int
+    stages: int
+    split_factor: int
+    programs_per_sm: int
+    one_launch: bool
+
+
+def column_block_config(M_pad: int, D: int, element_size: int = 2) -> ColumnPlan:
+    """The backward column kernel's plan for a padded bottleneck M_pad and width D. Each program keeps one
+    [BLOCK_D, M] float32 accumulator (dW_up or dW_down). H100 measurements (bf16, graph timing):
+    - M ≤ 64: 64 rows × 128 columns, 4 warps, 3 stages, two programs per SM, the fastest for both sides at M = 16
+      and 64 (8192 x 4096, benchmarks/diag/adapter_kernel_probe.py, run 44), the two sides as two launches (one
+      launch ran the backward 11-15 µs slower at 8192 x 4096 and 50-64 µs at 16384 x 8192, run 56).
+    - M ≤ 64 where D gives fewer than 16 such column chunks: 64 × 64 tiles filling each SM once, both sides in one
+      launch. There the split-T partials (splits × 2·M·D float32, written and read back) cost as much as the
+      tiles, and each side alone leaves the GPU half idle: at 4096 x 1024 the step went 0.058 → 0.050 ms at
+      M = 64 and 0.048 → 0.042 at M = 16 (runs 51, 56; run 54's sweep for the tile).
+    - Wider bottlenecks: 32 × 64 tiles, 4 warps, 4 stages and a split factor of 2 (run 50's sweep at M = 256), both
+      sides in one launch (8192 x 4096: 0.618 → 0.576 ms; 4096 x 1024: 0.164 → 0.125, run 56).
+    4- and 8-byte elements take fewer rows per step so the pipeline fits in shared memory."""
     if interpreting():
-        return 16, 32, 4, 1, 1, 2
+        return ColumnPlan(16, 32, 4, 1, 1, 2, True)
     if M_pad <= 64:
         rows = {2: 64, 4: 32}.get(element_size, 16)
         if ceil_div(D, 128) < 16:
-            return rows, 64, 4, 3, 1, 1
-        return rows, 128, 4, 3, 1, 2
-    return max(16, 64 // element_size), 64, 4, 4 if element_size <= 2 else 3, 2, 2
+            return ColumnPlan(rows, 64, 4, 3, 1, 1, True)
+        return ColumnPlan(rows, 128, 4, 3, 1, 2, False)
+    return ColumnPlan(max(16, 64 // element_size), 64, 4, 4 if element_size <= 2 else 3, 2, 2, True)
 
 
 @functools.lru_cache(maxsize=None)
@@ -563,10 +577,10 @@ def bottleneck_adapter_bwd(grad_out, h, down_weight, down_bias, up_weight, z, ac
     block_m = _padded_bottleneck(M)
     precision, upcast = dot_precision(h.dtype), _upcast(h.dtype)
     a, dz = torch.empty((2, T, M), dtype=h.dtype, device=h.device).unbind(0)
-    block_t, block_d, warps, stages, split_factor, programs_per_sm = column_block_config(block_m, D, h.element_size())
+    plan = column_block_config(block_m, D, h.element_size())
     partial_len = 2 * M * D + D + M
     # The split-T partials (float32, one [partial_len] row per split) stay no larger than h itself.
-    splits = _t_splits(T, D, block_t, block_d, split_factor, programs_per_sm, h.device,
+    splits = _t_splits(T, D, plan.block_t, plan.block_d, plan.split_factor, plan.programs_per_sm, h.device,
                        memory_cap=(T * D * h.element_size()) // (4 * partial_len))
     partials = torch.empty((splits, partial_len) if need_weight_grads else (0,), dtype=z.dtype, device=h.device)
     with _device_context(h):
@@ -579,16 +593,22 @@ def bottleneck_adapter_bwd(grad_out, h, down_weight, down_bias, up_weight, z, ac
             dict(ACTIVATION=ACTIVATION_CODES[activation], PRECISION=precision, UPCAST=upcast, BLOCK_M=block_m),
         )
         need_g_side, need_h_side = need_dh or need_up_grads, need_d_down_w or need_d_down_b
-        _backward_cols_kernel[(ceil_div(D, block_d) * (need_g_side + need_h_side), splits)](
-            grad_out, h, down_weight, a, dz, dh if dh is not None else a, partials,
-            T, D, M, partial_len,
-            grad_out.stride(0), grad_out.stride(1), h.stride(0), h.stride(1), down_weight.stride(0),
-            down_weight.stride(1), a.stride(0), dh.stride(0) if dh is not None else 0,
-            float(scale),
-            NEED_DH=need_dh, NEED_UP_GRADS=need_up_grads, NEED_DOWN_W=need_d_down_w, NEED_DOWN_B=need_d_down_b,
-            PRECISION=precision, UPCAST=upcast, ACC=_accumulator_dtype(h.dtype),
-            BLOCK_M=block_m, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps, num_stages=stages,
-        )
+        sides = [(need_dh, need_up_grads, need_d_down_w, need_d_down_b)]
+        if need_g_side and need_h_side and not plan.one_launch:
+            sides = [(need_dh, need_up_grads, False, False), (False, False, need_d_down_w, need_d_down_b)]
+        for side_dh, side_up, side_down_w, side_down_b in sides:
+            side_count = (side_dh or side_up) + (side_down_w or side_down_b)
+            _backward_cols_kernel[(ceil_div(D, plan.block_d) * side_count, splits)](
+                grad_out, h, down_weight, a, dz, dh if dh is not None else a, partials,
+                T, D, M, partial_len,
+                grad_out.stride(0), grad_out.stride(1), h.stride(0), h.stride(1), down_weight.stride(0),
+                down_weight.stride(1), a.stride(0), dh.stride(0) if dh is not None else 0,
+                float(scale),
+                NEED_DH=side_dh, NEED_UP_GRADS=side_up, NEED_DOWN_W=side_down_w, NEED_DOWN_B=side_down_b,
+                PRECISION=precision, UPCAST=upcast, ACC=_accumulator_dtype(h.dtype),
+                BLOCK_M=block_m, BLOCK_T=plan.block_t, BLOCK_D=plan.block_d, num_warps=plan.warps,
+                num_stages=plan.stages,
+            )
         if need_weight_grads:
             block = 1024
             _reduce_kernel[(ceil_div(partial_len, block),)](
