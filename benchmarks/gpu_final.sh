@@ -48,6 +48,8 @@
 #                                    timing) at 4096 x 1024 and 8192 x 4096, M = 16 / 64
 #   benchmarks/gpu_final.sh adapter_narrow  per-kernel adapter times at 4096 x 1024 and 8192 x 4096; the adapter
 #                                    benchmark (M = 16, 64, 256, both timings); the native adapter and dispatch tests
+#   benchmarks/gpu_final.sh merged_probe  the LoRA layer with its low-rank term merged into a transient weight, timed
+#                                    against today's path (benchmarks/diag/merged_weight_probe.py)
 #   benchmarks/gpu_final.sh adapter_survey  per-kernel adapter times at M = 64; where the adapter's host time goes
 #                                    (diag/adapter_host_probe.py); triton against cuda at M = 64 ... 256 (graph timing)
 # Every step has its own time limit so one slow step cannot starve the rest.
@@ -276,6 +278,10 @@ case "${1:-layers}" in
     timeout 150 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_dispatch.py tests/test_native_backends.py \
       -k "dispatch or adapter" > "$OUT/gpu_native_adapter_tests.log" 2>&1
     echo "native adapter pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_native_adapter_tests.log" | tail -6
+    ;;
+  merged_probe)
+    timeout 300 python3 benchmarks/diag/merged_weight_probe.py > "$OUT/merged_weight_probe.log" 2>&1
+    echo "merged probe exit $?"; grep -v "Warning\|_warn_once" "$OUT/merged_weight_probe.log" | cut -c1-220
     ;;
   adapter_tests)
     LOWPEFT_HYPOTHESIS_EXAMPLES=2 timeout 480 python3 -m pytest -x -q -p no:cacheprovider -rfE tests/test_adapter_op.py \
