@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 import torch  # noqa: E402
 
-from lowpeft.bench._common import time_ms  # noqa: E402
+from lowpeft.bench._common import benchmark_stream, time_ms  # noqa: E402
 from lowpeft.ops.lora_linear import lora_linear  # noqa: E402
 
 CASES = ((8192, 4096, 4096, 16), (8192, 4096, 11008, 16), (8192, 4096, 4096, 64), (4096, 2048, 2048, 16),
@@ -90,4 +90,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    with benchmark_stream("cuda", ("graph",)):
+        main()
