@@ -48,6 +48,8 @@
 #                                    timing) at 4096 x 1024 and 8192 x 4096, M = 16 / 64
 #   benchmarks/gpu_final.sh adapter_narrow  per-kernel adapter times at 4096 x 1024 and 8192 x 4096; the adapter
 #                                    benchmark (M = 16, 64, 256, both timings); the native adapter and dispatch tests
+#   benchmarks/gpu_final.sh merged_check  the native tests; the LoRA layer at the ~1B model's shapes (graph timing);
+#                                    the ~1B Llama benchmark, dropout 0, 50 steps
 #   benchmarks/gpu_final.sh merged_probe  the LoRA layer with its low-rank term merged into a transient weight, timed
 #                                    against today's path (benchmarks/diag/merged_weight_probe.py)
 #   benchmarks/gpu_final.sh adapter_survey  per-kernel adapter times at M = 64; where the adapter's host time goes
@@ -278,6 +280,17 @@ case "${1:-layers}" in
     timeout 150 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_dispatch.py tests/test_native_backends.py \
       -k "dispatch or adapter" > "$OUT/gpu_native_adapter_tests.log" 2>&1
     echo "native adapter pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_native_adapter_tests.log" | tail -6
+    ;;
+  merged_check)
+    timeout 120 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_native_backends.py \
+      -k "not bad_input" > "$OUT/gpu_native_tests.log" 2>&1
+    echo "native pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_native_tests.log" | tail -8
+    LOWPEFT_AUTOTUNE=0 timeout 120 python3 benchmarks/bench_lora.py \
+      --cases 8192x2048x5632:16:0,8192x5632x2048:16:0,8192x2048x2048:16:0,8192x2048x256:16:0,8192x4096x4096:16:0 \
+      --modes forward+backward --timing graph --providers frozen,lowpeft,eager \
+      --json "$OUT/lora_model_shapes.json" --md "$OUT/lora_model_shapes.md" > "$OUT/lora_model_shapes.log" 2>&1
+    echo "lora bench exit $?"; grep -A8 "^| timing" "$OUT/lora_model_shapes.md" | head -10
+    model_bench_1b 0 50 220 model_1b_h100
     ;;
   merged_probe)
     timeout 300 python3 benchmarks/diag/merged_weight_probe.py > "$OUT/merged_weight_probe.log" 2>&1
