@@ -49,7 +49,7 @@
 #   benchmarks/gpu_final.sh adapter_narrow  per-kernel adapter times at 4096 x 1024 and 8192 x 4096; the adapter
 #                                    benchmark (M = 16, 64, 256, both timings); the native adapter and dispatch tests
 #   benchmarks/gpu_final.sh merged_check  the native tests; the LoRA layer at the ~1B model's shapes (graph timing);
-#                                    the ~1B Llama benchmark, dropout 0, 50 steps
+#                                    the ~1B Llama benchmark, dropout 0, 50 steps (run 61: the merged-weight try)
 #   benchmarks/gpu_final.sh merged_probe  the LoRA layer with its low-rank term merged into a transient weight, timed
 #                                    against today's path (benchmarks/diag/merged_weight_probe.py)
 #   benchmarks/gpu_final.sh adapter_survey  per-kernel adapter times at M = 64; where the adapter's host time goes

@@ -1,9 +1,7 @@
 // CUDA kernels of lowpeft::native_lora_linear_fwd / _bwd (DESIGN §2) for sm_90: own kernels for the
 // memory-bound LoRA pieces, cuBLAS (through ATen) for the frozen GEMMs with the LoRA term folded in by beta = 1.
 // Without dropout (no mask to apply) every LoRA product is instead a skinny cuBLAS GEMM, which measured faster
-// on the H100 than the reductions below (S: 36 µs against the row-reduce kernel's ~2x at 8192 x 4096, r = 16),
-// and where the token count is large next to the weight the LoRA term rides in the weight operand instead of a
-// beta = 1 fold (merges_weight below).
+// on the H100 than the reductions below (S: 36 µs against the row-reduce kernel's ~2x at 8192 x 4096, r = 16).
 //
 // With dropout:
 //   forward:  S = dropout(x) Aᵀ                    row_reduce_kernel (16-byte loads of x, Philox mask in registers)
@@ -291,24 +289,6 @@ at::Tensor reduce_partials(const at::Tensor& partial, double scale, bool transpo
 
 int64_t round_up(int64_t value, int64_t multiple) { return ceil_div(value, multiple) * multiple; }
 
-// Without dropout y = x (W + s·B A)ᵀ and dx = g (W + s·B A): one addmm builds the merged weight (reading W and
-// writing the copy, N·K each way; rebuilt in backward rather than kept, so no weight-sized buffer lives across
-// the step) and y, dx become plain GEMMs. That replaces the two beta = 1 folds, which read and write y ([T, N])
-// and dx ([T, K]), by 2 × 2·N·K of weight traffic; taken where T (N + K) > 4 N K, twice the traffic break-even:
-// the H100 probe (bf16, r = 16, graph timing, benchmarks/diag/merged_weight_probe.py, run 60) measured the
-// merged layer at 0.91x the folded one's time at 8192 x 2048 -> 5632 and 8192 x 5632 -> 2048, 0.99x at
-// 8192 x 4096 -> 4096 (the break-even line) and 1.02-1.08x where T (N + K) ≤ 4 N K; the merged weight's bf16
-// rounding left the LoRA term's error equal to eager's (1.5e-2 relative, the output's own rounding).
-bool merges_weight(int64_t rows, const at::Tensor& weight) {
-  const int64_t out_features = weight.size(0), in_features = weight.size(1);
-  return rows * (out_features + in_features) > 4 * out_features * in_features;
-}
-
-at::Tensor merged_weight(const at::Tensor& weight, const at::Tensor& lora_A, const at::Tensor& lora_B,
-                         double scaling) {
-  return at::addmm(weight, lora_B, lora_A, 1.0, scaling);
-}
-
 std::tuple<at::Tensor, at::Tensor> lora_linear_fwd(const at::Tensor& x, const at::Tensor& weight,
                                                    const std::optional<at::Tensor>& bias, const at::Tensor& lora_A,
                                                    const at::Tensor& lora_B, double scaling, double dropout_p,
@@ -319,12 +299,8 @@ std::tuple<at::Tensor, at::Tensor> lora_linear_fwd(const at::Tensor& x, const at
   const auto dtype = x.scalar_type();
   if (dropout_p == 0.0) {
     // No mask to apply: S = x Aᵀ is a skinny cuBLAS GEMM (36 µs at 8192 x 4096, r = 16, bf16, on the H100:
-    // at the bandwidth of one read of x) and the LoRA term rides in a merged weight or is folded into y with
-    // beta = 1.
+    // at the bandwidth of one read of x) and the LoRA term is folded into y with beta = 1.
     const at::Tensor shrink = at::linear(x, lora_A);
-    if (merges_weight(rows, weight)) {
-      return {at::linear(x, merged_weight(weight, lora_A, lora_B, scaling), bias), shrink};
-    }
     at::Tensor y = at::linear(x, weight, bias);
     y.addmm_(shrink, lora_B.t(), 1.0, scaling);
     return {y, shrink};
@@ -362,11 +338,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lora_line
   if (dropout_p == 0.0) {
     // No mask: every LoRA product is a skinny cuBLAS GEMM in the inputs' dtype, deterministic like the kernels.
     // The scaling rides in alpha; addmm with beta = 0 ignores its input (lora_B only lends a shape).
-    const bool merged = merges_weight(rows, weight);
-    if (need.dx && merged) dx = at::mm(grad_out, merged_weight(weight, lora_A, lora_B, scaling));
-    if ((need.dx && !merged) || need.d_lora_A) {
+    if (need.dx || need.d_lora_A) {
       const at::Tensor d_shrink = at::addmm(lora_B.select(0, 0), grad_out, lora_B, 0.0, scaling);
-      if (need.dx && !merged) dx = at::mm(grad_out, weight).addmm_(d_shrink, lora_A);
+      if (need.dx) dx = at::mm(grad_out, weight).addmm_(d_shrink, lora_A);
       if (need.d_lora_A) d_lora_A = at::mm(d_shrink.t(), x);
     }
     if (need.d_lora_B) d_lora_B = at::addmm(lora_B, grad_out.t(), shrink, 0.0, scaling);
