@@ -27,9 +27,10 @@ __all__ = ["bottleneck_adapter", "saved_dtype", "MAX_TRITON_BOTTLENECK", "AUTO_T
 
 MAX_TRITON_BOTTLENECK = 256  # = lowpeft.kernels.bottleneck_adapter.MAX_BOTTLENECK (not imported: it imports triton)
 # backend="auto" on CUDA, by bottleneck width M (H100, bf16, fwd + bwd, graph timing, benchmarks/results/
-# adapter_h100_graphs.md): up to M = 64 the triton kernels are fastest (8192 x 4096: 0.229 ms against the cuda
-# backend's 0.278); wider, the tiles' [rows, M] accumulators make them compute-bound and the cuda backend's cuBLAS
-# GEMMs win (M = 256: 0.627 against 0.342 ms).
+# run53_adapter_widths_h100.md): up to M = 64 the triton kernels are fastest (8192 x 4096: 0.227 ms against the
+# cuda backend's 0.277); wider, the tiles' [rows, M] accumulators make them compute-bound and the cuda backend's
+# cuBLAS GEMMs win from M = 96 at 8192 x 4096 and 16384 x 8192 (M = 256: 0.617 against 0.341 ms). At 4096 x 1024
+# triton stays ahead up to M = 128 (0.077 against 0.092 ms); one rule for every shape keeps auto predictable.
 AUTO_TRITON_MAX_BOTTLENECK = 64
 
 
