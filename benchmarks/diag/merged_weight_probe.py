@@ -10,7 +10,9 @@
 # eager bf16's (the merged weight is rounded to bf16, which eager never does), for y as a whole and for the LoRA term
 # in it (y - x Wᵀ against s·x Aᵀ Bᵀ, both in float64): how much of the adapter's signal survives.
 # Trade-off: a standalone probe with its own raw-op strategy, not wired into lowpeft: it decides whether the
-# cuda backend's LoRA should be rebuilt around a merged weight (benchmarks/NOTES_native.md).
+# cuda backend's LoRA should be rebuilt around a merged weight. Outcome (runs 60-61, benchmarks/NOTES_lora.md,
+# session 6): 9 % faster at the ~1B model's shapes, but in training the bf16 merged weight rounds away the small
+# early LoRA term (loss 9.5e-2 off PEFT's against a 4.8e-3 noise floor), which this probe's large random B hides.
 import os
 import sys
 
