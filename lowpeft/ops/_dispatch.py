@@ -168,7 +168,8 @@ def backends(device_type: str | None = None) -> dict[str, dict[str, object]]:
         reason = unavailable_reason(name, device_type)
         report[name] = {"available": reason is None, "reason": reason}
     device = torch.device(device_type)
-    from .bottleneck_adapter import adapter_auto_order, AUTO_TRITON_MAX_BOTTLENECK
+    # Imported here: the adapter's op module imports this one at its top.
+    from .bottleneck_adapter import AUTO_TRITON_MAX_BOTTLENECK, adapter_auto_order
 
     narrow, wide = AUTO_TRITON_MAX_BOTTLENECK, AUTO_TRITON_MAX_BOTTLENECK + 1
     report["auto"] = {

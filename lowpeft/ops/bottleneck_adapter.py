@@ -303,7 +303,7 @@ def bottleneck_adapter(
     if name == "triton" and bottleneck > MAX_TRITON_BOTTLENECK:
         raise ValueError(
             f"down_weight: the triton backend takes a bottleneck of at most {MAX_TRITON_BOTTLENECK}, got "
-            f"{bottleneck} (use backend='auto', 'cuda' or 'torch', or a narrower bottleneck)"
+            f"{bottleneck} (use backend='cuda' or 'torch', or a narrower bottleneck)"
         )
     compiling = torch.compiler.is_compiling()
     if not compiling and name in _dispatch.COMPILED_BACKENDS:
