@@ -49,7 +49,8 @@ def row_block_configs():
     """Candidates for the two row-block kernels (forward, backward_rows), autotuned per (bucketed T, D, padded
     M, dtype). The H100 autotuner (bf16, T 4096-16384, D 1024-8192, M 16-256; benchmarks/results/
     adapter_tuning_h100.log) picked the first one almost everywhere, so it is also the untuned choice for small T;
-    the last candidate is a small fallback that fits any shared-memory budget."""
+    the 16-row tiles give a few thousand rows two programs per SM (4096 rows: 256 programs instead of 128); the
+    last candidate is a small fallback that fits any shared-memory budget."""
     if interpreting():
         return [triton.Config({"BLOCK_T": 16, "BLOCK_D": 32}, num_warps=4, num_stages=1)]
     return [
@@ -57,6 +58,8 @@ def row_block_configs():
         triton.Config({"BLOCK_T": 64, "BLOCK_D": 128}, num_warps=8, num_stages=3),
         triton.Config({"BLOCK_T": 64, "BLOCK_D": 64}, num_warps=4, num_stages=4),
         triton.Config({"BLOCK_T": 128, "BLOCK_D": 64}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_T": 16, "BLOCK_D": 128}, num_warps=4, num_stages=3),
+        triton.Config({"BLOCK_T": 16, "BLOCK_D": 256}, num_warps=4, num_stages=3),
         triton.Config({"BLOCK_T": 32, "BLOCK_D": 32}, num_warps=4, num_stages=2),
     ]
 
