@@ -18,7 +18,8 @@ from lowpeft.ops.bottleneck_adapter import bottleneck_adapter  # noqa: E402
 
 SHAPES = ((8192, 4096), (4096, 1024), (16384, 8192))
 BOTTLENECKS = (16, 64, 256)
-# (BLOCK_T, BLOCK_D, num_warps, num_stages), each tried with split factors 1 and 2.
+# (BLOCK_T, BLOCK_D, num_warps, num_stages), each tried with the split counts that split factors 1 and 2 give and
+# with FORCED_SPLITS.
 COLUMN_TILES = ((64, 128, 8, 3), (64, 128, 4, 3), (32, 128, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (64, 64, 4, 4),
                 (32, 64, 4, 4), (128, 64, 8, 3), (32, 32, 4, 4), (64, 256, 8, 3), (64, 32, 4, 3), (64, 128, 8, 4))
 SPLIT_FACTORS = (1, 2)
@@ -69,11 +70,14 @@ def sweep_columns(inputs, tokens, dim, bottleneck):
         for tile in COLUMN_TILES:
             if tile[1] * block_m > 16384:
                 continue
-            counts = {original[1](tokens, dim, tile[0], tile[1], factor, 2 if tile[2] <= 4 else 1, args[0].device, cap)
+            per_sm = default_per_sm if tile == default_tile else (2 if tile[2] <= 4 else 1)
+            counts = {original[1](tokens, dim, tile[0], tile[1], factor, per_sm, args[0].device, cap)
                       for factor in SPLIT_FACTORS}
             counts |= {n for n in FORCED_SPLITS if n <= min(cap, -(-tokens // tile[0]))}
+            if tile == default_tile:
+                counts.add(default_splits)
+            kernels.column_block_config = lambda *a, tile=tile: kernels.ColumnPlan(*tile, 1, 2, default.one_launch)
             for splits in sorted(counts):
-                kernels.column_block_config = lambda *a, tile=tile: kernels.ColumnPlan(*tile, 1, 2, default.one_launch)
                 kernels._t_splits = lambda *a, splits=splits, **k: splits
                 try:
                     backward()

@@ -49,7 +49,8 @@
 #   benchmarks/gpu_final.sh adapter_narrow  per-kernel adapter times at 4096 x 1024 and 8192 x 4096; the adapter
 #                                    benchmark (M = 16, 64, 256, both timings); the native adapter and dispatch tests
 #   benchmarks/gpu_final.sh merged_check  the native tests; the LoRA layer at the ~1B model's shapes (graph timing);
-#                                    the ~1B Llama benchmark, dropout 0, 50 steps (run 61: the merged-weight try)
+#                                    the ~1B Llama benchmark, dropout 0, 50 steps (run 61 timed the merged-weight
+#                                    path with it; since that was reverted it times the folded path)
 #   benchmarks/gpu_final.sh merged_probe  the LoRA layer with its low-rank term merged into a transient weight, timed
 #                                    against today's path (benchmarks/diag/merged_weight_probe.py)
 #   benchmarks/gpu_final.sh adapter_survey  per-kernel adapter times at M = 64; where the adapter's host time goes
@@ -252,7 +253,8 @@ case "${1:-layers}" in
     echo "adapter pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed|%" "$OUT/gpu_adapter_tests.log" | tail -6
     ;;
   adapter_survey)
-    timeout 60 python3 benchmarks/adapter_tuning.py --no-sweep 8192x4096x64 4096x1024x64 > "$OUT/adapter_tuning.log" 2>&1
+    timeout 60 python3 benchmarks/adapter_tuning.py --no-sweep 8192x4096x64 4096x1024x64 \
+      > "$OUT/adapter_tuning.log" 2>&1
     echo "adapter tuning exit $?"; grep -v "Warning\|_warn_once" "$OUT/adapter_tuning.log" | cut -c1-150
     timeout 90 python3 benchmarks/diag/adapter_host_probe.py > "$OUT/adapter_host_probe.log" 2>&1
     echo "host probe exit $?"; head -80 "$OUT/adapter_host_probe.log" | cut -c1-160
@@ -279,7 +281,8 @@ case "${1:-layers}" in
     echo "adapter bench exit $?"; grep "^| " "$OUT/adapter_h100_graphs.md" | cut -c1-300
     timeout 150 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_dispatch.py tests/test_native_backends.py \
       -k "dispatch or adapter" > "$OUT/gpu_native_adapter_tests.log" 2>&1
-    echo "native adapter pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_native_adapter_tests.log" | tail -6
+    echo "native adapter pytest exit $?"
+    grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_native_adapter_tests.log" | tail -6
     ;;
   merged_check)
     timeout 120 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_native_backends.py \

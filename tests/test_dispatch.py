@@ -62,13 +62,15 @@ def test_auto_skips_triton_for_float64_adapters(availability):
     assert _adapter_pick(16, torch.float64) == "cuda"
     availability.add(("cuda", "cuda"))
     _dispatch._resolved_cache.clear()  # availability never changes within a real process
-    assert _adapter_pick(16, torch.float64) == "torch"
+    with pytest.warns(UserWarning, match="uses 'torch' because 'cuda' is unavailable"):
+        assert _adapter_pick(16, torch.float64) == "torch"
 
 
 def test_auto_without_the_cuda_extension_warns_once_and_takes_the_next(availability):
     availability.add(("cuda", "cuda"))
     with pytest.warns(UserWarning, match="uses 'triton' because 'cuda' is unavailable"):
         assert _adapter_pick(128) == "triton"
+    _dispatch._resolved_cache.clear()  # resolve again (not from the memo): the de-duplication must hold
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert _adapter_pick(200) == "triton"  # the same situation: no second warning
@@ -102,3 +104,19 @@ def test_the_report_says_what_auto_picks_for_adapters(availability):
         f"bottleneck <= {AUTO_TRITON_MAX_BOTTLENECK}": "triton",
         f"bottleneck > {AUTO_TRITON_MAX_BOTTLENECK}": "cuda",
     }
+
+
+def test_info_prints_the_adapter_picks_where_they_differ(capsys):
+    from lowpeft import cli
+
+    report = {"versions": {}, "device": {"type": "cuda"}, "global_backend": "auto", "extension": "loaded",
+              "backends": {"cuda": {"torch": {"available": True, "reason": None},
+                                    "auto": {"available": True, "picks": "triton",
+                                             "adapter_picks": {"bottleneck <= 64": "triton",
+                                                               "bottleneck > 64": "cuda"}}}}}
+    cli._print_info(report)
+    assert "auto    picks triton (bottleneck adapters, bottleneck <= 64: triton, bottleneck > 64: cuda)" in (
+        capsys.readouterr().out)
+    report["backends"]["cuda"]["auto"]["adapter_picks"]["bottleneck > 64"] = "triton"
+    cli._print_info(report)
+    assert "auto    picks triton\n" in capsys.readouterr().out

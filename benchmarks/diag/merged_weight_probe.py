@@ -32,62 +32,66 @@ def relative_error(ours, reference):
     return float((ours.double() - reference).norm() / reference.norm())
 
 
+def probe_case(device, T, K, N, r):
+    """One case's row: times relative to the frozen layer, then the errors against the float64 oracle."""
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, device=device, generator=gen) * scale).to(torch.bfloat16)
+
+    x, W, g = rand(T, K), rand(N, K, scale=K ** -0.5), rand(T, N)
+    A, B = rand(r, K, scale=K ** -0.5), rand(N, r, scale=0.02)
+    xg, Ag, Bg = (t.clone().requires_grad_(True) for t in (x, A, B))
+
+    def frozen():
+        x @ W.t()
+        g @ W
+
+    def lowpeft():
+        y = lora_linear(xg, W, None, Ag, Bg, SCALE)
+        torch.autograd.grad(y, (xg, Ag, Bg), g)
+
+    def eager():
+        y = xg @ W.t() + SCALE * ((xg @ Ag.t()) @ Bg.t())
+        torch.autograd.grad(y, (xg, Ag, Bg), g)
+
+    def merged():
+        merged_weight = torch.addmm(W, B, A, alpha=SCALE)
+        S = x @ A.t()
+        y = x @ merged_weight.t()
+        del merged_weight
+        merged_weight = torch.addmm(W, B, A, alpha=SCALE)
+        dx = g @ merged_weight
+        dS = g @ B
+        dB = SCALE * (g.t() @ S)
+        dA = SCALE * (dS.t() @ x)
+        return y, dx, dA, dB
+
+    times = {name: time_ms(fn, device, timing="graph") for name, fn in
+             (("frozen", frozen), ("lowpeft", lowpeft), ("eager", eager), ("merged", merged))}
+    y, dx, _, _ = merged()
+    x64, W64, A64, B64, g64 = (t.double() for t in (x, W, A, B, g))
+    base64 = x64 @ W64.t()
+    delta64 = SCALE * (x64 @ A64.t()) @ B64.t()
+    y64 = base64 + delta64
+    dx64 = g64 @ W64 + SCALE * (g64 @ B64) @ A64
+    y_eager = x @ W.t() + SCALE * ((x @ A.t()) @ B.t())
+    dx_eager = g @ W + (SCALE * (g @ B)) @ A
+    frozen_ms = times["frozen"]
+    return (f"{T}x{K}->{N}, {r} | {frozen_ms:.3f} | {times['lowpeft'] / frozen_ms:.3f} | "
+            f"{times['eager'] / frozen_ms:.3f} | {times['merged'] / frozen_ms:.3f} | "
+            f"{relative_error(y, y64):.2e} | {relative_error(y_eager, y64):.2e} | "
+            f"{relative_error(dx, dx64):.2e} | {relative_error(dx_eager, dx64):.2e} | "
+            f"{relative_error(y.double() - base64, delta64):.2e} | "
+            f"{relative_error(y_eager.double() - base64, delta64):.2e}")
+
+
 def main():
     device = torch.device("cuda")
     print("T x K -> N, r | frozen ms | lowpeft x | eager x | merged x | merged y err | eager y err | merged dx err |"
           " eager dx err | merged LoRA-term err | eager LoRA-term err")
     for T, K, N, r in CASES:
-        gen = torch.Generator(device=device).manual_seed(0)
-
-        def rand(*shape, scale=1.0):
-            return (torch.randn(*shape, device=device, generator=gen) * scale).to(torch.bfloat16)
-
-        x, W, g = rand(T, K), rand(N, K, scale=K ** -0.5), rand(T, N)
-        A, B = rand(r, K, scale=K ** -0.5), rand(N, r, scale=0.02)
-        xg, Ag, Bg = (t.clone().requires_grad_(True) for t in (x, A, B))
-
-        def frozen():
-            x @ W.t()
-            g @ W
-
-        def lowpeft():
-            y = lora_linear(xg, W, None, Ag, Bg, SCALE)
-            torch.autograd.grad(y, (xg, Ag, Bg), g)
-
-        def eager():
-            y = xg @ W.t() + SCALE * ((xg @ Ag.t()) @ Bg.t())
-            torch.autograd.grad(y, (xg, Ag, Bg), g)
-
-        def merged():
-            merged_weight = torch.addmm(W, B, A, alpha=SCALE)
-            S = x @ A.t()
-            y = x @ merged_weight.t()
-            del merged_weight
-            merged_weight = torch.addmm(W, B, A, alpha=SCALE)
-            dx = g @ merged_weight
-            dS = g @ B
-            dB = SCALE * (g.t() @ S)
-            dA = SCALE * (dS.t() @ x)
-            return y, dx, dA, dB
-
-        times = {name: time_ms(fn, device, timing="graph") for name, fn in
-                 (("frozen", frozen), ("lowpeft", lowpeft), ("eager", eager), ("merged", merged))}
-        y, dx, _, _ = merged()
-        x64, W64, A64, B64, g64 = (t.double() for t in (x, W, A, B, g))
-        base64 = x64 @ W64.t()
-        delta64 = SCALE * (x64 @ A64.t()) @ B64.t()
-        y64 = base64 + delta64
-        dx64 = g64 @ W64 + SCALE * (g64 @ B64) @ A64
-        y_eager = x @ W.t() + SCALE * ((x @ A.t()) @ B.t())
-        dx_eager = g @ W + (SCALE * (g @ B)) @ A
-        frozen_ms = times["frozen"]
-        print(f"{T}x{K}->{N}, {r} | {frozen_ms:.3f} | {times['lowpeft'] / frozen_ms:.3f} | "
-              f"{times['eager'] / frozen_ms:.3f} | {times['merged'] / frozen_ms:.3f} | "
-              f"{relative_error(y, y64):.2e} | {relative_error(y_eager, y64):.2e} | "
-              f"{relative_error(dx, dx64):.2e} | {relative_error(dx_eager, dx64):.2e} | "
-              f"{relative_error(y.double() - base64, delta64):.2e} | "
-              f"{relative_error(y_eager.double() - base64, delta64):.2e}", flush=True)
-        del x, W, g, A, B, xg, Ag, Bg
+        print(probe_case(device, T, K, N, r), flush=True)
         torch.cuda.empty_cache()
 
 

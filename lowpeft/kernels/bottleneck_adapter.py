@@ -7,10 +7,11 @@
 #   up             one program per [rows × columns] tile: out = h + s · (a W_upᵀ + b_up). One read of h, one write.
 #   backward_rows  one program per block of rows: da = s · g W_up over all of D, then dz = da ⊙ act'(z) and
 #                  a = act(z), both written as [T, M] in h's dtype. One read of g.
-#   backward_cols  a ((g-side + h-side D chunks) × T splits) grid, one launch: a g-side program reads g once,
-#                  writes dh = g + dz W_down and keeps dW_up, db_up of its D chunk as float32 accumulators over its
-#                  T range; an h-side program reads h once for dW_down (and db_down from the small dz). Both write
-#                  split-T partials that `reduce` sums in a fixed order (deterministic).
+#   backward_cols  a (D chunks × T splits) grid per side, both sides in one launch or one launch each (per shape,
+#                  column_block_config): a g-side program reads g once, writes dh = g + dz W_down and keeps
+#                  dW_up, db_up of its D chunk as float32 accumulators over its T range; an h-side program reads h
+#                  once for dW_down (and db_down from the small dz). Both write split-T partials that `reduce`
+#                  sums in a fixed order (deterministic).
 # Trade-off: z needs a reduction over all of D before any output column can be written, so neither direction
 # can be one pass. The forward reads h twice and the backward g twice (7 passes over a [T, D] tensor for
 # forward + backward against 4 for the copy floor): a single forward kernel that kept the row block for its
@@ -20,8 +21,8 @@
 # slower at M = 64, benchmarks/diag/adapter_kernel_probe.py). The backward's weight gradients reduce over T
 # while dz needs all of D, hence the split-T partials (splits × D × M, small next to h); dW_up and dW_down live
 # in separate programs so each keeps one accumulator in registers (one program holding both spilled,
-# benchmarks/NOTES_adapter.md), but in one launch, so the two sides share the GPU instead of the second waiting
-# for the first's tail. The [T, M] tensors a and dz are re-read once per D chunk, from L2.
+# benchmarks/NOTES_adapter.md); where it measured faster the two sides share one launch, so neither waits for the
+# other's tail. The [T, M] tensors a and dz are re-read once per D chunk, from L2.
 # Bottleneck widths are padded to a power of two ≥ 16 with masks; all offsets along T are 64-bit.
 from __future__ import annotations
 
@@ -113,8 +114,8 @@ def prune_up_tile_configs(configs, named_args, **kwargs):
 
 
 class ColumnPlan(NamedTuple):
-    """How the backward column kernel runs: its tile, the split count's aim, and whether the g and h sides share
-    one launch."""
+    """How the backward column kernel runs: its tile, the split count's aim (programs per SM of one side: a
+    one-launch grid holds both sides, twice as many), and whether the g and h sides share one launch."""
     block_t: int
     block_d: int
     warps: int
@@ -154,11 +155,11 @@ def _multiprocessors(device_index: int) -> int:
 
 def _t_splits(T: int, D: int, block_t: int, block_d: int, factor: int, programs_per_sm: int, device: torch.device,
               memory_cap: int) -> int:
-    """How many T ranges the backward column kernels split the rows into. The time goes as (waves of programs) /
-    (splits), a wave being `programs_per_sm` programs on every multiprocessor: the count in 1 .. factor × (enough
-    to fill every slot twice) with the fewest splits among those within 5 % of the best, and at most `memory_cap`
-    (the caller's bound on the float32 partials, one per split). Filling the GPU once and a bit is the trap: 160
-    eight-warp programs on 132 SMs ran two waves for 1.2 waves of work (H100, run 24)."""
+    """How many T ranges the backward column kernels split the rows into. The time goes as (waves of one side's
+    programs) / (splits), a wave being `programs_per_sm` programs on every multiprocessor: the count in
+    1 .. factor × (enough to fill every slot twice) with the fewest splits among those within 5 % of the best, and
+    at most `memory_cap` (the caller's bound on the float32 partials, one per split). Filling the GPU once and a
+    bit is the trap: 160 eight-warp programs on 132 SMs ran two waves for 1.2 waves of work (H100, run 24)."""
     max_splits = max(1, min(ceil_div(T, block_t), memory_cap))
     if device.type != "cuda":
         return max(1, min(3, max_splits))
@@ -435,8 +436,9 @@ def _backward_cols_kernel(
     ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     # Grid (D chunks of the g side, then D chunks of the h side; T splits), each side only where its gradients
-    # are needed: one launch, so the two sides share the GPU instead of the h side waiting for the g side's tail
-    # (at 4096 x 1024 each side alone fills one program per SM).
+    # are needed and its flags are set: the launcher runs both sides in one launch (they share the GPU, neither
+    # waiting for the other's tail; at 4096 x 1024 each side alone fills one program per SM) or, where that
+    # measured slower, one side per launch.
     pid = tl.program_id(0)
     if NEED_DH or NEED_UP_GRADS:
         g_chunks = tl.cdiv(D, BLOCK_D)
