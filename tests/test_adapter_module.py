@@ -188,3 +188,17 @@ def test_adapter_linear_bf16_training_step_on_gpu():
     layer(x).float().square().mean().backward()
     optimizer.step()
     assert not torch.equal(before, layer.adapter.up_weight) and torch.isfinite(layer.adapter.up_weight).all()
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+def test_auto_backend_traces_under_torch_compile(dynamic):
+    # backend="auto" resolves per call (by device, dtype and bottleneck width, lowpeft.ops.bottleneck_adapter.
+    # adapter_auto_order): under fullgraph compilation that choice must be a trace-time constant, not a graph break.
+    adapter = BottleneckAdapter(16, bottleneck=4).to(DEVICE)
+    _randomize(adapter, seed=8)
+    h = torch.randn(2, 5, 16, device=DEVICE, requires_grad=True)
+    compiled = torch.compile(adapter, backend="aot_eager", fullgraph=True, dynamic=dynamic)
+    out = compiled(h)
+    out.sum().backward()
+    torch.testing.assert_close(out, adapter(h.detach()))
+    assert h.grad is not None and adapter.up_weight.grad is not None

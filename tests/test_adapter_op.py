@@ -293,6 +293,7 @@ def _valid():
         (dict(up_bias=torch.randn(16, dtype=torch.float16)), TypeError, ["up_bias", "float32", "float16"]),
         (dict(activation="tanh"), ValueError, ["activation", "'tanh'", "gelu"]),
         (dict(scale=float("inf")), TypeError, ["scale", "finite"]),
+        (dict(scale=float("nan")), TypeError, ["scale", "finite"]),
         (dict(scale="1"), TypeError, ["scale", "'1'"]),
         (dict(backend="fast"), ValueError, ["backend", "'fast'"]),
     ],

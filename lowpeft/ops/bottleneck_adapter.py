@@ -270,7 +270,9 @@ def _check_inputs(h, down_weight, down_bias, up_weight, up_bias, activation, sca
             raise ValueError(f"{name}: expected a tensor on {h.device} (h's device), got one on {value.device}")
     if activation not in reference.ACTIVATIONS:
         raise ValueError(f"activation: expected one of {reference.ACTIVATIONS}, got {activation!r}")
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+    # Finite as comparisons, not math.isfinite: under torch.compile(dynamic=True) a module's float attribute arrives
+    # symbolic, math.isfinite of it is not traceable, and a comparison only adds a guard.
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (abs(scale) < math.inf):
         raise TypeError(f"scale: expected a finite float, got {scale!r}")
 
 
