@@ -330,3 +330,29 @@ def test_any_leading_dimensions_add_no_graph_nodes(backend, device, dtype, leadi
     torch.testing.assert_close(y.reshape(rows, 20), y_rows, rtol=0, atol=0)
     for got, want in zip((dx.reshape(rows, 24), dA, dB), expected):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dropout_p", [0.0, 0.1])
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+def test_functional_op_traces_under_torch_compile_with_float_attributes(dynamic, dropout_p):
+    # Under torch.compile(dynamic=True) a module's float attributes (scaling, dropout_p) arrive symbolic: the op's
+    # input checks must trace (comparisons, not math.isfinite) so fullgraph compilation has no graph break.
+    class Layer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            gen = torch.Generator().manual_seed(9)
+            self.weight = torch.nn.Parameter(torch.randn(8, 16, generator=gen), requires_grad=False)
+            self.lora_A = torch.nn.Parameter(torch.randn(4, 16, generator=gen) * 0.25)
+            self.lora_B = torch.nn.Parameter(torch.randn(8, 4, generator=gen) * 0.25)
+            self.scaling, self.dropout_p = 1.75, dropout_p
+
+        def forward(self, x):
+            return lora_linear(x, self.weight, None, self.lora_A, self.lora_B, self.scaling, self.dropout_p,
+                               training=False)
+
+    layer = Layer().to(DEVICE)
+    x = torch.randn(2, 5, 16, device=DEVICE, requires_grad=True)
+    out = torch.compile(layer, backend="aot_eager", fullgraph=True, dynamic=dynamic)(x)
+    out.sum().backward()
+    torch.testing.assert_close(out, layer(x.detach()))
+    assert x.grad is not None and layer.lora_B.grad is not None

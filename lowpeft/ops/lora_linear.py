@@ -276,7 +276,7 @@ def _inputs_plainly_valid(x, weight, bias, lora_A, lora_B, scaling, dropout_p) -
             and weight.device == device and lora_A.device == device and lora_B.device == device
             and (bias is None or (bias.dim() == 1 and bias.shape[0] == out_features and bias.dtype == dtype
                                   and bias.device == device))
-            and type(scaling) is float and math.isfinite(scaling)
+            and type(scaling) is float and abs(scaling) < math.inf
             and type(dropout_p) is float and 0.0 <= dropout_p < 1.0
         )
     except (AttributeError, ValueError, TypeError, IndexError):
@@ -315,7 +315,9 @@ def _check_inputs(x, weight, bias, lora_A, lora_B, scaling, dropout_p):
             raise TypeError(f"{name}: expected dtype {x.dtype} (x's dtype), got {value.dtype}")
         if value.device != x.device:
             raise ValueError(f"{name}: expected a tensor on {x.device} (x's device), got one on {value.device}")
-    if isinstance(scaling, bool) or not isinstance(scaling, (int, float)) or not math.isfinite(scaling):
+    # Finite as a comparison, not math.isfinite: under torch.compile(dynamic=True) a module's float attribute
+    # arrives symbolic, math.isfinite of it is not traceable, and a comparison only adds a guard.
+    if isinstance(scaling, bool) or not isinstance(scaling, (int, float)) or not (abs(scaling) < math.inf):
         raise TypeError(f"scaling: expected a finite float, got {scaling!r}")
     if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p: expected a float in [0, 1), got {dropout_p!r}")
