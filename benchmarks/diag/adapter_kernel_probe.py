@@ -6,7 +6,8 @@
 # which the library then dropped. `h_cols` includes the db_down loop of the first D chunk's programs.
 # For each kernel this times a few tiles through the JITFunction (no autotuner) and prints what the compiler
 # made of it: registers, spills, whether the dots became wgmma and whether the loads were pipelined (async
-# copies in the TTGIR). Experimental variants live only in this file:
+# copies in the TTGIR). Experimental variants live only in this file (each takes the library's _column_program
+# for its (D chunk, T split) and differs from the library's loop in one respect):
 #   h_nobias   the h-side kernel without the db_down column sum (does a second use of dz stop the pipelining?)
 #   h_dz_t     the h-side kernel reading dz pre-transposed ([M, T], so the dot's A tile is K-contiguous)
 #   g_a_t      the g-side kernel computing dW_upᵀ = aᵀ g from a pre-transposed a ([M, T]) instead of gᵀ a
@@ -23,6 +24,7 @@ from triton.testing import do_bench
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from lowpeft.kernels import bottleneck_adapter as kernels  # noqa: E402
+from lowpeft.kernels.bottleneck_adapter import _column_program  # noqa: E402
 
 BANDWIDTH = 3.35e12
 COLUMN_TILES = ((64, 128, 8, 3), (64, 128, 4, 3), (128, 128, 8, 3), (64, 256, 8, 3), (32, 128, 4, 3),
@@ -34,13 +36,8 @@ ROW_TILES = ((32, 128, 4, 3), (64, 128, 8, 3), (64, 64, 4, 3), (128, 64, 8, 3), 
 @triton.jit
 def _h_nobias_kernel(h_ptr, dz_ptr, partial_ptr, T, D, M, PARTIAL_LEN, stride_h_t, stride_small_t,
                      BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid_d = tl.program_id(0)
-    split = tl.program_id(1)
-    rows_per_split = tl.cdiv(tl.cdiv(T, tl.num_programs(1)), BLOCK_T) * BLOCK_T
-    row_start = split.to(tl.int64) * rows_per_split
-    row_end = tl.minimum(row_start + rows_per_split, T)
-    cols_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    cols_m = tl.arange(0, BLOCK_M)
+    split, row_start, row_end, cols_d, _, cols_m, _ = _column_program(tl.program_id(0), T, D, M, BLOCK_M, BLOCK_T,
+                                                                      BLOCK_D)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for t0 in range(row_start, row_end, BLOCK_T):
         rows = t0 + tl.arange(0, BLOCK_T)
@@ -55,13 +52,8 @@ def _h_nobias_kernel(h_ptr, dz_ptr, partial_ptr, T, D, M, PARTIAL_LEN, stride_h_
 @triton.jit
 def _h_dz_t_kernel(h_ptr, dz_t_ptr, partial_ptr, T, D, M, PARTIAL_LEN, stride_h_t, stride_dz_t_m,
                    BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid_d = tl.program_id(0)
-    split = tl.program_id(1)
-    rows_per_split = tl.cdiv(tl.cdiv(T, tl.num_programs(1)), BLOCK_T) * BLOCK_T
-    row_start = split.to(tl.int64) * rows_per_split
-    row_end = tl.minimum(row_start + rows_per_split, T)
-    cols_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    cols_m = tl.arange(0, BLOCK_M)
+    split, row_start, row_end, cols_d, _, cols_m, _ = _column_program(tl.program_id(0), T, D, M, BLOCK_M, BLOCK_T,
+                                                                      BLOCK_D)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for t0 in range(row_start, row_end, BLOCK_T):
         rows = t0 + tl.arange(0, BLOCK_T)
@@ -76,13 +68,8 @@ def _h_dz_t_kernel(h_ptr, dz_t_ptr, partial_ptr, T, D, M, PARTIAL_LEN, stride_h_
 @triton.jit
 def _g_a_t_kernel(g_ptr, down_w_ptr, a_t_ptr, dz_ptr, dh_ptr, partial_ptr, T, D, M, PARTIAL_LEN, stride_g_t,
                   stride_a_t_m, stride_small_t, BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid_d = tl.program_id(0)
-    split = tl.program_id(1)
-    rows_per_split = tl.cdiv(tl.cdiv(T, tl.num_programs(1)), BLOCK_T) * BLOCK_T
-    row_start = split.to(tl.int64) * rows_per_split
-    row_end = tl.minimum(row_start + rows_per_split, T)
-    cols_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    cols_m = tl.arange(0, BLOCK_M)
+    split, row_start, row_end, cols_d, _, cols_m, _ = _column_program(tl.program_id(0), T, D, M, BLOCK_M, BLOCK_T,
+                                                                      BLOCK_D)
     down_w = tl.load(down_w_ptr + cols_m[:, None] * D + cols_d[None, :])
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     bias = tl.zeros([BLOCK_D], dtype=tl.float32)
