@@ -172,7 +172,8 @@ def lora_linear_bwd(grad_out, x, weight, lora_A, lora_B, shrink, scaling: float,
     _check_operands((("x", x), ("grad_out", grad_out), ("weight", weight), ("lora_A", lora_A), ("lora_B", lora_B)))
     if shrink.dim() != 2:
         raise ValueError(f"shrink: expected a 2-D tensor, got shape {tuple(shrink.shape)}")
-    if grad_out.shape[1] > 1 and grad_out.stride(1) != 1:
+    # An empty grad_out may come with any strides (out.sum()'s gradient of a [0, N] output has strides (0, 0)).
+    if grad_out.shape[0] > 0 and grad_out.shape[1] > 1 and grad_out.stride(1) != 1:
         raise ValueError(f"grad_out: expected a row-major last dimension (stride 1), got strides {grad_out.stride()}")
     if shrink.dtype != torch.float32:
         raise TypeError(f"shrink: expected the float32 S saved by lora_linear_fwd, got {shrink.dtype}")
