@@ -55,9 +55,6 @@
 #                                    against today's path (benchmarks/diag/merged_weight_probe.py)
 #   benchmarks/gpu_final.sh adapter_survey  per-kernel adapter times at M = 64; where the adapter's host time goes
 #                                    (diag/adapter_host_probe.py); triton against cuda at M = 64 ... 256 (graph timing)
-#   benchmarks/gpu_final.sh adapter_fold  the forward as one kernel against down + up, the step with the split-T
-#                                    sums inside the column kernel, gradients checked (diag/adapter_forward_plans.py);
-#                                    per-kernel adapter times; the adapter benchmark (graph timing)
 # Every step has its own time limit so one slow step cannot starve the rest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -268,17 +265,6 @@ case "${1:-layers}" in
     timeout 60 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_dispatch.py tests/test_adapter_op.py \
       -k "dispatch or auto_takes or wider_than" > "$OUT/gpu_dispatch_tests.log" 2>&1
     echo "dispatch pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_dispatch_tests.log" | tail -6
-    ;;
-  adapter_fold)
-    timeout 150 python3 benchmarks/diag/adapter_forward_plans.py > "$OUT/adapter_forward_plans.log" 2>&1
-    echo "forward plans exit $?"; grep -v "Warning\|_warn_once" "$OUT/adapter_forward_plans.log" | cut -c1-150
-    timeout 80 python3 benchmarks/adapter_tuning.py --no-sweep 4096x1024x64 4096x1024x16 8192x4096x64 \
-      16384x8192x64 8192x4096x256 > "$OUT/adapter_tuning.log" 2>&1
-    echo "adapter tuning exit $?"; grep -v "Warning\|_warn_once" "$OUT/adapter_tuning.log" | cut -c1-150
-    timeout 200 python3 benchmarks/bench_adapter.py --bottlenecks 16,64,256 --timing graph --no-breakdown \
-      --providers floor,triton,cuda,eager --json "$OUT/adapter_h100_graphs.json" \
-      --md "$OUT/adapter_h100_graphs.md" > "$OUT/adapter_h100_graphs.log" 2>&1
-    echo "adapter bench exit $?"; grep "^| " "$OUT/adapter_h100_graphs.md" | cut -c1-300
     ;;
   adapter_small)
     timeout 400 python3 benchmarks/adapter_tuning.py 4096x1024x16 4096x1024x64 8192x4096x64 8192x4096x16 \

@@ -148,14 +148,6 @@ def column_block_config(M_pad: int, D: int, element_size: int = 2) -> ColumnPlan
     return ColumnPlan(max(16, 64 // element_size), 64, 4, 4 if element_size <= 2 else 3, 2, 2, True)
 
 
-def forward_in_one_kernel(D: int, M_pad: int) -> bool:
-    """Whether the forward runs as one kernel per block of rows (_forward_rows_kernel) instead of `down` then `up`:
-    where D gives fewer than 16 chunks of 128 columns and the bottleneck is at most 64. There a program's row block
-    is small enough to be re-read from L2 and one launch saves its gap; at wide D the re-read missed L2 (see the
-    header) and wide bottlenecks would hold a [rows, M] and a [rows, columns] accumulator at once."""
-    return ceil_div(D, 128) < 16 and M_pad <= 64
-
-
 @functools.lru_cache(maxsize=None)
 def _multiprocessors(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
@@ -254,28 +246,6 @@ def _column_program(pid_d, T, D, M, BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr
     return split, row_start, row_end, cols_d, cols_d < D, cols_m, cols_m < M
 
 
-@triton.jit
-def _last_to_arrive(counter_ptr):
-    # Called by every T split of one (side, D chunk) after it stored its partials: True in the one that arrives
-    # last, which then sees every split's partials (the barrier orders this program's stores before its release;
-    # the acquire orders the others' before its loads).
-    tl.debug_barrier()
-    arrived = tl.atomic_add(counter_ptr, 1, sem="acq_rel", scope="gpu")
-    return arrived == tl.num_programs(1) - 1
-
-
-@triton.jit
-def _sum_splits(partial_ptr, offsets, mask, PARTIAL_LEN, ACC: tl.constexpr):
-    # Σ over the T splits of one region of the partials, in split order whichever program sums (deterministic);
-    # .cg loads: the other splits' partials were written from other SMs.
-    pointers = partial_ptr + offsets
-    total = tl.load(pointers, mask=mask, other=0.0, cache_modifier=".cg").to(ACC)
-    for _ in range(1, tl.num_programs(1)):
-        pointers += PARTIAL_LEN
-        total += tl.load(pointers, mask=mask, other=0.0, cache_modifier=".cg")
-    return total
-
-
 # ----------------------------------------------------------------------------------------------------
 # kernels
 # ----------------------------------------------------------------------------------------------------
@@ -309,56 +279,6 @@ def _down_kernel(
     tl.store(z_ptr + rows[:, None] * stride_z_t + cols_m[None, :], z, mask=small_mask)
     tl.store(a_ptr + rows[:, None] * stride_a_t + cols_m[None, :],
              _activation(z, ACTIVATION).to(a_ptr.dtype.element_ty), mask=small_mask)
-
-
-@triton.autotune(configs=row_block_configs(), key=["T_BUCKET", "D", "BLOCK_M"],
-                 prune_configs_by={"early_config_prune": prune_row_block_configs})
-@triton.jit(do_not_specialize=["T_BUCKET"])
-def _forward_rows_kernel(
-    h_ptr, down_w_ptr, down_b_ptr, up_w_ptr, up_b_ptr, z_ptr, out_ptr,
-    T, D, M, T_BUCKET,
-    stride_h_t, stride_h_d, stride_dw_m, stride_dw_d, stride_db, stride_uw_d, stride_uw_m, stride_ub,
-    stride_z_t, stride_out_t,
-    scale,
-    HAS_DOWN_BIAS: tl.constexpr, HAS_UP_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
-):
-    # The whole forward of one block of rows (narrow D): z over all of D as _down_kernel, a = act(z) kept in
-    # registers, then a second pass over the same rows for out = h + s · (a W_upᵀ + b_up), h re-read from L2.
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
-    row_mask = rows < T
-    cols_m = tl.arange(0, BLOCK_M)
-    m_mask = cols_m < M
-    z = tl.zeros([BLOCK_T, BLOCK_M], dtype=ACC)
-    for d0 in range(0, D, BLOCK_D):
-        cols_d = d0 + tl.arange(0, BLOCK_D)
-        d_mask = cols_d < D
-        h = tl.load(h_ptr + rows[:, None] * stride_h_t + cols_d[None, :] * stride_h_d,
-                    mask=row_mask[:, None] & d_mask[None, :], other=0.0)
-        down_w = tl.load(down_w_ptr + cols_m[None, :] * stride_dw_m + cols_d[:, None] * stride_dw_d,
-                         mask=m_mask[None, :] & d_mask[:, None], other=0.0)
-        z = _dot(h, down_w, z, PRECISION, UPCAST)
-    if HAS_DOWN_BIAS:
-        z += tl.load(down_b_ptr + cols_m * stride_db, mask=m_mask, other=0.0).to(z.dtype)[None, :]
-    small_mask = row_mask[:, None] & m_mask[None, :]
-    tl.store(z_ptr + rows[:, None] * stride_z_t + cols_m[None, :], z, mask=small_mask)
-    # Padded bottleneck columns set to zero: an Inf in h makes them Inf · 0 = NaN, which W_up's zero padding rows
-    # would carry into every column of out.
-    a = tl.where(m_mask[None, :], _activation(z, ACTIVATION), 0.0).to(h_ptr.dtype.element_ty)
-    for d0 in range(0, D, BLOCK_D):
-        cols_d = d0 + tl.arange(0, BLOCK_D)
-        d_mask = cols_d < D
-        tile_mask = row_mask[:, None] & d_mask[None, :]
-        up_w = tl.load(up_w_ptr + cols_d[None, :] * stride_uw_d + cols_m[:, None] * stride_uw_m,
-                       mask=d_mask[None, :] & m_mask[:, None], other=0.0)
-        up = _dot(a, up_w, tl.zeros([BLOCK_T, BLOCK_D], dtype=ACC), PRECISION, UPCAST)
-        if HAS_UP_BIAS:
-            up += tl.load(up_b_ptr + cols_d * stride_ub, mask=d_mask, other=0.0).to(ACC)[None, :]
-        h = tl.load(h_ptr + rows[:, None] * stride_h_t + cols_d[None, :] * stride_h_d, mask=tile_mask, other=0.0)
-        out = h.to(ACC) + scale * up
-        tl.store(out_ptr + rows[:, None] * stride_out_t + cols_d[None, :], out.to(out_ptr.dtype.element_ty),
-                 mask=tile_mask)
 
 
 @triton.autotune(configs=up_tile_configs(), key=["T_BUCKET", "D", "BLOCK_M"],
@@ -395,19 +315,15 @@ def _up_kernel(
 
 @triton.autotune(configs=row_block_configs(), key=["T_BUCKET", "D", "BLOCK_M"],
                  prune_configs_by={"early_config_prune": prune_row_block_configs})
-@triton.jit(do_not_specialize=["T_BUCKET", "COUNTERS"])
+@triton.jit(do_not_specialize=["T_BUCKET"])
 def _backward_rows_kernel(
-    g_ptr, up_w_ptr, z_ptr, a_ptr, dz_ptr, counter_ptr,
-    T, D, M, T_BUCKET, COUNTERS,
+    g_ptr, up_w_ptr, z_ptr, a_ptr, dz_ptr,
+    T, D, M, T_BUCKET,
     stride_g_t, stride_g_d, stride_uw_d, stride_uw_m, stride_z_t, stride_small_t,
     scale,
     ACTIVATION: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, COUNTER_BLOCK: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    if tl.program_id(0) == 0:  # the column kernel's arrival counters, zeroed here instead of by a memset launch
-        for start in range(0, COUNTERS, COUNTER_BLOCK):
-            offsets = start + tl.arange(0, COUNTER_BLOCK)
-            tl.store(counter_ptr + offsets, tl.zeros([COUNTER_BLOCK], dtype=tl.int32), mask=offsets < COUNTERS)
     rows = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     row_mask = rows < T
     cols_m = tl.arange(0, BLOCK_M)
@@ -431,7 +347,7 @@ def _backward_rows_kernel(
 
 @triton.jit
 def _g_side_columns(
-    pid_d, g_ptr, down_w_ptr, a_ptr, dz_ptr, dh_ptr, partial_ptr, counter_ptr, d_up_w_ptr, d_up_b_ptr,
+    pid_d, g_ptr, down_w_ptr, a_ptr, dz_ptr, dh_ptr, partial_ptr,
     T, D, M, PARTIAL_LEN,
     stride_g_t, stride_g_d, stride_dw_m, stride_dw_d, stride_small_t, stride_dh_t,
     scale,
@@ -439,8 +355,8 @@ def _g_side_columns(
     ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     # D chunk pid_d of the g side: dh = g + dz W_down for its tiles, and its split's partials of dW_up = s · gᵀ a
-    # and db_up = s · Σ g; the chunk's last split to finish sums them into dW_up and db_up. Partial layout per
-    # split (float32): [dW_down (M × D) | dW_up (D × M) | db_up (D) | db_down (M)].
+    # and db_up = s · Σ g. Partial layout per split (float32):
+    # [dW_down (M × D) | dW_up (D × M) | db_up (D) | db_down (M)].
     split, row_start, row_end, cols_d, d_mask, cols_m, m_mask = _column_program(pid_d, T, D, M, BLOCK_M, BLOCK_T,
                                                                                 BLOCK_D)
     if NEED_DH:
@@ -465,35 +381,26 @@ def _g_side_columns(
             d_up_b += tl.sum(g.to(ACC), axis=0)
     if NEED_UP_GRADS:
         base = partial_ptr + split.to(tl.int64) * PARTIAL_LEN
-        up_w_offsets = cols_d[:, None] * M + cols_m[None, :]
-        up_w_mask = d_mask[:, None] & m_mask[None, :]
-        tl.store(base + M * D + up_w_offsets, d_up_w * scale, mask=up_w_mask)
+        tl.store(base + M * D + cols_d[:, None] * M + cols_m[None, :], d_up_w * scale,
+                 mask=d_mask[:, None] & m_mask[None, :])
         tl.store(base + 2 * M * D + cols_d, d_up_b * scale, mask=d_mask)
-        if _last_to_arrive(counter_ptr + pid_d):
-            d_up_w = _sum_splits(partial_ptr, M * D + up_w_offsets, up_w_mask, PARTIAL_LEN, ACC)
-            tl.store(d_up_w_ptr + up_w_offsets, d_up_w.to(d_up_w_ptr.dtype.element_ty), mask=up_w_mask)
-            d_up_b = _sum_splits(partial_ptr, 2 * M * D + cols_d, d_mask, PARTIAL_LEN, ACC)
-            tl.store(d_up_b_ptr + cols_d, d_up_b.to(d_up_b_ptr.dtype.element_ty), mask=d_mask)
 
 
 @triton.jit
 def _h_side_columns(
-    pid_d, h_ptr, dz_ptr, partial_ptr, counter_ptr, d_down_w_ptr, d_down_b_ptr,
+    pid_d, h_ptr, dz_ptr, partial_ptr,
     T, D, M, PARTIAL_LEN,
     stride_h_t, stride_h_d, stride_small_t,
     NEED_DOWN_W: tl.constexpr, NEED_DOWN_B: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     # D chunk pid_d of the h side: its split's partials of dW_down = dzᵀ h and, in the first D chunk's programs,
-    # of db_down = Σ dz, into the same partial layout; the chunk's last split to finish sums them into dW_down
-    # (and db_down). The column sum is a loop of its own over the small dz:
+    # of db_down = Σ dz, into the same partial layout. The column sum is a loop of its own over the small dz:
     # inside the main loop (a second use of the loaded dz tile) it cost that loop its pipelined loads on the H100
     # (48 against 37 µs at 8192 x 4096, M = 64; benchmarks/diag/adapter_kernel_probe.py).
     split, row_start, row_end, cols_d, d_mask, cols_m, m_mask = _column_program(pid_d, T, D, M, BLOCK_M, BLOCK_T,
                                                                                 BLOCK_D)
     base = partial_ptr + split.to(tl.int64) * PARTIAL_LEN
-    down_w_offsets = cols_m[:, None] * D + cols_d[None, :]
-    down_w_mask = m_mask[:, None] & d_mask[None, :]
     if NEED_DOWN_W:
         d_down_w = tl.zeros([BLOCK_M, BLOCK_D], dtype=ACC)
         for t0 in range(row_start, row_end, BLOCK_T):
@@ -504,7 +411,7 @@ def _h_side_columns(
             dz = tl.load(dz_ptr + rows[:, None] * stride_small_t + cols_m[None, :],
                          mask=row_mask[:, None] & m_mask[None, :], other=0.0)
             d_down_w = _dot(tl.trans(dz), h, d_down_w, PRECISION, UPCAST)
-        tl.store(base + down_w_offsets, d_down_w, mask=down_w_mask)
+        tl.store(base + cols_m[:, None] * D + cols_d[None, :], d_down_w, mask=m_mask[:, None] & d_mask[None, :])
     if NEED_DOWN_B:
         if pid_d == 0:
             # 4 × BLOCK_T rows a step: these programs finish last, so their extra loop is the kernel's tail
@@ -516,26 +423,11 @@ def _h_side_columns(
                              mask=(rows < row_end)[:, None] & m_mask[None, :], other=0.0)
                 d_down_b += tl.sum(dz.to(ACC), axis=0)
             tl.store(base + 2 * M * D + D + cols_m, d_down_b, mask=m_mask)
-    # Only chunks that wrote partials count in: every chunk for dW_down, the first alone for db_down alone.
-    if NEED_DOWN_W:
-        if _last_to_arrive(counter_ptr + pid_d):
-            d_down_w = _sum_splits(partial_ptr, down_w_offsets, down_w_mask, PARTIAL_LEN, ACC)
-            tl.store(d_down_w_ptr + down_w_offsets, d_down_w.to(d_down_w_ptr.dtype.element_ty), mask=down_w_mask)
-            if NEED_DOWN_B:
-                if pid_d == 0:
-                    d_down_b = _sum_splits(partial_ptr, 2 * M * D + D + cols_m, m_mask, PARTIAL_LEN, ACC)
-                    tl.store(d_down_b_ptr + cols_m, d_down_b.to(d_down_b_ptr.dtype.element_ty), mask=m_mask)
-    elif NEED_DOWN_B:
-        if pid_d == 0:
-            if _last_to_arrive(counter_ptr + pid_d):
-                d_down_b = _sum_splits(partial_ptr, 2 * M * D + D + cols_m, m_mask, PARTIAL_LEN, ACC)
-                tl.store(d_down_b_ptr + cols_m, d_down_b.to(d_down_b_ptr.dtype.element_ty), mask=m_mask)
 
 
 @triton.jit(do_not_specialize=["PARTIAL_LEN"])
 def _backward_cols_kernel(
-    g_ptr, h_ptr, down_w_ptr, a_ptr, dz_ptr, dh_ptr, partial_ptr, counter_ptr,
-    d_down_w_ptr, d_down_b_ptr, d_up_w_ptr, d_up_b_ptr,
+    g_ptr, h_ptr, down_w_ptr, a_ptr, dz_ptr, dh_ptr, partial_ptr,
     T, D, M, PARTIAL_LEN,
     stride_g_t, stride_g_d, stride_h_t, stride_h_d, stride_dw_m, stride_dw_d, stride_small_t, stride_dh_t,
     scale,
@@ -546,24 +438,46 @@ def _backward_cols_kernel(
     # Grid (D chunks of the g side, then D chunks of the h side; T splits), each side only where its gradients
     # are needed and its flags are set: the launcher runs both sides in one launch (they share the GPU, neither
     # waiting for the other's tail; at 4096 x 1024 each side alone fills one program per SM) or, where that
-    # measured slower, one side per launch. Arrival counters: one per (side, D chunk), g side first, zeroed by
-    # backward_rows.
+    # measured slower, one side per launch.
     pid = tl.program_id(0)
-    g_chunks = tl.cdiv(D, BLOCK_D)
     if NEED_DH or NEED_UP_GRADS:
+        g_chunks = tl.cdiv(D, BLOCK_D)
         if pid < g_chunks:
-            _g_side_columns(pid, g_ptr, down_w_ptr, a_ptr, dz_ptr, dh_ptr, partial_ptr, counter_ptr, d_up_w_ptr,
-                            d_up_b_ptr, T, D, M, PARTIAL_LEN,
+            _g_side_columns(pid, g_ptr, down_w_ptr, a_ptr, dz_ptr, dh_ptr, partial_ptr, T, D, M, PARTIAL_LEN,
                             stride_g_t, stride_g_d, stride_dw_m, stride_dw_d, stride_small_t, stride_dh_t, scale,
                             NEED_DH, NEED_UP_GRADS, PRECISION, UPCAST, ACC, BLOCK_M, BLOCK_T, BLOCK_D)
         else:
-            _h_side_columns(pid - g_chunks, h_ptr, dz_ptr, partial_ptr, counter_ptr + g_chunks, d_down_w_ptr,
-                            d_down_b_ptr, T, D, M, PARTIAL_LEN, stride_h_t, stride_h_d, stride_small_t,
+            _h_side_columns(pid - g_chunks, h_ptr, dz_ptr, partial_ptr, T, D, M, PARTIAL_LEN,
+                            stride_h_t, stride_h_d, stride_small_t,
                             NEED_DOWN_W, NEED_DOWN_B, PRECISION, UPCAST, ACC, BLOCK_M, BLOCK_T, BLOCK_D)
     else:
-        _h_side_columns(pid, h_ptr, dz_ptr, partial_ptr, counter_ptr + g_chunks, d_down_w_ptr, d_down_b_ptr,
-                        T, D, M, PARTIAL_LEN, stride_h_t, stride_h_d, stride_small_t,
+        _h_side_columns(pid, h_ptr, dz_ptr, partial_ptr, T, D, M, PARTIAL_LEN, stride_h_t, stride_h_d, stride_small_t,
                         NEED_DOWN_W, NEED_DOWN_B, PRECISION, UPCAST, ACC, BLOCK_M, BLOCK_T, BLOCK_D)
+
+
+@triton.jit(do_not_specialize=["SPLITS", "M", "PARTIAL_LEN"])
+def _reduce_kernel(
+    partial_ptr, d_down_w_ptr, d_up_w_ptr, d_up_b_ptr, d_down_b_ptr,
+    SPLITS, D, M, PARTIAL_LEN,
+    BLOCK: tl.constexpr,
+):
+    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offsets < PARTIAL_LEN
+    pointers = partial_ptr + offsets
+    total = tl.load(pointers, mask=mask, other=0.0)
+    for _ in range(1, SPLITS):
+        pointers += PARTIAL_LEN
+        total += tl.load(pointers, mask=mask, other=0.0)
+    up_w_start = M * D
+    up_b_start = 2 * M * D
+    down_b_start = 2 * M * D + D
+    tl.store(d_down_w_ptr + offsets, total.to(d_down_w_ptr.dtype.element_ty), mask=offsets < up_w_start)
+    tl.store(d_up_w_ptr + (offsets - up_w_start), total.to(d_up_w_ptr.dtype.element_ty),
+             mask=(offsets >= up_w_start) & (offsets < up_b_start))
+    tl.store(d_up_b_ptr + (offsets - up_b_start), total.to(d_up_b_ptr.dtype.element_ty),
+             mask=(offsets >= up_b_start) & (offsets < down_b_start))
+    tl.store(d_down_b_ptr + (offsets - down_b_start), total.to(d_down_b_ptr.dtype.element_ty),
+             mask=(offsets >= down_b_start) & mask)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -617,23 +531,9 @@ def bottleneck_adapter_fwd(h, down_weight, down_bias, up_weight, up_bias, activa
     z = torch.empty((T, M), dtype=torch.promote_types(h.dtype, torch.float32), device=h.device)
     if T == 0:
         return out, z
+    a = torch.empty((T, M), dtype=h.dtype, device=h.device)
     block_m, t_bucket = _padded_bottleneck(M), _t_bucket(T)
     precision, upcast, acc = dot_precision(h.dtype), _upcast(h.dtype), _accumulator_dtype(h.dtype)
-    if forward_in_one_kernel(D, block_m):
-        with _device_context(h):
-            _launch_row_kernel(
-                _forward_rows_kernel, T, ("forward_rows", t_bucket, D, block_m, h.dtype, h.device),
-                (h, down_weight, z if down_bias is None else down_bias, up_weight, z if up_bias is None else up_bias,
-                 z, out, T, D, M, t_bucket,
-                 h.stride(0), h.stride(1), down_weight.stride(0), down_weight.stride(1),
-                 0 if down_bias is None else down_bias.stride(0), up_weight.stride(0), up_weight.stride(1),
-                 0 if up_bias is None else up_bias.stride(0), z.stride(0), out.stride(0), float(scale)),
-                dict(HAS_DOWN_BIAS=down_bias is not None, HAS_UP_BIAS=up_bias is not None,
-                     ACTIVATION=ACTIVATION_CODES[activation], PRECISION=precision, UPCAST=upcast, ACC=acc,
-                     BLOCK_M=block_m),
-            )
-        return out, z
-    a = torch.empty((T, M), dtype=h.dtype, device=h.device)
     with _device_context(h):
         _launch_row_kernel(
             _down_kernel, T, ("down", t_bucket, D, block_m, h.dtype, h.device),
@@ -688,17 +588,14 @@ def bottleneck_adapter_bwd(grad_out, h, down_weight, down_bias, up_weight, z, ac
     splits = _t_splits(T, D, plan.block_t, plan.block_d, plan.split_factor, plan.programs_per_sm, h.device,
                        memory_cap=(T * D * h.element_size()) // (4 * partial_len))
     partials = torch.empty((splits, partial_len) if need_weight_grads else (0,), dtype=z.dtype, device=h.device)
-    counters = torch.empty((2 * ceil_div(D, plan.block_d),), dtype=torch.int32, device=h.device)
-    d_down_w, d_down_b, d_up_w, d_up_b = weight_grads if weight_grads is not None else (partials,) * 4
     with _device_context(h):
         t_bucket = _t_bucket(T)
         _launch_row_kernel(
             _backward_rows_kernel, T, ("backward_rows", t_bucket, D, block_m, h.dtype, h.device),
-            (grad_out, up_weight, z, a, dz, counters, T, D, M, t_bucket, counters.numel(),
+            (grad_out, up_weight, z, a, dz, T, D, M, t_bucket,
              grad_out.stride(0), grad_out.stride(1), up_weight.stride(0), up_weight.stride(1), z.stride(0), a.stride(0),
              float(scale)),
-            dict(ACTIVATION=ACTIVATION_CODES[activation], PRECISION=precision, UPCAST=upcast, BLOCK_M=block_m,
-                 COUNTER_BLOCK=256),
+            dict(ACTIVATION=ACTIVATION_CODES[activation], PRECISION=precision, UPCAST=upcast, BLOCK_M=block_m),
         )
         need_g_side, need_h_side = need_dh or need_up_grads, need_d_down_w or need_d_down_b
         sides = [(need_dh, need_up_grads, need_d_down_w, need_d_down_b)]
@@ -707,8 +604,7 @@ def bottleneck_adapter_bwd(grad_out, h, down_weight, down_bias, up_weight, z, ac
         for side_dh, side_up, side_down_w, side_down_b in sides:
             side_count = (side_dh or side_up) + (side_down_w or side_down_b)
             _backward_cols_kernel[(ceil_div(D, plan.block_d) * side_count, splits)](
-                grad_out, h, down_weight, a, dz, dh if dh is not None else a, partials, counters,
-                d_down_w, d_down_b, d_up_w, d_up_b,
+                grad_out, h, down_weight, a, dz, dh if dh is not None else a, partials,
                 T, D, M, partial_len,
                 grad_out.stride(0), grad_out.stride(1), h.stride(0), h.stride(1), down_weight.stride(0),
                 down_weight.stride(1), a.stride(0), dh.stride(0) if dh is not None else 0,
@@ -717,6 +613,12 @@ def bottleneck_adapter_bwd(grad_out, h, down_weight, down_bias, up_weight, z, ac
                 PRECISION=precision, UPCAST=upcast, ACC=_accumulator_dtype(h.dtype),
                 BLOCK_M=block_m, BLOCK_T=plan.block_t, BLOCK_D=plan.block_d, num_warps=plan.warps,
                 num_stages=plan.stages,
+            )
+        if need_weight_grads:
+            block = 1024
+            _reduce_kernel[(ceil_div(partial_len, block),)](
+                partials, weight_grads[0], weight_grads[2], weight_grads[3], weight_grads[1], splits, D, M,
+                partial_len, BLOCK=block,
             )
     return _select(dh, weight_grads, needs)
 
