@@ -6,8 +6,10 @@
 #
 # Trade-off: saving writes a complete new directory beside the target, fsyncs it, then swaps it in with
 # renames, so a crash never leaves a half-written adapter under the target name (at worst the old and the
-# new complete copies both sit beside it under hidden names); the price is that the target directory must
-# hold only adapter files, since it is replaced as a whole. Loading validates every key and shape against
+# new complete copies both sit beside it under hidden names). A target that also holds other files (PEFT
+# users save the tokenizer there too) cannot be swapped whole without moving those files, so there the two
+# files are renamed over their old versions one after the other: each is always whole, the pair changes
+# within microseconds rather than at once. Loading validates every key and shape against
 # the model before it changes any parameter, and undoes the adapter it added if the file does not fit.
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ from .config import (
     prompt_peft_dict,
 )
 
-__all__ = ["save_adapter", "load_adapter", "CONFIG_NAME", "WEIGHTS_NAME"]
+__all__ = ["save_adapter", "load_adapter", "AdapterFileNotFoundError", "CONFIG_NAME", "WEIGHTS_NAME"]
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -98,6 +100,11 @@ def _config_dict(model: nn.Module, adapter_name: Optional[str]) -> dict:
     return adapter_peft_dict(config, targets, name_or_path)
 
 
+class AdapterFileNotFoundError(FileNotFoundError, ValueError):
+    """load_adapter's directory lacks one of the two files: a FileNotFoundError as open() would raise, and a
+    ValueError like every other bad argument of lowpeft's."""
+
+
 # ------------------------------------------------------------------------------------------------------
 # atomic directory write
 # ------------------------------------------------------------------------------------------------------
@@ -122,22 +129,29 @@ def _replace_directory(staged: Path, target: Path) -> None:
     shutil.rmtree(retired)
 
 
+def _replace_files(staged: Path, target: Path, names) -> None:
+    """Rename each staged file over its namesake in `target`, leaving the rest of `target` alone."""
+    for name in names:
+        os.replace(staged / name, target / name)
+    _fsync_path(target)
+    os.rmdir(staged)
+
+
 def save_adapter(model: nn.Module, directory: Union[str, os.PathLike], adapter_name: Optional[str] = None) -> Path:
     """Save adapter `adapter_name` (default: the active one) of `model` to `directory` in PEFT's format:
-    adapter_config.json + adapter_model.safetensors. Atomic: the directory is written beside the target,
-    fsynced, then renamed over it. `directory` must not exist or hold only adapter files."""
+    adapter_config.json + adapter_model.safetensors. Atomic: both files are written and fsynced beside the
+    target first, so a crash while writing leaves the previous save untouched. A new or adapter-only directory
+    is then swapped in whole (the pair changes at once); in a directory that also holds other files (a tokenizer,
+    the base model), which stay, each of the two files is renamed over its old version (each always whole; a crash
+    between the two renames, microseconds apart, would pair the new weights with the previous config)."""
     from safetensors.torch import save_file
 
     target = Path(directory)
+    shared = False
     if target.exists():
         if not target.is_dir():
             raise ValueError(f"directory: expected a directory path, got an existing file {str(target)!r}")
-        others = sorted(p.name for p in target.iterdir() if p.name not in _ADAPTER_FILES)
-        if others:
-            raise ValueError(
-                f"directory: {str(target)!r} holds files other than an adapter's ({others[:5]}); save_adapter "
-                "replaces the whole directory, so give it an empty or adapter-only directory"
-            )
+        shared = any(p.name not in _ADAPTER_FILES for p in target.iterdir())
     tensors = {key: param.detach().to("cpu").contiguous().clone() for key, param in
                adapter_tensors(model, adapter_name).items()}
     config = _config_dict(model, adapter_name)
@@ -151,7 +165,10 @@ def save_adapter(model: nn.Module, directory: Union[str, os.PathLike], adapter_n
         for name in (WEIGHTS_NAME, CONFIG_NAME):
             _fsync_path(staged / name)
         _fsync_path(staged)
-        _replace_directory(staged, target)
+        if shared:
+            _replace_files(staged, target, (WEIGHTS_NAME, CONFIG_NAME))
+        else:
+            _replace_directory(staged, target)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
@@ -226,7 +243,7 @@ def load_adapter(model: nn.Module, directory: Union[str, os.PathLike], adapter_n
     config_path, weights_path = source / CONFIG_NAME, source / WEIGHTS_NAME
     for path in (config_path, weights_path):
         if not path.is_file():
-            raise ValueError(f"directory: expected {path.name} in {str(source)!r}, found none")
+            raise AdapterFileNotFoundError(f"directory: expected {path.name} in {str(source)!r}, found none")
     with open(config_path) as handle:
         try:
             data = json.load(handle)

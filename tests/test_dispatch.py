@@ -106,6 +106,21 @@ def test_the_report_says_what_auto_picks_for_adapters(availability):
     }
 
 
+def test_the_report_warns_of_nothing_and_every_entry_has_a_reason(availability):
+    # A missing backend is in the report's reason; the fall-back warning is for calls, and the report must not
+    # use up its one-time de-duplication either.
+    availability.add(("cuda", "cuda"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = _dispatch.backends("cuda")
+    assert report["cuda"] == {"available": False, "reason": "faked as missing"}
+    assert report["auto"]["adapter_picks"][f"bottleneck > {AUTO_TRITON_MAX_BOTTLENECK}"] == "triton"
+    assert all("reason" in entry and "available" in entry for entry in report.values())
+    assert report["auto"]["reason"] is None
+    with pytest.warns(UserWarning, match="uses 'triton' because 'cuda' is unavailable"):
+        assert _adapter_pick(128) == "triton"
+
+
 def test_info_prints_the_adapter_picks_where_they_differ(capsys):
     from lowpeft import cli
 

@@ -156,12 +156,37 @@ def test_save_is_atomic_an_interrupted_save_keeps_the_old_adapter(tmp_path, monk
     assert sorted(os.listdir(tmp_path)) == ["adapter"]
 
 
-def test_save_refuses_a_directory_holding_other_files(tmp_path):
+def test_save_into_a_directory_holding_other_files_keeps_them(tmp_path, monkeypatch):
+    # As PEFT's save_pretrained: the adapter may share its directory with a tokenizer or the base model's files.
     model = lowpeft.apply(tiny_llama(), lowpeft.LoRAConfig(r=2, target_modules=["q_proj"]))
+    _randomise_trainable(model, seed=1)
     (tmp_path / "notes.txt").write_text("keep me")
-    with pytest.raises(ValueError, match="directory: .*notes.txt"):
+    (tmp_path / "tokenizer").mkdir()
+    lowpeft.save_adapter(model, tmp_path)
+    before = (tmp_path / "adapter_model.safetensors").read_bytes()
+    assert (tmp_path / "notes.txt").read_text() == "keep me" and (tmp_path / "tokenizer").is_dir()
+    reloaded = lowpeft.load_adapter(tiny_llama(), tmp_path)
+    ids = torch.randint(0, 97, (2, 5))
+    torch.testing.assert_close(reloaded(ids).logits, model(ids).logits)
+
+    import safetensors.torch
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full (simulated)")
+
+    _randomise_trainable(model, seed=2)
+    monkeypatch.setattr(safetensors.torch, "save_file", crash)
+    with pytest.raises(OSError, match="simulated"):
         lowpeft.save_adapter(model, tmp_path)
+    assert (tmp_path / "adapter_model.safetensors").read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["adapter_config.json", "adapter_model.safetensors", "notes.txt",
+                                            "tokenizer"]
+    monkeypatch.undo()
+    lowpeft.save_adapter(model, tmp_path)
+    assert (tmp_path / "adapter_model.safetensors").read_bytes() != before
     assert (tmp_path / "notes.txt").read_text() == "keep me"
+    assert sorted(os.listdir(tmp_path)) == ["adapter_config.json", "adapter_model.safetensors", "notes.txt",
+                                            "tokenizer"]
 
 
 def _edit_saved(directory, edit_tensors=None, edit_config=None):
@@ -202,7 +227,12 @@ def test_a_checkpoint_that_does_not_fit_is_a_named_value_error(tmp_path, edit, m
 
 
 def test_missing_files_are_named(tmp_path):
-    with pytest.raises(ValueError, match="adapter_config.json"):
+    for directory in (tmp_path, tmp_path / "does-not-exist"):
+        for expected in (ValueError, FileNotFoundError):
+            with pytest.raises(expected, match="directory: expected adapter_config.json"):
+                lowpeft.load_adapter(tiny_llama(), directory)
+    (tmp_path / "adapter_config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="adapter_model.safetensors"):
         lowpeft.load_adapter(tiny_llama(), tmp_path)
 
 

@@ -125,7 +125,7 @@ def resolve(backend: str, device: torch.device, dtype: torch.dtype | None = None
 
 
 def _resolve_for_device_type(backend: str, device_type: str, dtype_name: str | None = None,
-                             auto_order: tuple[str, ...] | None = None) -> str:
+                             auto_order: tuple[str, ...] | None = None, warn: bool = True) -> str:
     device = torch.device(device_type)
     name = _check_name(backend)
     if name == "auto":
@@ -140,7 +140,7 @@ def _resolve_for_device_type(backend: str, device_type: str, dtype_name: str | N
         if _dtype_reason(candidate, dtype_name) is not None:
             continue
         if unavailable_reason(candidate, device.type) is None:
-            if (candidate != order[0] and _dtype_reason(order[0], dtype_name) is None
+            if (warn and candidate != order[0] and _dtype_reason(order[0], dtype_name) is None
                     and (device.type, order[0]) not in _warned_auto):
                 _warned_auto.add((device.type, order[0]))
                 warnings.warn(
@@ -160,7 +160,8 @@ _resolve_for_device_type._dynamo_marked_constant = True
 
 def backends(device_type: str | None = None) -> dict[str, dict[str, object]]:
     """For each backend: whether it runs on the given device type (default: cuda if present, else cpu)
-    and, where it does not, why."""
+    and, where it does not, why; for "auto" also what it picks (for LoRA, and for adapters by bottleneck width).
+    A report: it warns of nothing (a missing backend is in its reason)."""
     if device_type is None:
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
     report = {}
@@ -172,12 +173,16 @@ def backends(device_type: str | None = None) -> dict[str, dict[str, object]]:
     from .bottleneck_adapter import AUTO_TRITON_MAX_BOTTLENECK, adapter_auto_order
 
     narrow, wide = AUTO_TRITON_MAX_BOTTLENECK, AUTO_TRITON_MAX_BOTTLENECK + 1
+    def pick(auto_order=None):
+        return _resolve_for_device_type("auto", device.type, auto_order=auto_order, warn=False)
+
     report["auto"] = {
         "available": True,
-        "picks": resolve("auto", device),
+        "reason": None,
+        "picks": pick(),
         "adapter_picks": {
-            f"bottleneck <= {narrow}": resolve("auto", device, auto_order=adapter_auto_order(device_type, narrow)),
-            f"bottleneck > {narrow}": resolve("auto", device, auto_order=adapter_auto_order(device_type, wide)),
+            f"bottleneck <= {narrow}": pick(adapter_auto_order(device_type, narrow)),
+            f"bottleneck > {narrow}": pick(adapter_auto_order(device_type, wide)),
         },
     }
     return report
