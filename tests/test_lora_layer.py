@@ -145,6 +145,13 @@ def test_bad_hyperparameters_are_named_errors(kwargs, error, words):
         assert word in str(info.value)
 
 
+@pytest.mark.parametrize("name,value", [("bias", False), ("in_features", 3), ("out_features", 5),
+                                        ("dtype", torch.float16), ("device", "cpu")])
+def test_from_linear_names_an_argument_it_takes_from_the_layer(name, value):
+    with pytest.raises(TypeError, match=f"^{name}: taken from the wrapped linear"):
+        lowpeft.LoRALinear.from_linear(nn.Linear(4, 4), r=2, **{name: value})
+
+
 def test_from_linear_rejects_other_modules():
     with pytest.raises(TypeError, match="linear: expected a torch.nn.Linear, got Conv2d"):
         lowpeft.LoRALinear.from_linear(nn.Conv2d(1, 1, 1))

@@ -35,6 +35,18 @@ def _check_hyperparameters(in_features, out_features, r, alpha, dropout, init):
         raise ValueError(f"init: expected one of {_INITS}, got {init!r}")
 
 
+_LAYER_ARGUMENTS = ("in_features", "out_features", "bias", "device", "dtype")
+
+
+def _reject_layer_arguments(layer_name: str, kwargs: dict) -> None:
+    """from_linear / from_conv1d take sizes, bias, device and dtype from the wrapped layer: passing one is an error
+    naming it, not Python's "got multiple values"."""
+    for name in _LAYER_ARGUMENTS:
+        if name in kwargs:
+            raise TypeError(f"{name}: taken from the wrapped {layer_name} (its weight and bias are shared), so it "
+                            f"cannot be passed; got {name}={kwargs[name]!r}")
+
+
 class LoRALinear(nn.Module):
     """y = x Wᵀ + b + scaling · (dropout(x) lora_Aᵀ) lora_Bᵀ with W, b frozen and lora_A [r, in], lora_B [out, r]
     trainable; scaling = alpha / r (alpha / sqrt(r) with use_rslora).
@@ -140,6 +152,7 @@ class LoRALinear(nn.Module):
         backend, adapter_dtype (dtype of lora_A / lora_B, default the base weight's)."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear: expected a torch.nn.Linear, got {type(linear).__name__}")
+        _reject_layer_arguments("linear", kwargs)
         return cls._wrap(linear.weight, linear.bias, linear.in_features, linear.out_features, False, freeze_base,
                          r=r, alpha=alpha, dropout=dropout, **kwargs)
 
@@ -150,6 +163,7 @@ class LoRALinear(nn.Module):
         weight = getattr(conv1d, "weight", None)
         if type(conv1d).__name__ != "Conv1D" or not isinstance(weight, torch.Tensor) or weight.dim() != 2:
             raise TypeError(f"conv1d: expected a transformers Conv1D, got {type(conv1d).__name__}")
+        _reject_layer_arguments("conv1d", kwargs)
         in_features, out_features = weight.shape
         return cls._wrap(weight, conv1d.bias, in_features, out_features, True, freeze_base,
                          r=r, alpha=alpha, dropout=dropout, **kwargs)
