@@ -55,6 +55,8 @@
 #                                    against today's path (benchmarks/diag/merged_weight_probe.py)
 #   benchmarks/gpu_final.sh adapter_survey  per-kernel adapter times at M = 64; where the adapter's host time goes
 #                                    (diag/adapter_host_probe.py); triton against cuda at M = 64 ... 256 (graph timing)
+#   benchmarks/gpu_final.sh suite    build; the whole test suite on the GPU (one kernel config per family, 3
+#                                    hypothesis examples), files listed in $SUITE_FILES or all of tests/
 # Every step has its own time limit so one slow step cannot starve the rest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -265,6 +267,12 @@ case "${1:-layers}" in
     timeout 60 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_dispatch.py tests/test_adapter_op.py \
       -k "dispatch or auto_takes or wider_than" > "$OUT/gpu_dispatch_tests.log" 2>&1
     echo "dispatch pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_dispatch_tests.log" | tail -6
+    ;;
+  suite)
+    LOWPEFT_AUTOTUNE=0 LOWPEFT_HYPOTHESIS_EXAMPLES=3 timeout "${SUITE_LIMIT:-500}" python3 -m pytest -p no:cacheprovider \
+      -rfE --durations=12 ${SUITE_FILES:-tests/} > "$OUT/gpu_suite.log" 2>&1
+    echo "suite pytest exit $?"; grep -E "^tests/|^(FAILED|ERROR)|passed|failed|slowest|^[0-9.]+s " "$OUT/gpu_suite.log" \
+      | cut -c1-160 | tail -60
     ;;
   adapter_small)
     timeout 400 python3 benchmarks/adapter_tuning.py 4096x1024x16 4096x1024x64 8192x4096x64 8192x4096x16 \
