@@ -73,12 +73,16 @@ def _train_one_step(rank, wrapper, mixed_dtype):
     if wrapper == "ddp":
         model = nn.parallel.DistributedDataParallel(model)
     else:
+        from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
+        # An explicit CPU mesh: fully_shard's default mesh is on CUDA wherever a GPU exists, which would move the
+        # parameters there while the batch and the gloo group stay on the CPU.
+        mesh = init_device_mesh("cpu", (WORLD,))
         for layer in model:
             if isinstance(layer, lowpeft.LoRALinear):
-                fully_shard(layer)
-        fully_shard(model)
+                fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
     x, target = _batch()
     shard = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
     _loss(model, x[shard], target[shard]).backward()
