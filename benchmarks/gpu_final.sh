@@ -57,6 +57,8 @@
 #                                    (diag/adapter_host_probe.py); triton against cuda at M = 64 ... 256 (graph timing)
 #   benchmarks/gpu_final.sh suite    build; the whole test suite on the GPU (one kernel config per family, 3
 #                                    hypothesis examples), files listed in $SUITE_FILES or all of tests/
+#   benchmarks/gpu_final.sh lora_acc  build; the LoRA op, Triton-kernel and dispatch tests; the main LoRA shape with
+#                                    and without dropout (graph timing), after the kernels took an ACC constexpr
 # Every step has its own time limit so one slow step cannot starve the rest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -267,6 +269,15 @@ case "${1:-layers}" in
     timeout 60 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_dispatch.py tests/test_adapter_op.py \
       -k "dispatch or auto_takes or wider_than" > "$OUT/gpu_dispatch_tests.log" 2>&1
     echo "dispatch pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_dispatch_tests.log" | tail -6
+    ;;
+  lora_acc)
+    LOWPEFT_AUTOTUNE=0 LOWPEFT_HYPOTHESIS_EXAMPLES=3 timeout 380 python3 -m pytest -p no:cacheprovider -rfE -q \
+      tests/test_triton_lora.py tests/test_lora_op.py tests/test_dispatch.py > "$OUT/gpu_lora_tests.log" 2>&1
+    echo "lora pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_lora_tests.log" | tail -8
+    timeout 120 python3 benchmarks/bench_lora.py --cases 8192x4096x4096:16:0,8192x4096x4096:16:0.1 \
+      --modes forward+backward --timing graph --providers frozen,lowpeft,eager \
+      --json "$OUT/lora_main_graph.json" --md "$OUT/lora_main_graph.md" > "$OUT/lora_main_graph.log" 2>&1
+    echo "lora bench exit $?"; grep "^| " "$OUT/lora_main_graph.md" | cut -c1-240
     ;;
   suite)
     LOWPEFT_AUTOTUNE=0 LOWPEFT_HYPOTHESIS_EXAMPLES=3 timeout "${SUITE_LIMIT:-500}" python3 -m pytest -p no:cacheprovider \

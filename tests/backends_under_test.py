@@ -1,7 +1,8 @@
 # Which (backend, device, dtype) combinations the shared property tests cover on this machine.
 #
 # CPU: torch and the compiled cpu backend in float64/float32/float16 (bfloat16 too), triton under
-# TRITON_INTERPRET=1 in float32/float16 only (the interpreter's bf16 tl.dot is wrong). GPU: every backend
+# TRITON_INTERPRET=1 in float32/float16 (the interpreter's bf16 tl.dot is wrong; float64 only in the gradcheck
+# tests). GPU: every backend
 # in float32/float16/bfloat16. In CI (CI=true) the compiled extension is required: its absence fails.
 import os
 

@@ -3,6 +3,7 @@
 # 3-D / non-contiguous inputs, bias on/off, dropout with the mask every backend must reproduce from the
 # seed, empty batches, NaN propagation; plus opcheck, gradcheck and bad-input errors.
 import importlib
+import os
 
 import pytest
 import torch
@@ -179,13 +180,26 @@ def test_cuda_graph_capture_replays_the_layer():
     torch.testing.assert_close(captured, expected)
 
 
-@pytest.mark.parametrize("backend,device,dtype", [p for p in backend_params() if p.values[2] == torch.float64])
-def test_gradcheck_float64(backend, device, dtype):
+_TRITON_INTERPRETED_FLOAT64 = [
+    pytest.param("triton", "cpu", torch.float64, strategy, id=f"triton-cpu-float64-{strategy}",
+                 marks=pytest.mark.skipif(DEVICE != "cpu" or os.environ.get("TRITON_INTERPRET") != "1",
+                                          reason="float64 triton runs under the CPU interpreter only"))
+    for strategy in ("cublas", "fused")
+]
+
+
+@pytest.mark.parametrize("backend,device,dtype,strategy",
+                         [pytest.param(*p.values, None, id=p.id, marks=p.marks) for p in backend_params()
+                          if p.values[2] == torch.float64] + _TRITON_INTERPRETED_FLOAT64)
+def test_gradcheck_float64(backend, device, dtype, strategy, monkeypatch):
+    if strategy is not None:
+        monkeypatch.setenv("LOWPEFT_TRITON_GEMM", strategy)
     x, weight, bias, lora_A, lora_B = _make_inputs(5, 7, 6, 3, dtype, device, layout="3d", with_bias=True, seed=4)
     inputs = tuple(t.requires_grad_(True) for t in (x, weight, bias, lora_A, lora_B))
     seed = torch.tensor(9)
-    fn = lambda *a: lora_linear(*a, 0.7, 0.3, True, backend=backend, seed=seed)
-    assert torch.autograd.gradcheck(fn, inputs)
+    for dropout_p in (0.3, 0.0):
+        fn = lambda *a: lora_linear(*a, 0.7, dropout_p, True, backend=backend, seed=seed)  # noqa: E731
+        assert torch.autograd.gradcheck(fn, inputs), dropout_p
 
 
 @pytest.mark.parametrize("backend,device,dtype", backend_params())

@@ -15,14 +15,14 @@ import triton.language as tl
 
 from ._tuning import (RANK_CHUNK, ceil_div, dx_tma_configs, gemm_configs, multiprocessor_count, prune_gemm_configs,
                       tma_ready, token_bucket)
-from .lora_common import dropout_keep_scale, grouped_tile, mma
+from .lora_common import accumulator_type, dropout_keep_scale, grouped_tile, mma
 
 
 @triton.jit
 def _dx_epilogue(acc, d_acc, pid_m, pid_k, T, K, R, a_ptr, ds_ptr, dx_ptr,
                  stride_ar, stride_ak, stride_dst, stride_dxt, scaling, seed, threshold, inv_keep,
                  HAS_DROPOUT: tl.constexpr, FUSE_DS: tl.constexpr, R_PAD: tl.constexpr, R_CHUNK: tl.constexpr,
-                 DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
+                 DOT_PRECISION: tl.constexpr, ACC: tl.constexpr, DOT_UPCAST: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """acc (= g W tile) += (dS A) ⊙ m / (1-p); write dS (column tile 0, fused mode) and the dx tile."""
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -34,7 +34,7 @@ def _dx_epilogue(acc, d_acc, pid_m, pid_k, T, K, R, a_ptr, ds_ptr, dx_ptr,
     ranks = tl.arange(0, R_PAD)
     ranks_in = ranks < R
     if HAS_DROPOUT:
-        lora = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        lora = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     else:
         lora = acc
     if FUSE_DS:
@@ -79,7 +79,7 @@ def _lora_dx_kernel(
     stride_gt, stride_wn, stride_wk, stride_ar, stride_ak, stride_bn, stride_br, stride_dst, stride_dxt,
     scaling, seed, threshold, inv_keep,
     HAS_DROPOUT: tl.constexpr, FUSE_DS: tl.constexpr, R_PAD: tl.constexpr, R_CHUNK: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, ACC: tl.constexpr, DOT_UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     EVEN_N: tl.constexpr,
 ):
@@ -94,8 +94,8 @@ def _lora_dx_kernel(
     g_ptrs = g_ptr + rows_ld[:, None] * stride_gt + red[None, :]
     w_ptrs = w_ptr + red.to(tl.int64)[:, None] * stride_wn + feats_ld[None, :] * stride_wk
     b_ptrs = b_ptr + red.to(tl.int64)[:, None] * stride_bn + ranks[None, :] * stride_br
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    d_acc = tl.zeros((BLOCK_M, R_PAD), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    d_acc = tl.zeros((BLOCK_M, R_PAD), dtype=ACC)
     for n0 in range(0, N, BLOCK_K):
         if EVEN_N:
             g = tl.load(g_ptrs)
@@ -118,7 +118,7 @@ def _lora_dx_kernel(
 
     _dx_epilogue(acc, d_acc, pid_m, pid_k, T, K, R, a_ptr, ds_ptr, dx_ptr,
                  stride_ar, stride_ak, stride_dst, stride_dxt, scaling, seed, threshold, inv_keep,
-                 HAS_DROPOUT, FUSE_DS, R_PAD, R_CHUNK, DOT_PRECISION, DOT_UPCAST, BLOCK_M, BLOCK_N)
+                 HAS_DROPOUT, FUSE_DS, R_PAD, R_CHUNK, DOT_PRECISION, ACC, DOT_UPCAST, BLOCK_M, BLOCK_N)
 
 
 @triton.autotune(
@@ -133,7 +133,7 @@ def _lora_dx_tma_kernel(
     stride_ar, stride_ak, stride_dst, stride_dxt,
     scaling, seed, threshold, inv_keep,
     HAS_DROPOUT: tl.constexpr, FUSE_DS: tl.constexpr, R_PAD: tl.constexpr, R_CHUNK: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, NUM_SMS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, ACC: tl.constexpr, NUM_SMS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     FLATTEN: tl.constexpr,
 ):
@@ -142,8 +142,8 @@ def _lora_dx_tma_kernel(
     n_steps = tl.cdiv(N, BLOCK_K)
     for tile in tl.range(tl.program_id(0), num_m * num_k, NUM_SMS, flatten=FLATTEN):
         pid_m, pid_k = grouped_tile(tile, num_m, num_k, GROUP_M)
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        d_acc = tl.zeros((BLOCK_M, R_PAD), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+        d_acc = tl.zeros((BLOCK_M, R_PAD), dtype=ACC)
         for nn in range(n_steps):
             # Out-of-bounds parts of a box read as zeros: ragged T, N, K need no masks here.
             g = g_desc.load([pid_m * BLOCK_M, nn * BLOCK_K])
@@ -154,7 +154,7 @@ def _lora_dx_tma_kernel(
                 d_acc = tl.dot(g, b, d_acc, input_precision=DOT_PRECISION)
         _dx_epilogue(acc, d_acc, pid_m, pid_k, T, K, R, a_ptr, ds_ptr, dx_ptr,
                      stride_ar, stride_ak, stride_dst, stride_dxt, scaling, seed, threshold, inv_keep,
-                     HAS_DROPOUT, FUSE_DS, R_PAD, R_CHUNK, DOT_PRECISION, False, BLOCK_M, BLOCK_N)
+                     HAS_DROPOUT, FUSE_DS, R_PAD, R_CHUNK, DOT_PRECISION, ACC, False, BLOCK_M, BLOCK_N)
 
 
 def lora_dx_gemm(grad_out, weight, lora_A, lora_B, d_shrink, dx, *, scaling, seed, threshold, inv_keep,
@@ -173,7 +173,8 @@ def lora_dx_gemm(grad_out, weight, lora_A, lora_B, d_shrink, dx, *, scaling, see
         lora_B = padded
 
     constants = dict(HAS_DROPOUT=has_dropout, FUSE_DS=fuse_ds, R_PAD=rank_padded,
-                     R_CHUNK=min(rank_padded, RANK_CHUNK), DOT_PRECISION=dot_precision)
+                     R_CHUNK=min(rank_padded, RANK_CHUNK), DOT_PRECISION=dot_precision,
+                     ACC=accumulator_type(grad_out.dtype))
     dropout_args = (float(scaling), int(seed), int(threshold), float(inv_keep))
     if tma_ready(grad_out, weight) and (not fuse_ds or tma_ready(lora_B)):
         from triton.tools.tensor_descriptor import TensorDescriptor

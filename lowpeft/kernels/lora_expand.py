@@ -9,7 +9,7 @@ import triton
 import triton.language as tl
 
 from ._tuning import ceil_div, expand_configs, launch_autotuned, token_bucket
-from .lora_common import dropout_keep_scale, mma
+from .lora_common import accumulator_type, dropout_keep_scale, mma
 
 
 # restore_value: the kernel accumulates into out, so each config the autotuner times must start from the
@@ -22,7 +22,7 @@ def _lora_expand_add_kernel(
     stride_st, stride_ar, stride_ak, stride_ot, stride_ok,
     seed, threshold, inv_keep,
     HAS_DROPOUT: tl.constexpr, R_PAD: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, ACC: tl.constexpr, DOT_UPCAST: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_t = tl.program_id(0)
@@ -36,18 +36,18 @@ def _lora_expand_add_kernel(
     small = tl.load(small_ptr + rows.to(tl.int64)[:, None] * stride_st + ranks[None, :],
                     mask=rows_in[:, None] & ranks_in[None, :], other=0.0)
     a = tl.load(a_ptr + ranks[:, None] * stride_ar + cols[None, :] * stride_ak,
-                mask=ranks_in[:, None] & cols_in[None, :], other=0.0).to(tl.float32)
-    term = mma(small, a, tl.zeros((BLOCK_T, BLOCK_K), dtype=tl.float32), DOT_PRECISION, DOT_UPCAST)
+                mask=ranks_in[:, None] & cols_in[None, :], other=0.0).to(ACC)
+    term = mma(small, a, tl.zeros((BLOCK_T, BLOCK_K), dtype=ACC), DOT_PRECISION, DOT_UPCAST)
     if HAS_DROPOUT:
         term = term * dropout_keep_scale(seed, rows, cols, threshold, inv_keep)
     out_ptrs = out_ptr + rows.to(tl.int64)[:, None] * stride_ot + cols[None, :] * stride_ok
     inside = rows_in[:, None] & cols_in[None, :]
     out = tl.load(out_ptrs, mask=inside, other=0.0)
-    tl.store(out_ptrs, (out.to(tl.float32) + term).to(out_ptr.dtype.element_ty), mask=inside)
+    tl.store(out_ptrs, (out.to(ACC) + term).to(out_ptr.dtype.element_ty), mask=inside)
 
 
 def lora_expand_add(small, lora_A, out, *, seed, threshold, inv_keep, has_dropout, rank_padded, dot_precision):
-    """out += mask ⊙ (small @ lora_A) in place; small is the float32 [T, r] dS, lora_A [r, K] (any strides),
+    """out += mask ⊙ (small @ lora_A) in place; small is the float32 (float64) [T, r] dS, lora_A [r, K] (any strides),
     the mask reference.dropout_keep_mask(seed, T, K, p) scaled by 1 / (1 - p) when has_dropout."""
     tokens, width = out.shape
     if tokens == 0 or width == 0:
@@ -62,7 +62,8 @@ def lora_expand_add(small, lora_A, out, *, seed, threshold, inv_keep, has_dropou
         small.stride(0), lora_A.stride(0), lora_A.stride(1), out.stride(0), out.stride(1),
         int(seed), int(threshold), float(inv_keep),
     )
-    constants = dict(HAS_DROPOUT=has_dropout, R_PAD=rank_padded, DOT_PRECISION=dot_precision, DOT_UPCAST=False)
+    constants = dict(HAS_DROPOUT=has_dropout, R_PAD=rank_padded, DOT_PRECISION=dot_precision, DOT_UPCAST=False,
+                     ACC=accumulator_type(out.dtype))
     key = (token_bucket(tokens), width, rank_padded, has_dropout, small.dtype, lora_A.dtype, out.dtype, out.device)
     launch_autotuned(_lora_expand_add_kernel, grid, key, args, constants)
     return out

@@ -13,7 +13,7 @@ import triton.language as tl
 
 from ._tuning import (ceil_div, expand_grad_a_configs, launch_autotuned, prune_expand_grad_a_configs, token_bucket,
                       token_slices)
-from .lora_common import dropout_keep_scale, mma
+from .lora_common import accumulator_dtype, accumulator_type, dropout_keep_scale, mma
 
 
 @triton.autotune(
@@ -30,7 +30,7 @@ def _lora_expand_add_grad_a_kernel(
     T, K, R, T_BUCKET, rows_per_split,
     stride_st, stride_ar, stride_ak, stride_dt, stride_dk, stride_xt, stride_xk, stride_ps, stride_pr,
     seed, threshold, inv_keep,
-    R_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
+    R_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC: tl.constexpr, DOT_UPCAST: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_k = tl.program_id(0)
@@ -40,8 +40,8 @@ def _lora_expand_add_grad_a_kernel(
     ranks = tl.arange(0, R_PAD)
     ranks_in = ranks < R
     a = tl.load(a_ptr + ranks[:, None] * stride_ar + cols[None, :] * stride_ak,
-                mask=ranks_in[:, None] & cols_in[None, :], other=0.0).to(tl.float32)
-    acc = tl.zeros((R_PAD, BLOCK_K), dtype=tl.float32)
+                mask=ranks_in[:, None] & cols_in[None, :], other=0.0).to(ACC)
+    acc = tl.zeros((R_PAD, BLOCK_K), dtype=ACC)
     first = split * rows_per_split
     last = tl.minimum(first + rows_per_split, T)
     for t0 in range(first, last, BLOCK_T):
@@ -51,12 +51,12 @@ def _lora_expand_add_grad_a_kernel(
         d_shrink = tl.load(d_shrink_ptr + rows.to(tl.int64)[:, None] * stride_st + ranks[None, :],
                            mask=rows_in[:, None] & ranks_in[None, :], other=0.0)
         keep = dropout_keep_scale(seed, rows, cols, threshold, inv_keep)
-        term = mma(d_shrink, a, tl.zeros((BLOCK_T, BLOCK_K), dtype=tl.float32), DOT_PRECISION, False) * keep
+        term = mma(d_shrink, a, tl.zeros((BLOCK_T, BLOCK_K), dtype=ACC), DOT_PRECISION, False) * keep
         dx_ptrs = dx_ptr + rows.to(tl.int64)[:, None] * stride_dt + cols[None, :] * stride_dk
         dx = tl.load(dx_ptrs, mask=inside, other=0.0)
-        tl.store(dx_ptrs, (dx.to(tl.float32) + term).to(dx_ptr.dtype.element_ty), mask=inside)
+        tl.store(dx_ptrs, (dx.to(ACC) + term).to(dx_ptr.dtype.element_ty), mask=inside)
         x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * stride_xt + cols[None, :] * stride_xk, mask=inside, other=0.0)
-        x_dropped = (x.to(tl.float32) * keep).to(x.dtype)
+        x_dropped = (x.to(ACC) * keep).to(x.dtype)
         acc = mma(tl.trans(d_shrink.to(x.dtype)), x_dropped, acc, DOT_PRECISION, DOT_UPCAST)
     tl.store(part_ptr + split * stride_ps + ranks[:, None] * stride_pr + cols[None, :], acc,
              mask=ranks_in[:, None] & cols_in[None, :])
@@ -64,16 +64,16 @@ def _lora_expand_add_grad_a_kernel(
 
 def lora_expand_add_grad_A(d_shrink, lora_A, dx, x, *, seed, threshold, inv_keep, rank_padded, dot_precision,
                            dot_upcast):
-    """dx += mask ⊙ (d_shrink @ lora_A) in place and return dA [r, K] (float32) = d_shrinkᵀ (x ⊙ mask), where
+    """dx += mask ⊙ (d_shrink @ lora_A) in place and return dA [r, K] (float32, float64 for float64 x) = d_shrinkᵀ (x ⊙ mask), where
     d_shrink is the float32 [T, r] dS = s · g B, lora_A [r, K] and x [T, K] have any strides, and the mask is
     reference.dropout_keep_mask(seed, T, K, p) scaled by 1 / (1 - p) (threshold, inv_keep from p)."""
     tokens, width = x.shape
     rank = lora_A.shape[0]
     if tokens == 0 or width == 0:
-        return torch.zeros(rank, width, dtype=torch.float32, device=x.device)
+        return torch.zeros(rank, width, dtype=accumulator_dtype(x.dtype), device=x.device)
     splits, rows_per_split = token_slices(tokens, ceil_div(width, 128), x.device, rank=rank,
                                           element_size=x.element_size())
-    partials = torch.empty(splits, rank, width, dtype=torch.float32, device=x.device)
+    partials = torch.empty(splits, rank, width, dtype=accumulator_dtype(x.dtype), device=x.device)
 
     def grid(meta):
         return (ceil_div(width, meta["BLOCK_K"]), splits)
@@ -85,7 +85,8 @@ def lora_expand_add_grad_A(d_shrink, lora_A, dx, x, *, seed, threshold, inv_keep
         x.stride(0), x.stride(1), partials.stride(0), partials.stride(1),
         int(seed), int(threshold), float(inv_keep),
     )
-    constants = {"R_PAD": rank_padded, "DOT_PRECISION": dot_precision, "DOT_UPCAST": dot_upcast}
+    constants = {"R_PAD": rank_padded, "DOT_PRECISION": dot_precision, "DOT_UPCAST": dot_upcast,
+                 "ACC": accumulator_type(x.dtype)}
     key = (token_bucket(tokens), width, rank_padded, d_shrink.dtype, lora_A.dtype, dx.dtype, x.dtype, x.device)
     launch_autotuned(_lora_expand_add_grad_a_kernel, grid, key, args, constants, prune=prune_expand_grad_a_configs)
     return partials.sum(0)

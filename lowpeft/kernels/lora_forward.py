@@ -17,14 +17,14 @@ import triton.language as tl
 
 from ._tuning import (RANK_CHUNK, ceil_div, forward_tma_configs, gemm_configs, multiprocessor_count, prune_gemm_configs,
                       tma_ready, token_bucket)
-from .lora_common import grouped_tile, mma
+from .lora_common import accumulator_type, grouped_tile, mma
 
 
 @triton.jit
 def _forward_epilogue(acc, s_acc, pid_m, pid_n, T, N, R, bias_ptr, b_ptr, s_ptr, y_ptr,
                       stride_bn, stride_br, stride_st, stride_yt, scaling,
                       HAS_BIAS: tl.constexpr, FUSE_SHRINK: tl.constexpr, R_PAD: tl.constexpr,
-                      R_CHUNK: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
+                      R_CHUNK: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC: tl.constexpr, DOT_UPCAST: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """acc (= x Wᵀ tile) += s · S Bᵀ (+ bias); write S (column tile 0, fused mode) and the y tile."""
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -54,7 +54,7 @@ def _forward_epilogue(acc, s_acc, pid_m, pid_n, T, N, R, bias_ptr, b_ptr, s_ptr,
                          mask=chunk_in[:, None], other=0.0)
             acc = mma((s * scaling).to(bt.dtype), bt, acc, DOT_PRECISION, DOT_UPCAST)
     if HAS_BIAS:
-        acc += tl.load(bias_ptr + cols_ld).to(tl.float32)[None, :]
+        acc += tl.load(bias_ptr + cols_ld).to(ACC)[None, :]
     y_ptrs = y_ptr + rows.to(tl.int64)[:, None] * stride_yt + cols[None, :]
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=rows_in[:, None] & cols_in[None, :])
 
@@ -74,7 +74,7 @@ def _lora_fwd_kernel(
     stride_st, stride_yt,
     scaling,
     HAS_BIAS: tl.constexpr, FUSE_SHRINK: tl.constexpr, R_PAD: tl.constexpr, R_CHUNK: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, ACC: tl.constexpr, DOT_UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     EVEN_K: tl.constexpr,
 ):
@@ -91,8 +91,8 @@ def _lora_fwd_kernel(
     x_ptrs = x_ptr + rows_ld[:, None] * stride_xt + red[None, :] * stride_xk
     w_ptrs = w_ptr + cols_ld[None, :] * stride_wn + red[:, None] * stride_wk
     a_ptrs = a_ptr + ranks[None, :] * stride_ar + red[:, None] * stride_ak
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    s_acc = tl.zeros((BLOCK_M, R_PAD), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    s_acc = tl.zeros((BLOCK_M, R_PAD), dtype=ACC)
     for k0 in range(0, K, BLOCK_K):
         if EVEN_K:
             x = tl.load(x_ptrs)
@@ -114,7 +114,7 @@ def _lora_fwd_kernel(
 
     _forward_epilogue(acc, s_acc, pid_m, pid_n, T, N, R, bias_ptr, b_ptr, s_ptr, y_ptr,
                       stride_bn, stride_br, stride_st, stride_yt, scaling,
-                      HAS_BIAS, FUSE_SHRINK, R_PAD, R_CHUNK, DOT_PRECISION, DOT_UPCAST, BLOCK_M, BLOCK_N)
+                      HAS_BIAS, FUSE_SHRINK, R_PAD, R_CHUNK, DOT_PRECISION, ACC, DOT_UPCAST, BLOCK_M, BLOCK_N)
 
 
 @triton.autotune(
@@ -129,7 +129,7 @@ def _lora_fwd_tma_kernel(
     stride_bn, stride_br, stride_st, stride_yt,
     scaling,
     HAS_BIAS: tl.constexpr, FUSE_SHRINK: tl.constexpr, R_PAD: tl.constexpr, R_CHUNK: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, NUM_SMS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, ACC: tl.constexpr, NUM_SMS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     FLATTEN: tl.constexpr,
 ):
@@ -138,8 +138,8 @@ def _lora_fwd_tma_kernel(
     k_steps = tl.cdiv(K, BLOCK_K)
     for tile in tl.range(tl.program_id(0), num_m * num_n, NUM_SMS, flatten=FLATTEN):
         pid_m, pid_n = grouped_tile(tile, num_m, num_n, GROUP_M)
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        s_acc = tl.zeros((BLOCK_M, R_PAD), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+        s_acc = tl.zeros((BLOCK_M, R_PAD), dtype=ACC)
         for kk in range(k_steps):
             # Out-of-bounds parts of a box read as zeros: ragged T, N, K and r need no masks here.
             x = x_desc.load([pid_m * BLOCK_M, kk * BLOCK_K])
@@ -150,13 +150,13 @@ def _lora_fwd_tma_kernel(
                 s_acc = tl.dot(x, a.T, s_acc, input_precision=DOT_PRECISION)
         _forward_epilogue(acc, s_acc, pid_m, pid_n, T, N, R, bias_ptr, b_ptr, s_ptr, y_ptr,
                           stride_bn, stride_br, stride_st, stride_yt, scaling,
-                          HAS_BIAS, FUSE_SHRINK, R_PAD, R_CHUNK, DOT_PRECISION, False, BLOCK_M, BLOCK_N)
+                          HAS_BIAS, FUSE_SHRINK, R_PAD, R_CHUNK, DOT_PRECISION, ACC, False, BLOCK_M, BLOCK_N)
 
 
 def lora_forward_gemm(x, weight, bias, lora_A, lora_B, shrink, y, *, scaling, fuse_shrink, rank_padded,
                       dot_precision, dot_upcast):
     """Launch the fused forward GEMM into y [T, N]. With fuse_shrink it also writes shrink [T, r]
-    (float32); otherwise it reads shrink, already holding dropout(x) Aᵀ. The persistent TMA variant runs
+    (float32, float64 for float64 x); otherwise it reads shrink, already holding dropout(x) Aᵀ. The persistent TMA variant runs
     whenever x, W and A are TMA-readable (Hopper+, row-major, 16-byte aligned), else the pointer one."""
     tokens, width = x.shape
     out_features, rank = weight.shape[0], lora_A.shape[0]
@@ -165,7 +165,7 @@ def lora_forward_gemm(x, weight, bias, lora_A, lora_B, shrink, y, *, scaling, fu
 
     bias_arg = bias if bias is not None else y
     constants = dict(HAS_BIAS=bias is not None, FUSE_SHRINK=fuse_shrink, R_PAD=rank_padded,
-                     R_CHUNK=min(rank_padded, RANK_CHUNK), DOT_PRECISION=dot_precision)
+                     R_CHUNK=min(rank_padded, RANK_CHUNK), DOT_PRECISION=dot_precision, ACC=accumulator_type(x.dtype))
     if tma_ready(x, weight) and (not fuse_shrink or tma_ready(lora_A)):
         from triton.tools.tensor_descriptor import TensorDescriptor
 

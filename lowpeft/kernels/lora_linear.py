@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from .. import reference
 from ._tuning import FUSED_RANK_LIMIT, interpreting, padded_rank
 from .lora_backward_dx import lora_dx_gemm
+from .lora_common import accumulator_dtype
 from .lora_expand import lora_expand_add
 from .lora_expand_grad_A import lora_expand_add_grad_A
 from .lora_forward import lora_forward_gemm
@@ -34,7 +35,7 @@ from .lora_shrink import lora_shrink
 
 __all__ = ["lora_linear_fwd", "lora_linear_bwd"]
 
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 GEMM_STRATEGIES = ("cublas", "fused")
 
 
@@ -56,7 +57,9 @@ def _check_rank(lora_A):
 
 def _dot_settings(dtype):
     """(DOT_PRECISION, DOT_UPCAST): fp32 follows torch.get_float32_matmul_precision() like nn.Linear
-    ("highest" -> IEEE fp32, else tf32); the CPU interpreter multiplies 16-bit operands in fp32."""
+    ("highest" -> IEEE fp32, else tf32), float64 is IEEE; the CPU interpreter multiplies 16-bit operands in fp32."""
+    if dtype == torch.float64:
+        return "ieee", False
     if dtype == torch.float32:
         precision = "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
     else:
@@ -75,10 +78,12 @@ def _check_operands(named):
     """One pass over (name, tensor) pairs: 2-D (bias 1-D), a supported dtype shared by all, one device."""
     dtype, device = named[0][1].dtype, named[0][1].device
     if dtype not in _DTYPES:
-        raise TypeError(
-            f"{named[0][0]}: the triton backend takes float32, float16 or bfloat16 tensors, got {dtype} "
-            "(use backend='torch' or 'cpu' for float64)"
-        )
+        raise TypeError(f"{named[0][0]}: the triton backend takes float32, float16, bfloat16 or float64 tensors, "
+                        f"got {dtype}")
+    if dtype == torch.float64 and device.type == "cuda":
+        # float64 runs only under the interpreter (for gradcheck), as the adapter's kernels.
+        raise TypeError(f"{named[0][0]}: the triton backend takes float32, float16 or bfloat16 on CUDA, got "
+                        "torch.float64 (use backend='torch' or 'cuda' for float64)")
     for name, tensor in named:
         if tensor is None:
             continue
@@ -92,14 +97,15 @@ def _check_operands(named):
 
 
 def lora_linear_fwd(x, weight, bias, lora_A, lora_B, scaling: float, dropout_p: float, seed: int):
-    """(y [T, N] in x's dtype, S = dropout(x) Aᵀ [T, r] in float32) for 2-D x of any strides."""
+    """(y [T, N] in x's dtype, S = dropout(x) Aᵀ [T, r] in float32, float64 for float64 x) for 2-D x of any
+    strides."""
     _check_operands((("x", x), ("weight", weight), ("bias", bias), ("lora_A", lora_A), ("lora_B", lora_B)))
     rank = _check_rank(lora_A)
     if gemm_strategy() == "cublas":
         return _forward_cublas(x, weight, bias, lora_A, lora_B, scaling, dropout_p, seed)
     tokens, out_features = x.shape[0], weight.shape[0]
     y = torch.empty(tokens, out_features, dtype=x.dtype, device=x.device)
-    shrink = torch.empty(tokens, rank, dtype=torch.float32, device=x.device)
+    shrink = torch.empty(tokens, rank, dtype=accumulator_dtype(x.dtype), device=x.device)
     if tokens == 0:
         return y, shrink
     rank_padded = padded_rank(rank)
@@ -120,9 +126,9 @@ def _forward_cublas(x, weight, bias, lora_A, lora_B, scaling, dropout_p, seed):
     host-side operations as eager PyTorch needs."""
     if dropout_p == 0.0:
         shrink_compute = F.linear(x, lora_A)
-        shrink = shrink_compute.float()
+        shrink = shrink_compute.to(accumulator_dtype(x.dtype))
     else:
-        shrink = torch.empty(x.shape[0], lora_A.shape[0], dtype=torch.float32, device=x.device)
+        shrink = torch.empty(x.shape[0], lora_A.shape[0], dtype=accumulator_dtype(x.dtype), device=x.device)
         dot_precision, dot_upcast = _dot_settings(x.dtype)
         _, threshold, inv_keep = _dropout_args(dropout_p)
         lora_shrink(x, lora_A.t(), shrink, scale=1.0, seed=seed, threshold=threshold, inv_keep=inv_keep,
@@ -146,7 +152,7 @@ def _base_grads(grad_out, x, need_dW, need_db, column_sums=None):
     grad_W = grad_out.t() @ x if need_dW else None
     grad_b = None
     if need_db:
-        sums = column_sums if column_sums is not None else torch.sum(grad_out, 0, dtype=torch.float32)
+        sums = column_sums if column_sums is not None else torch.sum(grad_out, 0, dtype=accumulator_dtype(x.dtype))
         grad_b = sums.to(x.dtype)
     return grad_W, grad_b
 
@@ -175,8 +181,9 @@ def lora_linear_bwd(grad_out, x, weight, lora_A, lora_B, shrink, scaling: float,
     # An empty grad_out may come with any strides (out.sum()'s gradient of a [0, N] output has strides (0, 0)).
     if grad_out.shape[0] > 0 and grad_out.shape[1] > 1 and grad_out.stride(1) != 1:
         raise ValueError(f"grad_out: expected a row-major last dimension (stride 1), got strides {grad_out.stride()}")
-    if shrink.dtype != torch.float32:
-        raise TypeError(f"shrink: expected the float32 S saved by lora_linear_fwd, got {shrink.dtype}")
+    if shrink.dtype != accumulator_dtype(x.dtype):
+        raise TypeError(f"shrink: expected the {accumulator_dtype(x.dtype)} S saved by lora_linear_fwd, got "
+                        f"{shrink.dtype}")
     rank = _check_rank(lora_A)
     need_dx, need_dA, need_dB, need_dW, need_db = (bool(n) for n in needs)
     tokens, width = x.shape
@@ -206,9 +213,9 @@ def lora_linear_bwd(grad_out, x, weight, lora_A, lora_B, shrink, scaling: float,
     if need_dx or need_dA:
         fuse_ds = not cublas and need_dx and rank_padded <= FUSED_RANK_LIMIT and width > 0
         if cublas:
-            d_shrink = _scaled_mm(lora_B[0], grad_out, lora_B, scaling).float()
+            d_shrink = _scaled_mm(lora_B[0], grad_out, lora_B, scaling).to(accumulator_dtype(dtype))
         else:
-            d_shrink = torch.empty(tokens, rank, dtype=torch.float32, device=device)
+            d_shrink = torch.empty(tokens, rank, dtype=accumulator_dtype(dtype), device=device)
         if not cublas and not fuse_ds:
             lora_shrink(grad_out, lora_B, d_shrink, scale=scaling, seed=0, threshold=0, inv_keep=1.0,
                         has_dropout=False, **dot_args)

@@ -9,7 +9,7 @@ import triton
 import triton.language as tl
 
 from ._tuning import ceil_div, launch_autotuned, row_block_configs, token_bucket
-from .lora_common import dropout_keep_scale, mma
+from .lora_common import accumulator_type, dropout_keep_scale, mma
 
 
 @triton.autotune(configs=row_block_configs(), key=["T_BUCKET", "K", "R_PAD", "HAS_DROPOUT"])
@@ -20,7 +20,7 @@ def _lora_shrink_kernel(
     stride_xt, stride_xk, stride_mk, stride_mr, stride_ot,
     scale, seed, threshold, inv_keep,
     HAS_DROPOUT: tl.constexpr, R_PAD: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, ACC: tl.constexpr, DOT_UPCAST: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -31,13 +31,13 @@ def _lora_shrink_kernel(
     cols = tl.arange(0, BLOCK_K)
     x_ptrs = x_ptr + rows.to(tl.int64)[:, None] * stride_xt + cols[None, :] * stride_xk
     m_ptrs = m_ptr + cols[:, None] * stride_mk + ranks[None, :] * stride_mr
-    acc = tl.zeros((BLOCK_T, R_PAD), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_T, R_PAD), dtype=ACC)
     for k0 in range(0, K, BLOCK_K):
         cols_in = cols < K - k0
         x = tl.load(x_ptrs, mask=rows_in[:, None] & cols_in[None, :], other=0.0)
         if HAS_DROPOUT:
             keep_scale = dropout_keep_scale(seed, rows, k0 + cols, threshold, inv_keep)
-            x = (x.to(tl.float32) * keep_scale).to(x_ptr.dtype.element_ty)
+            x = (x.to(ACC) * keep_scale).to(x_ptr.dtype.element_ty)
         m = tl.load(m_ptrs, mask=cols_in[:, None] & ranks_in[None, :], other=0.0)
         acc = mma(x, m, acc, DOT_PRECISION, DOT_UPCAST)
         x_ptrs += BLOCK_K * stride_xk
@@ -48,7 +48,7 @@ def _lora_shrink_kernel(
 
 def lora_shrink(x, matrix_t, out, *, scale, seed, threshold, inv_keep, has_dropout, rank_padded,
                 dot_precision, dot_upcast):
-    """out [T, r] (float32, row-major) = scale · dropout(x) @ matrix_t, where matrix_t is a [K, r] view
+    """out [T, r] (float32, float64 for float64 x; row-major) = scale · dropout(x) @ matrix_t, where matrix_t is a [K, r] view
     (any strides) and the dropout mask is reference.dropout_keep_mask(seed, T, K, p)."""
     tokens, width = x.shape
     rank = matrix_t.shape[1]
@@ -64,7 +64,8 @@ def lora_shrink(x, matrix_t, out, *, scale, seed, threshold, inv_keep, has_dropo
         x.stride(0), x.stride(1), matrix_t.stride(0), matrix_t.stride(1), out.stride(0),
         float(scale), int(seed), int(threshold), float(inv_keep),
     )
-    constants = dict(HAS_DROPOUT=has_dropout, R_PAD=rank_padded, DOT_PRECISION=dot_precision, DOT_UPCAST=dot_upcast)
+    constants = dict(HAS_DROPOUT=has_dropout, R_PAD=rank_padded, DOT_PRECISION=dot_precision, DOT_UPCAST=dot_upcast,
+                     ACC=accumulator_type(x.dtype))
     key = (token_bucket(tokens), width, rank_padded, has_dropout, x.dtype, matrix_t.dtype, out.dtype, x.device)
     launch_autotuned(_lora_shrink_kernel, grid, key, args, constants)
     return out

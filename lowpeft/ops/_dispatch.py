@@ -96,13 +96,14 @@ def _auto_order(device_type: str) -> tuple[str, ...]:
     return ("torch",)
 
 
-# float64 has no tensor-core path: the Triton kernels take 32- and 16-bit floats only.
-_DTYPES_UNSUPPORTED = {"triton": ("float64",)}
+# float64 has no tensor-core path: on CUDA the Triton kernels take 32- and 16-bit floats only (float64 runs
+# under the CPU interpreter, for gradcheck).
+_DTYPES_UNSUPPORTED = {("triton", "cuda"): ("float64",)}
 
 
-def _dtype_reason(backend: str, dtype_name: str | None) -> str | None:
-    if dtype_name in _DTYPES_UNSUPPORTED.get(backend, ()):
-        return f"the {backend} backend does not take {dtype_name} tensors"
+def _dtype_reason(backend: str, device_type: str, dtype_name: str | None) -> str | None:
+    if dtype_name in _DTYPES_UNSUPPORTED.get((backend, device_type), ()):
+        return f"the {backend} backend does not take {dtype_name} tensors on {device_type}"
     return None
 
 
@@ -131,16 +132,16 @@ def _resolve_for_device_type(backend: str, device_type: str, dtype_name: str | N
     if name == "auto":
         name = get_backend()
     if name != "auto":
-        reason = unavailable_reason(name, device.type) or _dtype_reason(name, dtype_name)
+        reason = unavailable_reason(name, device.type) or _dtype_reason(name, device.type, dtype_name)
         if reason is not None:
             raise ValueError(f"backend: {name!r} was requested but cannot run on {device.type}: {reason}")
         return name
     order = auto_order or _auto_order(device.type)
     for candidate in order:
-        if _dtype_reason(candidate, dtype_name) is not None:
+        if _dtype_reason(candidate, device.type, dtype_name) is not None:
             continue
         if unavailable_reason(candidate, device.type) is None:
-            if (warn and candidate != order[0] and _dtype_reason(order[0], dtype_name) is None
+            if (warn and candidate != order[0] and _dtype_reason(order[0], device.type, dtype_name) is None
                     and (device.type, order[0]) not in _warned_auto):
                 _warned_auto.add((device.type, order[0]))
                 warnings.warn(
