@@ -1,6 +1,7 @@
 # Tuning probe for the bottleneck-adapter Triton kernels (GPU only): per-kernel GPU time of one forward + backward
 # (torch.profiler), the configurations the row-block autotuner picked, and a sweep of the backward column kernel's
 # tile / T-split choices, whose winner goes into lowpeft/kernels/bottleneck_adapter.py:column_block_config.
+# With --cuda it prints the cuda backend's per-kernel times instead (its cuBLAS GEMMs and own kernels).
 # Trade-off: it patches the kernel module's two choice functions in place instead of exposing tuning knobs in
 # the library's API, so the library keeps one code path and this file stays a development tool.
 import itertools
@@ -26,11 +27,11 @@ SPLIT_FACTORS = (1, 2)
 FORCED_SPLITS = (2, 4, 8, 16, 32)
 
 
-def profile_step(inputs):
+def profile_step(inputs, backend="triton"):
     leaves = [inputs[k] for k in ("h", "down_weight", "down_bias", "up_weight", "up_bias")]
 
     def step():
-        torch.autograd.grad(bottleneck_adapter(*leaves, backend="triton"), leaves, inputs["grad_out"])
+        torch.autograd.grad(bottleneck_adapter(*leaves, backend=backend), leaves, inputs["grad_out"])
 
     for _ in range(3):
         step()
@@ -98,13 +99,17 @@ def main():
     torch.manual_seed(0)
     print(f"device {torch.cuda.get_device_name()}  torch {torch.__version__}")
     cases = list(itertools.product(SHAPES, BOTTLENECKS))
-    named = [arg for arg in sys.argv[1:] if arg != "--no-sweep"]
+    # --cuda: the cuda backend's per-kernel times instead (no autotuned configs, no sweep).
+    named = [arg for arg in sys.argv[1:] if arg not in ("--no-sweep", "--cuda")]
+    backend = "cuda" if "--cuda" in sys.argv else "triton"
     if named:  # e.g. 8192x4096x64 4096x1024x16: only these cases
         cases = [((int(t), int(d)), int(m)) for t, d, m in (arg.split("x") for arg in named)]
     for (tokens, dim), bottleneck in cases:
         inputs = make_inputs(tokens, dim, bottleneck, torch.bfloat16, "cuda")
-        print(f"== {tokens}x{dim} M={bottleneck}")
-        profile_step(inputs)
+        print(f"== {tokens}x{dim} M={bottleneck} ({backend})")
+        profile_step(inputs, backend)
+        if backend == "cuda":
+            continue
         print(f"    down autotuned: {kernels._down_kernel.best_config}")
         print(f"    up autotuned: {kernels._up_kernel.best_config}")
         print(f"    backward_rows autotuned: {kernels._backward_rows_kernel.best_config}")

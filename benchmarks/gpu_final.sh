@@ -59,6 +59,8 @@
 #                                    hypothesis examples), files listed in $SUITE_FILES or all of tests/
 #   benchmarks/gpu_final.sh lora_acc  build; the LoRA op, Triton-kernel and dispatch tests; the main LoRA shape with
 #                                    and without dropout (graph timing), after the kernels took an ACC constexpr
+#   benchmarks/gpu_final.sh adapter_wide  per-kernel times of the cuda and triton adapter backends at M = 256 (where the
+#                                    cuBLAS GEMMs' time goes against the 2x-eager target)
 # Every step has its own time limit so one slow step cannot starve the rest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -269,6 +271,14 @@ case "${1:-layers}" in
     timeout 60 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_dispatch.py tests/test_adapter_op.py \
       -k "dispatch or auto_takes or wider_than" > "$OUT/gpu_dispatch_tests.log" 2>&1
     echo "dispatch pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_dispatch_tests.log" | tail -6
+    ;;
+  adapter_wide)
+    timeout 90 python3 benchmarks/adapter_tuning.py --cuda 8192x4096x256 4096x1024x256 16384x8192x256 8192x4096x64 \
+      > "$OUT/adapter_cuda_profile.log" 2>&1
+    echo "cuda profile exit $?"; grep -v "Warning\|_warn_once" "$OUT/adapter_cuda_profile.log" | cut -c1-150
+    timeout 90 python3 benchmarks/adapter_tuning.py --no-sweep 8192x4096x256 4096x1024x256 \
+      > "$OUT/adapter_tuning.log" 2>&1
+    echo "triton profile exit $?"; grep -v "Warning\|_warn_once" "$OUT/adapter_tuning.log" | cut -c1-150
     ;;
   lora_acc)
     LOWPEFT_AUTOTUNE=0 LOWPEFT_HYPOTHESIS_EXAMPLES=3 timeout 380 python3 -m pytest -p no:cacheprovider -rfE -q \
