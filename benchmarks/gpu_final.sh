@@ -61,6 +61,8 @@
 #                                    and without dropout (graph timing), after the kernels took an ACC constexpr
 #   benchmarks/gpu_final.sh adapter_wide  per-kernel times of the cuda and triton adapter backends at M = 256 (where the
 #                                    cuBLAS GEMMs' time goes against the 2x-eager target)
+#   benchmarks/gpu_final.sh adapter_cuda  build; the native adapter tests and the adapter op's cuda cases; the cuda
+#                                    backend's per-kernel times; the adapter benchmark (graph timing)
 # Every step has its own time limit so one slow step cannot starve the rest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -271,6 +273,19 @@ case "${1:-layers}" in
     timeout 60 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_dispatch.py tests/test_adapter_op.py \
       -k "dispatch or auto_takes or wider_than" > "$OUT/gpu_dispatch_tests.log" 2>&1
     echo "dispatch pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_dispatch_tests.log" | tail -6
+    ;;
+  adapter_cuda)
+    LOWPEFT_AUTOTUNE=0 LOWPEFT_HYPOTHESIS_EXAMPLES=3 timeout 200 python3 -m pytest -p no:cacheprovider -rfE -q \
+      tests/test_native_backends.py tests/test_adapter_op.py tests/test_dispatch.py -k "adapter and (cuda or native) or dispatch" \
+      > "$OUT/gpu_adapter_cuda_tests.log" 2>&1
+    echo "adapter cuda pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_adapter_cuda_tests.log" | tail -8
+    timeout 60 python3 benchmarks/adapter_tuning.py --cuda 8192x4096x256 4096x1024x256 8192x4096x64 \
+      > "$OUT/adapter_cuda_profile.log" 2>&1
+    echo "cuda profile exit $?"; grep -v "Warning\|_warn_once\|run_backward" "$OUT/adapter_cuda_profile.log" | cut -c1-150
+    timeout 200 python3 benchmarks/bench_adapter.py --bottlenecks 16,64,256 --timing graph --no-breakdown \
+      --providers floor,triton,cuda,eager --json "$OUT/adapter_h100_graphs.json" \
+      --md "$OUT/adapter_h100_graphs.md" > "$OUT/adapter_h100_graphs.log" 2>&1
+    echo "adapter bench exit $?"; grep "^| " "$OUT/adapter_h100_graphs.md" | cut -c1-300
     ;;
   adapter_wide)
     timeout 90 python3 benchmarks/adapter_tuning.py --cuda 8192x4096x256 4096x1024x256 16384x8192x256 8192x4096x64 \

@@ -12,6 +12,7 @@
 // z, never stored).
 #include <optional>
 #include <string_view>
+#include <vector>
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -107,9 +108,13 @@ std::tuple<at::Tensor, at::Tensor> bottleneck_adapter_fwd(const at::Tensor& h, c
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
-  at::Tensor up = at::zeros({dim, width}, h.options());
-  up.narrow(1, 0, bottleneck).copy_(up_weight);
-  if (ones_column) up.select(1, bottleneck).copy_(*up_bias);
+  // [W_up | b_up | 0 ...] as one cat (one kernel; zeros then two strided copies took three, ~10 µs at D = 4096).
+  std::vector<at::Tensor> columns{up_weight};
+  if (ones_column) columns.push_back(up_bias->unsqueeze(1));
+  if (width > bottleneck + (ones_column ? 1 : 0)) {
+    columns.push_back(at::zeros({dim, width - bottleneck - (ones_column ? 1 : 0)}, h.options()));
+  }
+  const at::Tensor up = at::cat(columns, 1);
   return {gemm_residual(h, act, up.t(), scale), z};
 }
 
@@ -151,9 +156,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bottlenec
   at::Tensor dh, d_down_weight, d_down_bias, d_up_weight, d_up_bias;
   if (need.dh) dh = gemm_residual(grad_out, dz_low, down_weight, 1.0);
   if (need.d_down_weight) d_down_weight = at::mm(dz_low.t(), h);
-  if (need.d_down_bias) d_down_bias = dz.sum(0).to(dtype);
+  // Σₜ dz as a matrix-vector product: dz.sum(0) ran ATen's reduce kernel over [T, M] with only M outputs, 17.7 µs
+  // at 8192 x 4096, M = 256 (gemv reads dz once at bandwidth; float32, no tensor cores, so no tf32 either).
+  if (need.d_down_bias) d_down_bias = at::mv(dz.t(), at::ones({rows}, dz.options())).to(dtype);
   if (need.d_up_weight) {
-    const at::Tensor grads = at::mm(grad_out.t(), act).mul_(scale);
+    // The scale rides in alpha; addmm with beta = 0 ignores its input (an empty scalar lends the shape).
+    const at::Tensor grads = at::addmm(at::empty({}, act.options()), grad_out.t(), act, 0.0, scale);
     d_up_weight = grads.narrow(1, 0, bottleneck).contiguous();
     if (need.d_up_bias) d_up_bias = grads.select(1, bottleneck).contiguous();
   } else if (need.d_up_bias) {
