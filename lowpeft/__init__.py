@@ -33,6 +33,7 @@ _EXPORTS = {
     "adapter_names": "lowpeft.model",
     "save_adapter": "lowpeft.io",
     "load_adapter": "lowpeft.io",
+    "AdapterFileNotFoundError": "lowpeft.io",
     "from_peft": "lowpeft.peft_interop",
     "set_backend": "lowpeft.ops._dispatch",
     "get_backend": "lowpeft.ops._dispatch",

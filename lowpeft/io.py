@@ -6,10 +6,10 @@
 #
 # Trade-off: saving writes a complete new directory beside the target, fsyncs it, then swaps it in with
 # renames, so a crash never leaves a half-written adapter under the target name (at worst the old and the
-# new complete copies both sit beside it under hidden names). A target that also holds other files (PEFT
-# users save the tokenizer there too) cannot be swapped whole without moving those files, so there the two
-# files are renamed over their old versions one after the other: each is always whole, the pair changes
-# within microseconds rather than at once. Loading validates every key and shape against
+# new complete copies both sit beside it under hidden names). A target that also holds other files (PEFT's
+# README.md; users save the tokenizer there too) cannot be swapped whole without moving those files, so there
+# the two files are staged inside it and renamed over their old versions one after the other: each is always
+# whole, the pair changes within microseconds rather than at once. Loading validates every key and shape against
 # the model before it changes any parameter, and undoes the adapter it added if the file does not fit.
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ __all__ = ["save_adapter", "load_adapter", "AdapterFileNotFoundError", "CONFIG_N
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
-_ADAPTER_FILES = {CONFIG_NAME, WEIGHTS_NAME, "README.md"}
+_ADAPTER_FILES = {CONFIG_NAME, WEIGHTS_NAME}
 _PREFIX = "base_model.model."
 PROMPT_KEY = "prompt_embeddings"
 
@@ -129,6 +129,16 @@ def _replace_directory(staged: Path, target: Path) -> None:
     shutil.rmtree(retired)
 
 
+def _shared(target: Path) -> bool:
+    """Whether saving to `target` must leave other entries in place (replace file by file): it holds anything but
+    the adapter's two files, or it is the working directory (which cannot be renamed)."""
+    if not target.exists():
+        return False
+    if target.resolve() == Path.cwd().resolve():
+        return True
+    return any(entry.name not in _ADAPTER_FILES for entry in target.iterdir())
+
+
 def _replace_files(staged: Path, target: Path, names) -> None:
     """Rename each staged file over its namesake in `target`, leaving the rest of `target` alone."""
     for name in names:
@@ -139,24 +149,22 @@ def _replace_files(staged: Path, target: Path, names) -> None:
 
 def save_adapter(model: nn.Module, directory: Union[str, os.PathLike], adapter_name: Optional[str] = None) -> Path:
     """Save adapter `adapter_name` (default: the active one) of `model` to `directory` in PEFT's format:
-    adapter_config.json + adapter_model.safetensors. Atomic: both files are written and fsynced beside the
-    target first, so a crash while writing leaves the previous save untouched. A new or adapter-only directory
-    is then swapped in whole (the pair changes at once); in a directory that also holds other files (a tokenizer,
-    the base model), which stay, each of the two files is renamed over its old version (each always whole; a crash
-    between the two renames, microseconds apart, would pair the new weights with the previous config)."""
+    adapter_config.json + adapter_model.safetensors. Atomic: both files are written and fsynced first, so a crash
+    while writing leaves the previous save untouched. A new directory, or one holding only those two files, is
+    then swapped in whole (the pair changes at once); a directory that holds anything else (PEFT's README.md, a
+    tokenizer, the base model), or the working directory, keeps it: there the files are staged inside it and each
+    is renamed over its old version (each always whole; a crash between the two renames, microseconds apart,
+    would pair the new weights with the previous config)."""
     from safetensors.torch import save_file
 
     target = Path(directory)
-    shared = False
-    if target.exists():
-        if not target.is_dir():
-            raise ValueError(f"directory: expected a directory path, got an existing file {str(target)!r}")
-        shared = any(p.name not in _ADAPTER_FILES for p in target.iterdir())
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"directory: expected a directory path, got an existing file {str(target)!r}")
     tensors = {key: param.detach().to("cpu").contiguous().clone() for key, param in
                adapter_tensors(model, adapter_name).items()}
     config = _config_dict(model, adapter_name)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target if _shared(target) else target.parent))
     try:
         save_file(tensors, str(staged / WEIGHTS_NAME), metadata={"format": "pt"})
         with open(staged / CONFIG_NAME, "w") as handle:
@@ -165,7 +173,8 @@ def save_adapter(model: nn.Module, directory: Union[str, os.PathLike], adapter_n
         for name in (WEIGHTS_NAME, CONFIG_NAME):
             _fsync_path(staged / name)
         _fsync_path(staged)
-        if shared:
+        # Decided again here, right before the swap: a file that appeared in the target meanwhile must stay.
+        if _shared(target):
             _replace_files(staged, target, (WEIGHTS_NAME, CONFIG_NAME))
         else:
             _replace_directory(staged, target)

@@ -150,6 +150,11 @@ def test_bad_hyperparameters_are_named_errors(kwargs, error, words):
 def test_from_linear_names_an_argument_it_takes_from_the_layer(name, value):
     with pytest.raises(TypeError, match=f"^{name}: taken from the wrapped linear"):
         lowpeft.LoRALinear.from_linear(nn.Linear(4, 4), r=2, **{name: value})
+    pytest.importorskip("transformers")
+    from transformers.pytorch_utils import Conv1D
+
+    with pytest.raises(TypeError, match=f"^{name}: taken from the wrapped conv1d"):
+        lowpeft.LoRALinear.from_conv1d(Conv1D(4, 4), r=2, **{name: value})
 
 
 def test_from_linear_rejects_other_modules():

@@ -156,16 +156,24 @@ def test_save_is_atomic_an_interrupted_save_keeps_the_old_adapter(tmp_path, monk
     assert sorted(os.listdir(tmp_path)) == ["adapter"]
 
 
-def test_save_into_a_directory_holding_other_files_keeps_them(tmp_path, monkeypatch):
-    # As PEFT's save_pretrained: the adapter may share its directory with a tokenizer or the base model's files.
+@pytest.mark.parametrize("other,with_tokenizer", [("notes.txt", True), ("README.md", False)])
+def test_save_into_a_directory_holding_other_files_keeps_them(tmp_path, monkeypatch, other, with_tokenizer):
+    # As PEFT's save_pretrained: the adapter may share its directory with its model card (PEFT's README.md), a
+    # tokenizer or the base model's files. The target is a subdirectory, so that a staging directory left beside it
+    # would show in tmp_path's listing.
+    target = tmp_path / "ckpt"
+    target.mkdir()
     model = lowpeft.apply(tiny_llama(), lowpeft.LoRAConfig(r=2, target_modules=["q_proj"]))
     _randomise_trainable(model, seed=1)
-    (tmp_path / "notes.txt").write_text("keep me")
-    (tmp_path / "tokenizer").mkdir()
-    lowpeft.save_adapter(model, tmp_path)
-    before = (tmp_path / "adapter_model.safetensors").read_bytes()
-    assert (tmp_path / "notes.txt").read_text() == "keep me" and (tmp_path / "tokenizer").is_dir()
-    reloaded = lowpeft.load_adapter(tiny_llama(), tmp_path)
+    (target / other).write_text("keep me")
+    everything = ["adapter_config.json", "adapter_model.safetensors", other]
+    if with_tokenizer:
+        (target / "tokenizer").mkdir()
+        everything.append("tokenizer")
+    lowpeft.save_adapter(model, target)
+    before = (target / "adapter_model.safetensors").read_bytes()
+    assert (target / other).read_text() == "keep me"
+    reloaded = lowpeft.load_adapter(tiny_llama(), target)
     ids = torch.randint(0, 97, (2, 5))
     torch.testing.assert_close(reloaded(ids).logits, model(ids).logits)
 
@@ -177,16 +185,26 @@ def test_save_into_a_directory_holding_other_files_keeps_them(tmp_path, monkeypa
     _randomise_trainable(model, seed=2)
     monkeypatch.setattr(safetensors.torch, "save_file", crash)
     with pytest.raises(OSError, match="simulated"):
-        lowpeft.save_adapter(model, tmp_path)
-    assert (tmp_path / "adapter_model.safetensors").read_bytes() == before
-    assert sorted(os.listdir(tmp_path)) == ["adapter_config.json", "adapter_model.safetensors", "notes.txt",
-                                            "tokenizer"]
+        lowpeft.save_adapter(model, target)
+    assert (target / "adapter_model.safetensors").read_bytes() == before
+    assert sorted(os.listdir(target)) == sorted(everything) and os.listdir(tmp_path) == ["ckpt"]
     monkeypatch.undo()
-    lowpeft.save_adapter(model, tmp_path)
-    assert (tmp_path / "adapter_model.safetensors").read_bytes() != before
-    assert (tmp_path / "notes.txt").read_text() == "keep me"
-    assert sorted(os.listdir(tmp_path)) == ["adapter_config.json", "adapter_model.safetensors", "notes.txt",
-                                            "tokenizer"]
+    lowpeft.save_adapter(model, target)
+    assert (target / "adapter_model.safetensors").read_bytes() != before
+    assert (target / other).read_text() == "keep me"
+    assert sorted(os.listdir(target)) == sorted(everything) and os.listdir(tmp_path) == ["ckpt"]
+
+
+def test_save_into_the_working_directory(tmp_path, monkeypatch):
+    # The working directory cannot be renamed: an adapter-only one is replaced file by file too.
+    monkeypatch.chdir(tmp_path)
+    model = lowpeft.apply(tiny_llama(), lowpeft.LoRAConfig(r=2, target_modules=["q_proj"]))
+    for seed in (1, 2):
+        _randomise_trainable(model, seed=seed)
+        lowpeft.save_adapter(model, ".")
+        assert sorted(os.listdir(tmp_path)) == ["adapter_config.json", "adapter_model.safetensors"]
+    ids = torch.randint(0, 97, (2, 5))
+    torch.testing.assert_close(lowpeft.load_adapter(tiny_llama(), ".")(ids).logits, model(ids).logits)
 
 
 def _edit_saved(directory, edit_tensors=None, edit_config=None):

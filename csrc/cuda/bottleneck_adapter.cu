@@ -108,7 +108,8 @@ std::tuple<at::Tensor, at::Tensor> bottleneck_adapter_fwd(const at::Tensor& h, c
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
-  // [W_up | b_up | 0 ...] as one cat (one kernel; zeros then two strided copies took three, ~10 µs at D = 4096).
+  // [W_up | b_up | 0 ...] as one cat kernel (after a fill of the zero padding, where the width needs one); a
+  // zeros fill of the whole operand and two strided copies took ~10 µs at D = 4096.
   std::vector<at::Tensor> columns{up_weight};
   if (ones_column) columns.push_back(up_bias->unsqueeze(1));
   if (width > bottleneck + (ones_column ? 1 : 0)) {
@@ -157,10 +158,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bottlenec
   if (need.dh) dh = gemm_residual(grad_out, dz_low, down_weight, 1.0);
   if (need.d_down_weight) d_down_weight = at::mm(dz_low.t(), h);
   // Σₜ dz as a matrix-vector product: dz.sum(0) ran ATen's reduce kernel over [T, M] with only M outputs, 17.7 µs
-  // at 8192 x 4096, M = 256 (gemv reads dz once at bandwidth; float32, no tensor cores, so no tf32 either).
+  // at 8192 x 4096, M = 256 (gemv reads dz once; dz is float32, float64 for float64 inputs, and a gemv has no
+  // tensor-core path, so no tf32 either).
   if (need.d_down_bias) d_down_bias = at::mv(dz.t(), at::ones({rows}, dz.options())).to(dtype);
   if (need.d_up_weight) {
-    // The scale rides in alpha; addmm with beta = 0 ignores its input (an empty scalar lends the shape).
+    // The scale rides in alpha; addmm with beta = 0 never reads its input, so an uninitialised 0-dim tensor
+    // (broadcastable to any result) stands in for it.
     const at::Tensor grads = at::addmm(at::empty({}, act.options()), grad_out.t(), act, 0.0, scale);
     d_up_weight = grads.narrow(1, 0, bottleneck).contiguous();
     if (need.d_up_bias) d_up_bias = grads.select(1, bottleneck).contiguous();

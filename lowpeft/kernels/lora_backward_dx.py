@@ -56,7 +56,7 @@ def _dx_epilogue(acc, d_acc, pid_m, pid_k, T, K, R, a_ptr, ds_ptr, dx_ptr,
                         mask=chunk_in[:, None], other=0.0)
             lora = mma(d_shrink.to(a.dtype), a, lora, DOT_PRECISION, DOT_UPCAST)
     if HAS_DROPOUT:
-        acc += lora * dropout_keep_scale(seed, rows, feats, threshold, inv_keep)
+        acc += lora * dropout_keep_scale(seed, rows, feats, threshold, inv_keep, ACC)
     else:
         acc = lora
     dx_ptrs = dx_ptr + rows.to(tl.int64)[:, None] * stride_dxt + feats[None, :]
@@ -159,7 +159,7 @@ def _lora_dx_tma_kernel(
 
 def lora_dx_gemm(grad_out, weight, lora_A, lora_B, d_shrink, dx, *, scaling, seed, threshold, inv_keep,
                  has_dropout, fuse_ds, rank_padded, dot_precision, dot_upcast):
-    """Launch the fused dx GEMM into dx [T, K]. With fuse_ds it also writes d_shrink [T, r] (float32,
+    """Launch the fused dx GEMM into dx [T, K]. With fuse_ds it also writes d_shrink [T, r] (float32 / float64,
     = s · g B); otherwise it reads d_shrink, already holding it."""
     tokens, out_features = grad_out.shape
     width, rank = weight.shape[1], lora_A.shape[0]

@@ -26,8 +26,9 @@ def accumulator_type(dtype: torch.dtype):
 
 
 @triton.jit
-def dropout_keep_scale(seed, rows, cols, threshold, inv_keep):
-    """fp32 tile [len(rows), len(cols)]: inv_keep where element (row, col) is kept, else 0.
+def dropout_keep_scale(seed, rows, cols, threshold, inv_keep, ACC: tl.constexpr):
+    """ACC tile [len(rows), len(cols)]: inv_keep where element (row, col) is kept, else 0, multiplied in ACC: a
+    float64 kernel keeps 1 / (1 - p) in float64 wherever its scalar argument is float64, as under the interpreter.
 
     Kept iff word col % 4 of Philox4x32-10(seed; counters col // 4, row, 0, 0) >= threshold (a uint32
     compare). `cols` must be consecutive and start at a multiple of 4 (every caller passes block_start +
@@ -42,7 +43,7 @@ def dropout_keep_scale(seed, rows, cols, threshold, inv_keep):
     draws = tl.join(tl.join(word0, word2), tl.join(word1, word3))
     draws = tl.reshape(draws, (rows.shape[0], cols.shape[0]))
     keep = draws >= threshold.to(tl.uint32)
-    return tl.where(keep, inv_keep, 0.0)
+    return keep.to(ACC) * inv_keep
 
 
 @triton.jit

@@ -39,7 +39,7 @@ def _lora_expand_add_kernel(
                 mask=ranks_in[:, None] & cols_in[None, :], other=0.0).to(ACC)
     term = mma(small, a, tl.zeros((BLOCK_T, BLOCK_K), dtype=ACC), DOT_PRECISION, DOT_UPCAST)
     if HAS_DROPOUT:
-        term = term * dropout_keep_scale(seed, rows, cols, threshold, inv_keep)
+        term = term * dropout_keep_scale(seed, rows, cols, threshold, inv_keep, ACC)
     out_ptrs = out_ptr + rows.to(tl.int64)[:, None] * stride_ot + cols[None, :] * stride_ok
     inside = rows_in[:, None] & cols_in[None, :]
     out = tl.load(out_ptrs, mask=inside, other=0.0)

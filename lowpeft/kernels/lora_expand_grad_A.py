@@ -50,7 +50,7 @@ def _lora_expand_add_grad_a_kernel(
         inside = rows_in[:, None] & cols_in[None, :]
         d_shrink = tl.load(d_shrink_ptr + rows.to(tl.int64)[:, None] * stride_st + ranks[None, :],
                            mask=rows_in[:, None] & ranks_in[None, :], other=0.0)
-        keep = dropout_keep_scale(seed, rows, cols, threshold, inv_keep)
+        keep = dropout_keep_scale(seed, rows, cols, threshold, inv_keep, ACC)
         term = mma(d_shrink, a, tl.zeros((BLOCK_T, BLOCK_K), dtype=ACC), DOT_PRECISION, False) * keep
         dx_ptrs = dx_ptr + rows.to(tl.int64)[:, None] * stride_dt + cols[None, :] * stride_dk
         dx = tl.load(dx_ptrs, mask=inside, other=0.0)
@@ -64,8 +64,8 @@ def _lora_expand_add_grad_a_kernel(
 
 def lora_expand_add_grad_A(d_shrink, lora_A, dx, x, *, seed, threshold, inv_keep, rank_padded, dot_precision,
                            dot_upcast):
-    """dx += mask ⊙ (d_shrink @ lora_A) in place and return dA [r, K] (float32, float64 for float64 x) = d_shrinkᵀ (x ⊙ mask), where
-    d_shrink is the float32 [T, r] dS = s · g B, lora_A [r, K] and x [T, K] have any strides, and the mask is
+    """dx += mask ⊙ (d_shrink @ lora_A) in place and return dA [r, K] (float32, float64 for float64 x) =
+    d_shrinkᵀ (x ⊙ mask), where d_shrink is the float32 (float64) [T, r] dS = s · g B, lora_A [r, K] and x [T, K] have any strides, and the mask is
     reference.dropout_keep_mask(seed, T, K, p) scaled by 1 / (1 - p) (threshold, inv_keep from p)."""
     tokens, width = x.shape
     rank = lora_A.shape[0]

@@ -2,7 +2,7 @@
 #
 #   dA  [r, K] = dSᵀ (x ⊙ m / (1-p))      L = dS [T, r],  X = x [T, K] (mask regenerated from the seed)
 #   dBᵀ [r, N] = s · Sᵀ g                  L = S  [T, r],  X = g [T, N] (plus db = Σₜ g when asked)
-# Each program owns a column block of X and one slice of the tokens and writes a float32 partial; the
+# Each program owns a column block of X and one slice of the tokens and writes a float32 (float64) partial; the
 # launcher sums the few partials (a [splits, r, C] tensor, tiny next to X). Trade-off: partials instead
 # of atomics keep the result deterministic and each X element is read exactly once; the number of
 # slices is chosen so about two waves of programs cover the GPU, within a memory bound (_tuning.token_slices).
@@ -49,7 +49,7 @@ def _lora_split_t_kernel(
         if HAS_COLSUM:
             colsum += tl.sum(big.to(ACC), axis=0)
         if HAS_DROPOUT:
-            big = (big.to(ACC) * dropout_keep_scale(seed, rows, cols, threshold, inv_keep)).to(big.dtype)
+            big = (big.to(ACC) * dropout_keep_scale(seed, rows, cols, threshold, inv_keep, ACC)).to(big.dtype)
         small = tl.load(small_ptr + rows.to(tl.int64)[:, None] * stride_st + ranks[None, :],
                         mask=rows_in[:, None] & ranks_in[None, :], other=0.0)
         acc = mma(tl.trans(small.to(big.dtype)), big, acc, DOT_PRECISION, DOT_UPCAST)
@@ -91,7 +91,8 @@ def _split_t(big, small, *, transpose_out, scale, seed, threshold, inv_keep, has
 
 
 def lora_grad_A(x, d_shrink, *, seed, threshold, inv_keep, has_dropout, rank_padded, dot_precision, dot_upcast):
-    """dA [r, K] (float32, float64 for float64 x) = dSᵀ (x ⊙ m / (1-p)); d_shrink is the float32 [T, r] dS = s · g B."""
+    """dA [r, K] (float32, float64 for float64 x) = dSᵀ (x ⊙ m / (1-p)); d_shrink is the float32 (float64) [T, r]
+    dS = s · g B."""
     grad_A, _ = _split_t(x, d_shrink, transpose_out=False, scale=1.0, seed=seed, threshold=threshold,
                          inv_keep=inv_keep, has_dropout=has_dropout, with_colsum=False,
                          rank_padded=rank_padded, dot_precision=dot_precision, dot_upcast=dot_upcast)
@@ -99,7 +100,8 @@ def lora_grad_A(x, d_shrink, *, seed, threshold, inv_keep, has_dropout, rank_pad
 
 
 def lora_grad_B(grad_out, shrink, *, scaling, with_bias_grad, rank_padded, dot_precision, dot_upcast):
-    """(dB [N, r], db [N] or None), float32 (float64 for float64 g): dB = s · gᵀ S and db = Σₜ g, in one pass over g."""
+    """(dB [N, r], db [N] or None), float32 (float64 for float64 g): dB = s · gᵀ S and db = Σₜ g, in one pass
+    over g."""
     return _split_t(grad_out, shrink, transpose_out=True, scale=scaling, seed=0, threshold=0, inv_keep=1.0,
                     has_dropout=False, with_colsum=with_bias_grad, rank_padded=rank_padded,
                     dot_precision=dot_precision, dot_upcast=dot_upcast)

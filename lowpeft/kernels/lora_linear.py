@@ -147,7 +147,7 @@ def _scaled_mm(shape_donor, a, b, scaling):
 
 
 def _base_grads(grad_out, x, need_dW, need_db, column_sums=None):
-    """(dW = gᵀ x, db = Σₜ g) in x's dtype, each None where not needed; db from a kernel's float32 column
+    """(dW = gᵀ x, db = Σₜ g) in x's dtype, each None where not needed; db from a kernel's float32 (float64) column
     sums when one already made them."""
     grad_W = grad_out.t() @ x if need_dW else None
     grad_b = None

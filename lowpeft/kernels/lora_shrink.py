@@ -36,7 +36,7 @@ def _lora_shrink_kernel(
         cols_in = cols < K - k0
         x = tl.load(x_ptrs, mask=rows_in[:, None] & cols_in[None, :], other=0.0)
         if HAS_DROPOUT:
-            keep_scale = dropout_keep_scale(seed, rows, k0 + cols, threshold, inv_keep)
+            keep_scale = dropout_keep_scale(seed, rows, k0 + cols, threshold, inv_keep, ACC)
             x = (x.to(ACC) * keep_scale).to(x_ptr.dtype.element_ty)
         m = tl.load(m_ptrs, mask=cols_in[:, None] & ranks_in[None, :], other=0.0)
         acc = mma(x, m, acc, DOT_PRECISION, DOT_UPCAST)

@@ -174,6 +174,7 @@ def backends(device_type: str | None = None) -> dict[str, dict[str, object]]:
     from .bottleneck_adapter import AUTO_TRITON_MAX_BOTTLENECK, adapter_auto_order
 
     narrow, wide = AUTO_TRITON_MAX_BOTTLENECK, AUTO_TRITON_MAX_BOTTLENECK + 1
+
     def pick(auto_order=None):
         return _resolve_for_device_type("auto", device.type, auto_order=auto_order, warn=False)
 
