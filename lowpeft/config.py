@@ -37,8 +37,11 @@ def _check_int(name: str, value: Any, minimum: int = 1) -> None:
 
 
 def _check_number(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise TypeError(f"{name}: expected a finite number, got {value!r}")
+    """A wrong type is a TypeError, a non-finite number a ValueError (as across lowpeft)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a finite number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
 
 
 def _check_choice(name: str, value: Any, choices: tuple) -> None:
@@ -54,7 +57,9 @@ def _normalise_targets(name: str, value: Any, required: bool = True) -> Optional
         if not value:
             raise ValueError(f"{name}: expected a non-empty regex, module name list or 'all-linear', got ''")
         return value
-    if isinstance(value, (list, tuple, set, frozenset)) and value and all(isinstance(v, str) and v for v in value):
+    if isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(v, str) for v in value):
+        if not value or not all(value):
+            raise ValueError(f"{name}: expected a non-empty list of non-empty module names, got {value!r}")
         return tuple(sorted(set(value)))
     raise TypeError(
         f"{name}: expected a list of module names (or name suffixes), a regex string or 'all-linear', got {value!r}"
@@ -86,7 +91,9 @@ class LoRAConfig:
     def __post_init__(self):
         _check_int("r", self.r)
         _check_number("alpha", self.alpha)
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)):
+            raise TypeError(f"dropout: expected a float in [0, 1), got {type(self.dropout).__name__} {self.dropout!r}")
+        if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout: expected a float in [0, 1), got {self.dropout!r}")
         object.__setattr__(self, "target_modules", _normalise_targets("target_modules", self.target_modules))
         object.__setattr__(self, "exclude_modules", _normalise_targets("exclude_modules", self.exclude_modules, False))

@@ -147,7 +147,7 @@ def test_to_linear_returns_the_shared_base():
         (dict(dim=8.0), TypeError, ["dim", "int", "float"]),
         (dict(bottleneck=-1), ValueError, ["bottleneck", "positive", "-1"]),
         (dict(activation="tanh"), ValueError, ["activation", "'tanh'"]),
-        (dict(scale=float("nan")), TypeError, ["scale", "finite"]),
+        (dict(scale=float("nan")), ValueError, ["scale", "finite"]),
         (dict(init="zeros"), ValueError, ["init", "'zeros'", "identity"]),
         (dict(bias="yes"), TypeError, ["bias", "bool"]),
         (dict(backend="fast"), ValueError, ["backend", "'fast'"]),

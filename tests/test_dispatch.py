@@ -135,3 +135,11 @@ def test_info_prints_the_adapter_picks_where_they_differ(capsys):
     report["backends"]["cuda"]["auto"]["adapter_picks"]["bottleneck > 64"] = "triton"
     cli._print_info(report)
     assert "auto    picks triton\n" in capsys.readouterr().out
+
+
+def test_a_backend_name_of_the_wrong_type_or_value_is_a_named_error():
+    with pytest.raises(TypeError, match="^backend: .* got int 3"):
+        _dispatch.set_backend(3)
+    with pytest.raises(ValueError, match="^backend: .* got 'gpu'"):
+        _dispatch.set_backend("gpu")
+    assert _dispatch.get_backend() in _dispatch.CHOICES

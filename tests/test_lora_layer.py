@@ -135,7 +135,9 @@ def test_repr_names_the_adapter():
         (dict(dropout=1.0), ValueError, ["dropout", "[0, 1)"]),
         (dict(init="xavier"), ValueError, ["init", "'xavier'"]),
         (dict(backend="gpu"), ValueError, ["backend", "'gpu'"]),
-        (dict(alpha=float("inf")), TypeError, ["alpha", "finite"]),
+        (dict(alpha=float("inf")), ValueError, ["alpha", "finite"]),
+        (dict(alpha="8"), TypeError, ["alpha", "str"]),
+        (dict(dropout="0.1"), TypeError, ["dropout", "str"]),
     ],
 )
 def test_bad_hyperparameters_are_named_errors(kwargs, error, words):

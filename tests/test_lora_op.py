@@ -267,7 +267,7 @@ def _valid():
         (dict(x=torch.ones(3, 16, dtype=torch.int64)), TypeError, ["x", "floating-point", "int64"]),
         (dict(dropout_p=1.0), ValueError, ["dropout_p", "[0, 1)", "1.0"]),
         (dict(dropout_p=-0.1), ValueError, ["dropout_p", "[0, 1)"]),
-        (dict(scaling=float("nan")), TypeError, ["scaling", "finite"]),
+        (dict(scaling=float("nan")), ValueError, ["scaling", "finite"]),
         (dict(backend="fast"), ValueError, ["backend", "'fast'"]),
     ],
 )

@@ -39,8 +39,9 @@ def _peft_config(config: lowpeft.LoRAConfig):
 
 @pytest.mark.parametrize("bad, error", [
     (dict(r=0), ValueError), (dict(r=2.0), TypeError), (dict(dropout=1.0), ValueError), (dict(dropout=-0.1), ValueError),
-    (dict(bias="some"), ValueError), (dict(init="xavier"), ValueError), (dict(target_modules=[]), TypeError),
-    (dict(target_modules=3), TypeError), (dict(alpha=float("nan")), TypeError), (dict(backend="gpu"), ValueError),
+    (dict(bias="some"), ValueError), (dict(init="xavier"), ValueError), (dict(target_modules=[]), ValueError),
+    (dict(target_modules=[""]), ValueError), (dict(target_modules=["q_proj", 3]), TypeError),
+    (dict(target_modules=3), TypeError), (dict(alpha=float("nan")), ValueError), (dict(dropout="0.1"), TypeError), (dict(backend="gpu"), ValueError),
 ])
 def test_lora_config_rejects_bad_values_naming_the_field(bad, error):
     with pytest.raises(error, match=next(iter(bad))):

@@ -35,8 +35,10 @@ def _check_hyperparameters(dim, bottleneck, activation, scale, init, bias):
             raise ValueError(f"{name}: expected a positive int, got {value}")
     if activation not in reference.ACTIVATIONS:
         raise ValueError(f"activation: expected one of {reference.ACTIVATIONS}, got {activation!r}")
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise TypeError(f"scale: expected a finite number, got {scale!r}")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise TypeError(f"scale: expected a finite number, got {type(scale).__name__} {scale!r}")
+    if not math.isfinite(scale):
+        raise ValueError(f"scale: expected a finite number, got {scale!r}")
     if init not in ADAPTER_INITS:
         raise ValueError(f"init: expected one of {ADAPTER_INITS}, got {init!r}")
     if not isinstance(bias, bool):

@@ -27,9 +27,13 @@ def _check_hyperparameters(in_features, out_features, r, alpha, dropout, init):
             raise TypeError(f"{name}: expected an int, got {type(value).__name__} {value!r}")
         if value <= 0:
             raise ValueError(f"{name}: expected a positive int, got {value}")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
-        raise TypeError(f"alpha: expected a finite number, got {alpha!r}")
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise TypeError(f"alpha: expected a finite number, got {type(alpha).__name__} {alpha!r}")
+    if not math.isfinite(alpha):
+        raise ValueError(f"alpha: expected a finite number, got {alpha!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
+        raise TypeError(f"dropout: expected a float in [0, 1), got {type(dropout).__name__} {dropout!r}")
+    if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout: expected a float in [0, 1), got {dropout!r}")
     if init not in _INITS:
         raise ValueError(f"init: expected one of {_INITS}, got {init!r}")

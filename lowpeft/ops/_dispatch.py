@@ -27,7 +27,9 @@ _warned_auto = set()
 
 
 def _check_name(name, argument="backend"):
-    if not isinstance(name, str) or name not in CHOICES:
+    if not isinstance(name, str):
+        raise TypeError(f"{argument}: expected one of {CHOICES} (a str), got {type(name).__name__} {name!r}")
+    if name not in CHOICES:
         raise ValueError(f"{argument}: expected one of {CHOICES}, got {name!r}")
     return name
 

@@ -272,8 +272,10 @@ def _check_inputs(h, down_weight, down_bias, up_weight, up_bias, activation, sca
         raise ValueError(f"activation: expected one of {reference.ACTIVATIONS}, got {activation!r}")
     # Finite as comparisons, not math.isfinite: under torch.compile(dynamic=True) a module's float attribute arrives
     # symbolic, math.isfinite of it is not traceable, and a comparison only adds a guard.
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (abs(scale) < math.inf):
-        raise TypeError(f"scale: expected a finite float, got {scale!r}")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise TypeError(f"scale: expected a finite float, got {type(scale).__name__} {scale!r}")
+    if not abs(scale) < math.inf:
+        raise ValueError(f"scale: expected a finite float, got {scale!r}")
 
 
 def bottleneck_adapter(

@@ -317,9 +317,13 @@ def _check_inputs(x, weight, bias, lora_A, lora_B, scaling, dropout_p):
             raise ValueError(f"{name}: expected a tensor on {x.device} (x's device), got one on {value.device}")
     # Finite as a comparison, not math.isfinite: under torch.compile(dynamic=True) a module's float attribute
     # arrives symbolic, math.isfinite of it is not traceable, and a comparison only adds a guard.
-    if isinstance(scaling, bool) or not isinstance(scaling, (int, float)) or not (abs(scaling) < math.inf):
-        raise TypeError(f"scaling: expected a finite float, got {scaling!r}")
-    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p < 1.0:
+    if isinstance(scaling, bool) or not isinstance(scaling, (int, float)):
+        raise TypeError(f"scaling: expected a finite float, got {type(scaling).__name__} {scaling!r}")
+    if not abs(scaling) < math.inf:
+        raise ValueError(f"scaling: expected a finite float, got {scaling!r}")
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)):
+        raise TypeError(f"dropout_p: expected a float in [0, 1), got {type(dropout_p).__name__} {dropout_p!r}")
+    if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p: expected a float in [0, 1), got {dropout_p!r}")
 
 
