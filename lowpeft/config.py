@@ -50,13 +50,14 @@ def _check_choice(name: str, value: Any, choices: tuple) -> None:
 
 
 def _normalise_targets(name: str, value: Any, required: bool = True) -> Optional[TargetModules]:
-    """A regex / "all-linear" string stays a string; any other collection of names becomes a sorted tuple."""
+    """A regex stays a string, "all-linear" in any case becomes "all-linear"; any other collection of names becomes
+    a sorted tuple."""
     if value is None and not required:
         return None
     if isinstance(value, str):
         if not value:
             raise ValueError(f"{name}: expected a non-empty regex, module name list or 'all-linear', got ''")
-        return value
+        return ALL_LINEAR if value.lower() == ALL_LINEAR else value  # any case, as PEFT reads it
     if isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(v, str) for v in value):
         if not value or not all(value):
             raise ValueError(f"{name}: expected a non-empty list of non-empty module names, got {value!r}")

@@ -76,8 +76,12 @@ def test_matching_and_trainable_counts_equal_peft(family, index, bias, capsys):
     assert our_line == their_line
 
 
-def test_all_linear_skips_the_output_head_and_freezes_the_rest():
-    model = lowpeft.apply(tiny_llama(), lowpeft.LoRAConfig(r=2, target_modules="all-linear"))
+@pytest.mark.parametrize("spelling", ["all-linear", "ALL-LINEAR", "All-Linear"])
+def test_all_linear_skips_the_output_head_and_freezes_the_rest(spelling):
+    # Any case, as PEFT reads it.
+    config = lowpeft.LoRAConfig(r=2, target_modules=spelling)
+    assert config.target_modules == "all-linear"
+    model = lowpeft.apply(tiny_llama(), config)
     assert isinstance(model.lm_head, nn.Linear)
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(".lora_A" in n or ".lora_B" in n for n in trainable)
