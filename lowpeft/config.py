@@ -143,7 +143,8 @@ class PromptTuningConfig:
 
     init: "random" (N(0, 1), as nn.Embedding and PEFT), "text" (the input embeddings of `init_token_ids`, the
     token ids of a text, repeated or cut to num_virtual_tokens, as PEFT's TEXT init) or "sample_vocab"
-    (embeddings of token ids drawn uniformly from the vocabulary, with torch's generator).
+    (embeddings of token ids drawn uniformly from the vocabulary, with torch's generator); any case (PEFT's
+    RANDOM / TEXT / SAMPLE_VOCAB), stored lower-case.
     """
 
     num_virtual_tokens: int = 20
@@ -153,6 +154,8 @@ class PromptTuningConfig:
 
     def __post_init__(self):
         _check_int("num_virtual_tokens", self.num_virtual_tokens)
+        if isinstance(self.init, str):  # any case: PEFT spells them RANDOM, TEXT, SAMPLE_VOCAB
+            object.__setattr__(self, "init", self.init.lower())
         _check_choice("init", self.init, _PROMPT_INITS)
         if self.init == "text":
             ids = self.init_token_ids

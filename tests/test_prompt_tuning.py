@@ -75,7 +75,11 @@ def test_text_and_vocabulary_inits_and_refusals():
     embeddings = model.get_input_embeddings().weight.detach().clone()
     lowpeft.apply(model, lowpeft.PromptTuningConfig(num_virtual_tokens=5, init="text", init_token_ids=[3, 8]))
     torch.testing.assert_close(model_level.adapter_prompt(model).weight.detach(), embeddings[[3, 8, 3, 8, 3]])
-    sampled = lowpeft.apply(tiny_llama(), lowpeft.PromptTuningConfig(num_virtual_tokens=4, init="sample_vocab"))
+    # PEFT's spellings (PromptTuningInit.TEXT, SAMPLE_VOCAB, RANDOM) work too.
+    assert lowpeft.PromptTuningConfig(init="TEXT", init_token_ids=[3]).init == "text"
+    assert lowpeft.PromptTuningConfig(init="RANDOM").init == "random"
+    assert lowpeft.PromptEmbedding(3, 4, init="RANDOM").weight.shape == (3, 4)
+    sampled = lowpeft.apply(tiny_llama(), lowpeft.PromptTuningConfig(num_virtual_tokens=4, init="SAMPLE_VOCAB"))
     rows = model_level.adapter_prompt(sampled).weight.detach()
     assert all((embeddings == row).all(dim=1).any() for row in rows)
     with pytest.raises(ValueError, match="init_token_ids"):

@@ -21,7 +21,7 @@ IGNORE_INDEX = -100
 class PromptEmbedding(nn.Module):
     """`num_virtual_tokens` trainable embeddings of width `dim` (parameter `weight`, [num_virtual_tokens, dim]).
 
-    init: "random" (N(0, 1), as nn.Embedding and PEFT's RANDOM init) or a tensor [num_virtual_tokens, dim] of
+    init: "random" (any case; N(0, 1), as nn.Embedding and PEFT's RANDOM init) or a tensor [num_virtual_tokens, dim] of
     initial values (lowpeft.apply builds it from token embeddings for text / vocabulary-sample inits).
     forward(batch_size) returns the prompt expanded to [batch_size, num_virtual_tokens, dim] (no copy).
     """
@@ -42,7 +42,7 @@ class PromptEmbedding(nn.Module):
                         f"init: expected a tensor of shape [{num_virtual_tokens}, {dim}], got {tuple(init.shape)}"
                     )
                 self.weight.copy_(init)
-            elif init == "random":
+            elif isinstance(init, str) and init.lower() == "random":  # any case, as PEFT's RANDOM
                 nn.init.normal_(self.weight)
             else:
                 raise ValueError(f"init: expected 'random' or a [{num_virtual_tokens}, {dim}] tensor, got {init!r}")
