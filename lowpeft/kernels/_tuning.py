@@ -6,19 +6,33 @@
 # power of two, so a training run whose batch length changes every step does not retune every step.
 # Under TRITON_INTERPRET=1 (CPU tests) every family gets one small config and no benchmarking;
 # LOWPEFT_AUTOTUNE=0 keeps only each family's first (default) config (quick GPU test runs over many shapes).
+# Also the accumulator dtype every kernel family takes as its ACC constexpr (float32; float64 for float64
+# inputs, which the launchers accept only under the CPU interpreter, so gradcheck covers the triton backend).
 # Nothing here queries the GPU at import time.
 from __future__ import annotations
 
 import functools
 import os
 
+import torch
 import triton
+import triton.language as tl
 
 _SHARED_MEMORY_BUDGET = 227 * 1024  # bytes: Hopper's per-block limit; prune_gemm_configs counts the epilogue too
 
 
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The kernels' accumulator and float partials dtype for inputs of `dtype`: float32, or float64 for float64."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def accumulator_type(dtype: torch.dtype):
+    """accumulator_dtype as the kernels' ACC constexpr."""
+    return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 def autotuning() -> bool:

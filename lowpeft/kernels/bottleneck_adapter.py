@@ -34,7 +34,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._tuning import autotuning, ceil_div, interpreting, launch_autotuned, next_power_of_2
+from ._tuning import (accumulator_dtype, accumulator_type, autotuning, ceil_div, interpreting, launch_autotuned,
+                      next_power_of_2)
 
 __all__ = ["bottleneck_adapter_fwd", "bottleneck_adapter_bwd", "ACTIVATION_CODES", "MAX_BOTTLENECK"]
 
@@ -517,10 +518,6 @@ def _device_context(tensor: torch.Tensor):
     return contextlib.nullcontext()
 
 
-def _accumulator_dtype(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
 def bottleneck_adapter_fwd(h, down_weight, down_bias, up_weight, up_bias, activation, scale):
     """(out [T, D] in h's dtype, z [T, M] float32 (float64 for float64 h, interpreter only)) for h [T, D] of any
     strides."""
@@ -528,12 +525,12 @@ def bottleneck_adapter_fwd(h, down_weight, down_bias, up_weight, up_bias, activa
     M = down_weight.shape[0]
     _check_supported(h, M)
     out = torch.empty((T, D), dtype=h.dtype, device=h.device)
-    z = torch.empty((T, M), dtype=torch.promote_types(h.dtype, torch.float32), device=h.device)
+    z = torch.empty((T, M), dtype=accumulator_dtype(h.dtype), device=h.device)
     if T == 0:
         return out, z
     a = torch.empty((T, M), dtype=h.dtype, device=h.device)
     block_m, t_bucket = _padded_bottleneck(M), _t_bucket(T)
-    precision, upcast, acc = dot_precision(h.dtype), _upcast(h.dtype), _accumulator_dtype(h.dtype)
+    precision, upcast, acc = dot_precision(h.dtype), _upcast(h.dtype), accumulator_type(h.dtype)
     with _device_context(h):
         _launch_row_kernel(
             _down_kernel, T, ("down", t_bucket, D, block_m, h.dtype, h.device),
@@ -610,7 +607,7 @@ def bottleneck_adapter_bwd(grad_out, h, down_weight, down_bias, up_weight, z, ac
                 down_weight.stride(1), a.stride(0), dh.stride(0) if dh is not None else 0,
                 float(scale),
                 NEED_DH=side_dh, NEED_UP_GRADS=side_up, NEED_DOWN_W=side_down_w, NEED_DOWN_B=side_down_b,
-                PRECISION=precision, UPCAST=upcast, ACC=_accumulator_dtype(h.dtype),
+                PRECISION=precision, UPCAST=upcast, ACC=accumulator_type(h.dtype),
                 BLOCK_M=block_m, BLOCK_T=plan.block_t, BLOCK_D=plan.block_d, num_warps=plan.warps,
                 num_stages=plan.stages,
             )

@@ -13,9 +13,9 @@
 import triton
 import triton.language as tl
 
-from ._tuning import (RANK_CHUNK, ceil_div, dx_tma_configs, gemm_configs, multiprocessor_count, prune_gemm_configs,
-                      tma_ready, token_bucket)
-from .lora_common import accumulator_type, dropout_keep_scale, grouped_tile, mma
+from ._tuning import (RANK_CHUNK, accumulator_type, ceil_div, dx_tma_configs, gemm_configs, multiprocessor_count,
+                       prune_gemm_configs, tma_ready, token_bucket)
+from .lora_common import dropout_keep_scale, grouped_tile, mma
 
 
 @triton.jit

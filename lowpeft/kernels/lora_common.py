@@ -1,7 +1,5 @@
 # Triton device helpers shared by the LoRA kernels: the dropout keep-scale regenerated from a Philox
-# seed, the matrix-multiply-accumulate step with the precision policy, grouped tile ordering, and the
-# accumulator dtype every kernel takes as its ACC constexpr (float32; float64 for float64 inputs, which the
-# launchers accept only under the CPU interpreter, so gradcheck covers the triton backend too).
+# seed, the matrix-multiply-accumulate step with the precision policy, and grouped tile ordering.
 #
 # Trade-off: the dropout mask is recomputed from (seed, row, column) wherever a kernel needs it instead of
 # being stored as a [T, K] tensor. One Philox-4x32-10 evaluation (10 rounds of 32-bit multiplies) yields four
@@ -9,20 +7,8 @@
 # work that an H100 cannot hide behind memory traffic at one evaluation per element (measured: the masked
 # shrink took 118 µs against 39 µs unmasked at 8192 x 4096). The mask is bit-exact with
 # lowpeft.reference.dropout_keep_mask, so every backend agrees.
-import torch
 import triton
 import triton.language as tl
-
-
-def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The kernels' accumulator and float partials dtype for inputs of `dtype`: float32, or float64 for float64
-    (which runs only under the interpreter, for gradcheck)."""
-    return torch.promote_types(dtype, torch.float32)
-
-
-def accumulator_type(dtype: torch.dtype):
-    """accumulator_dtype as the kernels' ACC constexpr."""
-    return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 @triton.jit

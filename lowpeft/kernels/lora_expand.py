@@ -8,8 +8,8 @@
 import triton
 import triton.language as tl
 
-from ._tuning import ceil_div, expand_configs, launch_autotuned, token_bucket
-from .lora_common import accumulator_type, dropout_keep_scale, mma
+from ._tuning import accumulator_type, ceil_div, expand_configs, launch_autotuned, token_bucket
+from .lora_common import dropout_keep_scale, mma
 
 
 # restore_value: the kernel accumulates into out, so each config the autotuner times must start from the

@@ -11,9 +11,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._tuning import (ceil_div, expand_grad_a_configs, launch_autotuned, prune_expand_grad_a_configs, token_bucket,
-                      token_slices)
-from .lora_common import accumulator_dtype, accumulator_type, dropout_keep_scale, mma
+from ._tuning import (accumulator_dtype, accumulator_type, ceil_div, expand_grad_a_configs, launch_autotuned,
+                       prune_expand_grad_a_configs, token_bucket, token_slices)
+from .lora_common import dropout_keep_scale, mma
 
 
 @triton.autotune(

@@ -15,9 +15,9 @@
 import triton
 import triton.language as tl
 
-from ._tuning import (RANK_CHUNK, ceil_div, forward_tma_configs, gemm_configs, multiprocessor_count, prune_gemm_configs,
-                      tma_ready, token_bucket)
-from .lora_common import accumulator_type, grouped_tile, mma
+from ._tuning import (RANK_CHUNK, accumulator_type, ceil_div, forward_tma_configs, gemm_configs, multiprocessor_count,
+                       prune_gemm_configs, tma_ready, token_bucket)
+from .lora_common import grouped_tile, mma
 
 
 @triton.jit

@@ -11,8 +11,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._tuning import ceil_div, prune_rank_accumulator_configs, split_t_configs, token_bucket, token_slices
-from .lora_common import accumulator_dtype, accumulator_type, dropout_keep_scale, mma
+from ._tuning import (accumulator_dtype, accumulator_type, ceil_div, prune_rank_accumulator_configs, split_t_configs,
+                       token_bucket, token_slices)
+from .lora_common import dropout_keep_scale, mma
 
 
 @triton.autotune(

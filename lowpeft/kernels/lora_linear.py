@@ -24,9 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import reference
-from ._tuning import FUSED_RANK_LIMIT, interpreting, padded_rank
+from ._tuning import FUSED_RANK_LIMIT, accumulator_dtype, interpreting, padded_rank
 from .lora_backward_dx import lora_dx_gemm
-from .lora_common import accumulator_dtype
 from .lora_expand import lora_expand_add
 from .lora_expand_grad_A import lora_expand_add_grad_A
 from .lora_forward import lora_forward_gemm
@@ -213,9 +212,9 @@ def lora_linear_bwd(grad_out, x, weight, lora_A, lora_B, shrink, scaling: float,
     if need_dx or need_dA:
         fuse_ds = not cublas and need_dx and rank_padded <= FUSED_RANK_LIMIT and width > 0
         if cublas:
-            d_shrink = _scaled_mm(lora_B[0], grad_out, lora_B, scaling).to(accumulator_dtype(dtype))
+            d_shrink = _scaled_mm(lora_B[0], grad_out, lora_B, scaling).to(shrink.dtype)
         else:
-            d_shrink = torch.empty(tokens, rank, dtype=accumulator_dtype(dtype), device=device)
+            d_shrink = torch.empty(tokens, rank, dtype=shrink.dtype, device=device)
         if not cublas and not fuse_ds:
             lora_shrink(grad_out, lora_B, d_shrink, scale=scaling, seed=0, threshold=0, inv_keep=1.0,
                         has_dropout=False, **dot_args)

@@ -8,8 +8,8 @@
 import triton
 import triton.language as tl
 
-from ._tuning import ceil_div, launch_autotuned, row_block_configs, token_bucket
-from .lora_common import accumulator_type, dropout_keep_scale, mma
+from ._tuning import accumulator_type, ceil_div, launch_autotuned, row_block_configs, token_bucket
+from .lora_common import dropout_keep_scale, mma
 
 
 @triton.autotune(configs=row_block_configs(), key=["T_BUCKET", "K", "R_PAD", "HAS_DROPOUT"])
