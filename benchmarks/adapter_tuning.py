@@ -52,9 +52,12 @@ def sweep_columns(inputs, tokens, dim, bottleneck):
     column tile with the split counts its factors give and a few forced ones (2 ... 32, within the partials' memory
     cap): small shapes pay for partials (splits × 2·M·D float32 written and read back) as much as for filling
     the GPU."""
+    block_m = max(16, 1 << (bottleneck - 1).bit_length())
+    if kernels.wide_bottleneck(block_m):
+        print("    no column kernels at this width (the wide path: benchmarks/diag/adapter_wide_sweep.py)")
+        return
     args = [inputs[k].detach() for k in ("h", "down_weight", "down_bias", "up_weight", "up_bias")]
     _, z = kernels.bottleneck_adapter_fwd(*args, "gelu", 1.0)
-    block_m = max(16, 1 << (bottleneck - 1).bit_length())
     default = kernels.column_block_config(block_m, dim)
     original = kernels.column_block_config, kernels._t_splits
     default_tile, default_factor, default_per_sm = default[:4], default[4], default[5]

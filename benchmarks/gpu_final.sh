@@ -42,7 +42,8 @@
 #                                    the adapter op tests (stop at the first failure)
 #   benchmarks/gpu_final.sh adapter_final  the adapter benchmark at M = 16, 64, 256 (torch.compile too); the native
 #                                    adapter tests
-#   benchmarks/gpu_final.sh adapter_tests  tests/test_adapter_op.py on the GPU (stop at the first failure)
+#   benchmarks/gpu_final.sh adapter_tests  tests/test_adapter_op.py on the GPU (stop at the first failure); then the
+#                                    dispatch and adapter-module tests
 #   benchmarks/gpu_final.sh adapter_check  per-kernel adapter times at M = 64 / 256; the adapter benchmark; its tests
 #   benchmarks/gpu_final.sh adapter_small  per-kernel adapter times and the backward column-tile / split sweep (graph
 #                                    timing) at 4096 x 1024 and 8192 x 4096, M = 16 / 64
@@ -63,6 +64,13 @@
 #                                    cuBLAS GEMMs' time goes against the 2x-eager target)
 #   benchmarks/gpu_final.sh adapter_cuda  build; the native adapter tests and the adapter op's cuda cases; the cuda
 #                                    backend's per-kernel times; the adapter benchmark (graph timing)
+#   benchmarks/gpu_final.sh adapter_gemm  build; the wide-bottleneck path of the triton adapter backend against the
+#                                    floor, eager and cuda (benchmarks/diag/adapter_wide_probe.py); the adapter op tests
+#   benchmarks/gpu_final.sh adapter_sweep  the triton adapter kernels' tiles at wide bottlenecks, each kernel alone,
+#                                    next to cuBLAS doing the same GEMM (benchmarks/diag/adapter_wide_sweep.py); then
+#                                    the wide path's probe (adapter_wide_probe.py)
+#   benchmarks/gpu_final.sh adapter_wide_final  build; the adapter benchmark at M = 16, 64, 128, 256 (graph timing,
+#                                    floor / triton / cuda / eager); the adapter op tests on the GPU
 # Every step has its own time limit so one slow step cannot starve the rest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -274,6 +282,28 @@ case "${1:-layers}" in
       -k "dispatch or auto_takes or wider_than" > "$OUT/gpu_dispatch_tests.log" 2>&1
     echo "dispatch pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_dispatch_tests.log" | tail -6
     ;;
+  adapter_wide_final)
+    timeout 240 python3 benchmarks/bench_adapter.py --bottlenecks 16,64,128,256 --timing graph --no-breakdown \
+      --providers floor,triton,cuda,eager --json "$OUT/adapter_h100_graphs.json" \
+      --md "$OUT/adapter_h100_graphs.md" > "$OUT/adapter_h100_graphs.log" 2>&1
+    echo "adapter bench exit $?"; grep "^| " "$OUT/adapter_h100_graphs.md" | cut -c1-300
+    LOWPEFT_AUTOTUNE=0 LOWPEFT_HYPOTHESIS_EXAMPLES=3 timeout 260 python3 -m pytest -p no:cacheprovider -rfE -q -x \
+      tests/test_adapter_op.py > "$OUT/gpu_adapter_op_tests.log" 2>&1
+    echo "adapter op pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed|Error" "$OUT/gpu_adapter_op_tests.log" | tail -12
+    ;;
+  adapter_sweep)
+    timeout 250 python3 benchmarks/diag/adapter_wide_sweep.py --no-rows > "$OUT/adapter_wide_sweep.log" 2>&1
+    echo "sweep exit $?"; grep -v "Warning\|_warn_once\|capture_end" "$OUT/adapter_wide_sweep.log" | cut -c1-200
+    timeout 240 python3 benchmarks/diag/adapter_wide_probe.py > "$OUT/adapter_wide_probe.log" 2>&1
+    echo "probe exit $?"; grep -v "Warning\|_warn_once\|run_backward" "$OUT/adapter_wide_probe.log" | cut -c1-260
+    ;;
+  adapter_gemm)
+    timeout 330 python3 benchmarks/diag/adapter_wide_probe.py > "$OUT/adapter_wide_probe.log" 2>&1
+    echo "probe exit $?"; grep -v "Warning\|_warn_once\|run_backward" "$OUT/adapter_wide_probe.log" | cut -c1-260
+    LOWPEFT_AUTOTUNE=0 LOWPEFT_HYPOTHESIS_EXAMPLES=3 timeout 200 python3 -m pytest -p no:cacheprovider -rfE -q -x \
+      tests/test_adapter_op.py > "$OUT/gpu_adapter_op_tests.log" 2>&1
+    echo "adapter op pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed|Error" "$OUT/gpu_adapter_op_tests.log" | tail -12
+    ;;
   adapter_cuda)
     LOWPEFT_AUTOTUNE=0 LOWPEFT_HYPOTHESIS_EXAMPLES=3 timeout 200 python3 -m pytest -p no:cacheprovider -rfE -q \
       tests/test_native_backends.py tests/test_adapter_op.py tests/test_dispatch.py -k "adapter and (cuda or native) or dispatch" \
@@ -344,9 +374,12 @@ case "${1:-layers}" in
     echo "merged probe exit $?"; grep -v "Warning\|_warn_once" "$OUT/merged_weight_probe.log" | cut -c1-220
     ;;
   adapter_tests)
-    LOWPEFT_HYPOTHESIS_EXAMPLES=2 timeout 480 python3 -m pytest -x -q -p no:cacheprovider -rfE tests/test_adapter_op.py \
-      > "$OUT/gpu_adapter_tests.log" 2>&1
+    LOWPEFT_AUTOTUNE=0 LOWPEFT_HYPOTHESIS_EXAMPLES=2 timeout 400 python3 -m pytest -x -q -p no:cacheprovider -rfE \
+      tests/test_adapter_op.py > "$OUT/gpu_adapter_tests.log" 2>&1
     echo "adapter pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed|%" "$OUT/gpu_adapter_tests.log" | tail -6
+    LOWPEFT_AUTOTUNE=0 LOWPEFT_HYPOTHESIS_EXAMPLES=2 timeout 90 python3 -m pytest -x -q -p no:cacheprovider -rfE \
+      tests/test_dispatch.py tests/test_adapter_module.py > "$OUT/gpu_adapter_dispatch_tests.log" 2>&1
+    echo "dispatch / module pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_adapter_dispatch_tests.log" | tail -6
     ;;
   adapter_search)
     timeout 120 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_native_backends.py -k "adapter" \

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from lowpeft.ops import _dispatch
-from lowpeft.ops.bottleneck_adapter import AUTO_TRITON_MAX_BOTTLENECK, MAX_TRITON_BOTTLENECK, adapter_auto_order
+from lowpeft.ops.bottleneck_adapter import (AUTO_TRITON_MAX_BOTTLENECK, AUTO_TRITON_MAX_WIDE_WORK, MAX_TRITON_BOTTLENECK,
+                                            adapter_auto_order)
 
 
 @pytest.fixture
@@ -30,10 +31,10 @@ def availability(monkeypatch):
     return unavailable
 
 
-def _adapter_pick(bottleneck, dtype=torch.bfloat16, device_type="cuda"):
+def _adapter_pick(bottleneck, dtype=torch.bfloat16, device_type="cuda", work=None):
     """As lowpeft.ops.bottleneck_adapter resolves its backend."""
     return _dispatch.resolve("auto", torch.device(device_type),
-                             auto_order=adapter_auto_order(device_type, bottleneck, dtype))
+                             auto_order=adapter_auto_order(device_type, bottleneck, dtype, work))
 
 
 def test_adapter_order_by_bottleneck_width():
@@ -41,18 +42,27 @@ def test_adapter_order_by_bottleneck_width():
     assert adapter_auto_order("cuda", AUTO_TRITON_MAX_BOTTLENECK) is None
     assert adapter_auto_order("cuda", AUTO_TRITON_MAX_BOTTLENECK + 1) == ("cuda", "triton", "torch")
     assert adapter_auto_order("cuda", MAX_TRITON_BOTTLENECK) == ("cuda", "triton", "torch")
+    # Wide bottlenecks on small work (tokens · dim · bottleneck) stay with triton; unknown work counts as large.
+    assert adapter_auto_order("cuda", 128, work=AUTO_TRITON_MAX_WIDE_WORK) is None
+    assert adapter_auto_order("cuda", 256, work=4096 * 1024 * 256) is None
+    assert adapter_auto_order("cuda", 128, work=AUTO_TRITON_MAX_WIDE_WORK + 1) == ("cuda", "triton", "torch")
+    assert adapter_auto_order("cuda", 16, work=2**40) is None
+    assert adapter_auto_order("cuda", MAX_TRITON_BOTTLENECK + 1, work=1) == ("cuda", "torch")
+    assert adapter_auto_order("cuda", 128, torch.float64, work=1) == ("cuda", "torch")
     assert adapter_auto_order("cuda", MAX_TRITON_BOTTLENECK + 1) == ("cuda", "torch")
     assert adapter_auto_order("cuda", 16, torch.float64) == ("cuda", "torch")
     assert adapter_auto_order("cuda", 16, torch.float32) is None
     assert adapter_auto_order("cpu", 4096) is None
 
 
-def test_auto_on_cuda_picks_triton_for_narrow_adapters_and_cuda_for_wide_ones(availability):
+def test_auto_on_cuda_picks_triton_for_narrow_adapters_and_cuda_for_wide_ones_on_large_work(availability):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert _adapter_pick(16) == "triton"
         assert _adapter_pick(AUTO_TRITON_MAX_BOTTLENECK) == "triton"
         assert _adapter_pick(AUTO_TRITON_MAX_BOTTLENECK + 1) == "cuda"
+        assert _adapter_pick(MAX_TRITON_BOTTLENECK, work=8192 * 4096 * MAX_TRITON_BOTTLENECK) == "cuda"
+        assert _adapter_pick(MAX_TRITON_BOTTLENECK, work=4096 * 1024 * MAX_TRITON_BOTTLENECK) == "triton"
         assert _adapter_pick(MAX_TRITON_BOTTLENECK + 1) == "cuda"
         # The default order is untouched for everything else.
         assert _dispatch.resolve("auto", torch.device("cuda"), torch.bfloat16) == "triton"
@@ -81,6 +91,18 @@ def test_auto_without_the_cuda_extension_warns_once_and_takes_the_next(availabil
         assert _adapter_pick(MAX_TRITON_BOTTLENECK + 1) == "torch"
 
 
+def test_the_adapter_op_gives_auto_its_work(monkeypatch):
+    # work = tokens · dim · bottleneck of the call, leading dimensions flattened.
+    import importlib
+
+    adapter_op = importlib.import_module("lowpeft.ops.bottleneck_adapter")  # the module, not the function it exports
+    calls = []
+    monkeypatch.setattr(adapter_op, "adapter_auto_order", lambda *args: calls.append(args) or None)
+    h = torch.randn(2, 5, 16)
+    adapter_op.bottleneck_adapter(h, torch.randn(4, 16), None, torch.randn(16, 4), None, backend="torch")
+    assert calls == [("cpu", 4, torch.float32, 2 * 5 * 16 * 4)]
+
+
 def test_auto_on_the_cpu_ignores_the_width(availability):
     assert _adapter_pick(16, torch.float32, "cpu") == "cpu"
     assert _adapter_pick(1024, torch.float32, "cpu") == "cpu"
@@ -102,7 +124,8 @@ def test_the_report_says_what_auto_picks_for_adapters(availability):
     assert report["auto"]["picks"] == "triton"
     assert report["auto"]["adapter_picks"] == {
         f"bottleneck <= {AUTO_TRITON_MAX_BOTTLENECK}": "triton",
-        f"bottleneck > {AUTO_TRITON_MAX_BOTTLENECK}": "cuda",
+        f"bottleneck > {AUTO_TRITON_MAX_BOTTLENECK}, tokens·dim·bottleneck <= 2^32": "triton",
+        f"bottleneck > {AUTO_TRITON_MAX_BOTTLENECK}, tokens·dim·bottleneck > 2^32": "cuda",
     }
 
 
@@ -114,7 +137,8 @@ def test_the_report_warns_of_nothing_and_every_entry_has_a_reason(availability):
         warnings.simplefilter("error")
         report = _dispatch.backends("cuda")
     assert report["cuda"] == {"available": False, "reason": "faked as missing"}
-    assert report["auto"]["adapter_picks"][f"bottleneck > {AUTO_TRITON_MAX_BOTTLENECK}"] == "triton"
+    assert report["auto"]["adapter_picks"][
+        f"bottleneck > {AUTO_TRITON_MAX_BOTTLENECK}, tokens·dim·bottleneck > 2^32"] == "triton"
     assert all("reason" in entry and "available" in entry for entry in report.values())
     assert report["auto"]["reason"] is None
     with pytest.warns(UserWarning, match="uses 'triton' because 'cuda' is unavailable"):

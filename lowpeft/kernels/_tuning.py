@@ -47,7 +47,7 @@ def _tuned(configs: list[triton.Config]) -> list[triton.Config]:
 _chosen_configs: dict = {}
 
 
-def launch_autotuned(kernel, grid, key: tuple, args: tuple, constants: dict, prune=None) -> None:
+def launch_autotuned(kernel, grid, key: tuple, args: tuple, constants: dict, prune=None) -> dict:
     """Launch a triton.autotune'd kernel whose configs have no pre-hook. `key` is the launcher's own tuple of
     what decides the config: the autotune key's values, the operands' dtypes and the device. The first call per
     key goes through the autotuner (which tunes and runs); later calls launch the remembered config through the
@@ -55,16 +55,17 @@ def launch_autotuned(kernel, grid, key: tuple, args: tuple, constants: dict, pru
     ~65 µs of a Triton launch's ~200 µs, run 24's cProfile). Under LOWPEFT_AUTOTUNE=0 with a `prune` function,
     the first config it keeps is launched without the autotuner, which would still benchmark a lone pruned
     config on a key's first call (do_bench's 256 MB L2-flush buffer and restore copies: +320 MiB of peak memory
-    in the LoRA dropout step, run 31)."""
+    in the LoRA dropout step, run 31). Returns the launched config's meta-parameters."""
     config = _chosen_configs.get((kernel, key))
     if config is None:
         if prune is None or autotuning():
             kernel[grid](*args, **constants)
-            _chosen_configs[(kernel, key)] = kernel.best_config.all_kwargs()
-            return
+            config = _chosen_configs[(kernel, key)] = kernel.best_config.all_kwargs()
+            return config
         chosen = prune(kernel.configs, dict(zip(kernel.fn.arg_names, args)), **constants)[0]
         config = _chosen_configs[(kernel, key)] = chosen.all_kwargs()
     kernel.fn[grid](*args, **constants, **config)
+    return config
 
 
 def ceil_div(numerator: int, denominator: int) -> int:

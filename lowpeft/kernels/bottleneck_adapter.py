@@ -2,16 +2,21 @@
 # out = h + s · (act(h W_downᵀ + b_down) W_upᵀ + b_up) and its backward, no [T, D] temporary reaching memory.
 #
 # Kernels (no autograd, no nn; called by lowpeft/ops/bottleneck_adapter.py):
-#   down           one program per block of rows: z = h W_downᵀ + b_down over all of D (saved, float32) and
-#                  a = act(z) in h's dtype ([T, M], for the up kernel). One read of h.
+#   down           one program per block of rows and bottleneck chunk: z = h W_downᵀ + b_down over all of D (saved,
+#                  float32) and a = act(z) in h's dtype ([T, M], for the up kernel). One read of h per chunk.
 #   up             one program per [rows × columns] tile: out = h + s · (a W_upᵀ + b_up). One read of h, one write.
-#   backward_rows  one program per block of rows: da = s · g W_up over all of D, then dz = da ⊙ act'(z) and
-#                  a = act(z), both written as [T, M] in h's dtype. One read of g.
+#   backward_rows  one program per block of rows and bottleneck chunk: da = s · g W_up over all of D, then
+#                  dz = da ⊙ act'(z) and a = act(z), both written as [T, M] in h's dtype. One read of g per chunk.
 #   backward_cols  a (D chunks × T splits) grid per side, both sides in one launch or one launch each (per shape,
 #                  column_block_config): a g-side program reads g once, writes dh = g + dz W_down and keeps
 #                  dW_up, db_up of its D chunk as float32 accumulators over its T range; an h-side program reads h
 #                  once for dW_down (and db_down from the small dz). Both write split-T partials that `reduce`
 #                  sums in a fixed order (deterministic).
+# Bottlenecks wider than 64 (wide_bottleneck) take another path, as the column programs' [BLOCK_D, M] float32
+# accumulators no longer fit in registers: the row kernels in bottleneck chunks (bottleneck_chunk), `up_columns`
+# for out and for dh = g + dz W_down (one program per D chunk and T split, its W slice loaded once), dW_up and
+# dW_down as two torch.mm GEMMs into the gradients, and `bias_sums` summing per-block bias partials (db_down from
+# backward_rows, db_up from up_columns) in a fixed order.
 # Trade-off: z needs a reduction over all of D before any output column can be written, so neither direction
 # can be one pass. The forward reads h twice and the backward g twice (7 passes over a [T, D] tensor for
 # forward + backward against 4 for the copy floor): a single forward kernel that kept the row block for its
@@ -22,7 +27,9 @@
 # while dz needs all of D, hence the split-T partials (splits × D × M, small next to h); dW_up and dW_down live
 # in separate programs so each keeps one accumulator in registers (one program holding both spilled,
 # benchmarks/NOTES_adapter.md); where it measured faster the two sides share one launch, so neither waits for the
-# other's tail. The [T, M] tensors a and dz are re-read once per D chunk, from L2.
+# other's tail. The [T, M] tensors a and dz are re-read once per D chunk, from L2. The wide path's GEMMs reach
+# cuBLAS's speed but not the two-passes-in-one overlap the narrow path has, so at large work the cuda backend's
+# cuBLAS GEMMs are faster and backend="auto" takes them (lowpeft/ops/bottleneck_adapter.adapter_auto_order).
 # Bottleneck widths are padded to a power of two ≥ 16 with masks; all offsets along T are 64-bit.
 from __future__ import annotations
 
@@ -60,6 +67,7 @@ def row_block_configs():
         triton.Config({"BLOCK_T": 64, "BLOCK_D": 128}, num_warps=8, num_stages=3),
         triton.Config({"BLOCK_T": 64, "BLOCK_D": 64}, num_warps=4, num_stages=4),
         triton.Config({"BLOCK_T": 128, "BLOCK_D": 64}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_T": 128, "BLOCK_D": 128}, num_warps=8, num_stages=3),
         triton.Config({"BLOCK_T": 16, "BLOCK_D": 128}, num_warps=4, num_stages=3),
         triton.Config({"BLOCK_T": 16, "BLOCK_D": 256}, num_warps=4, num_stages=3),
         triton.Config({"BLOCK_T": 32, "BLOCK_D": 32}, num_warps=4, num_stages=2),
@@ -69,24 +77,25 @@ def row_block_configs():
 _SHARED_MEMORY_BUDGET = 200 * 1024
 
 
-def _row_block_shared_memory(config, block_m: int, element_size: int) -> int:
+def _row_block_shared_memory(config, chunk: int, element_size: int) -> int:
     """Shared memory of a row-block kernel's software pipeline: (stages - 1) buffers of one [BLOCK_T, BLOCK_D]
-    activation tile and one [BLOCK_D, M] weight tile (matches the compiler's figure on sm_90)."""
-    tile = config.kwargs["BLOCK_T"] * config.kwargs["BLOCK_D"] + config.kwargs["BLOCK_D"] * block_m
+    activation tile and one [BLOCK_D, chunk] weight tile (matches the compiler's figure on sm_90)."""
+    tile = config.kwargs["BLOCK_T"] * config.kwargs["BLOCK_D"] + config.kwargs["BLOCK_D"] * chunk
     return max(1, config.num_stages - 1) * tile * element_size
 
 
 def prune_row_block_configs(configs, named_args, **kwargs):
     """Autotune only where it pays: below 2048 rows the first candidate is taken without benchmarking (small
     launches are bound by launch latency), and tiles whose [BLOCK_T, M] float32 accumulator would not fit in
-    registers (BLOCK_T × padded M > 8192) or whose pipeline would overflow shared memory are never tried. The
+    registers (BLOCK_T × M_CHUNK above 2048 per warp: 64 float32 registers a thread) or whose pipeline would
+    overflow shared memory are never tried. The
     last candidate, the small fallback that always fits, runs only where no other fits: left in the race it won
     one process's autotuning at 4096 × 1024, M = 64 with 26.5 µs for backward_rows against 9.4 µs for the usual
     winner (H100, runs 53 and 46; a few-µs kernel's benchmark is noisy)."""
-    block_m = kwargs.get("BLOCK_M", named_args.get("BLOCK_M"))
+    chunk = kwargs.get("M_CHUNK", named_args.get("M_CHUNK"))
     element_size = named_args["h_ptr" if "h_ptr" in named_args else "g_ptr"].element_size()
-    fitting = [c for c in configs[:-1] if c.kwargs["BLOCK_T"] * block_m <= 8192
-               and _row_block_shared_memory(c, block_m, element_size) <= _SHARED_MEMORY_BUDGET] or configs[-1:]
+    fitting = [c for c in configs[:-1] if c.kwargs["BLOCK_T"] * chunk <= 2048 * c.num_warps
+               and _row_block_shared_memory(c, chunk, element_size) <= _SHARED_MEMORY_BUDGET] or configs[-1:]
     if named_args["T_BUCKET"] < 2048:
         return fitting[:1]
     return fitting
@@ -127,8 +136,9 @@ class ColumnPlan(NamedTuple):
 
 
 def column_block_config(M_pad: int, D: int, element_size: int = 2) -> ColumnPlan:
-    """The backward column kernel's plan for a padded bottleneck M_pad and width D. Each program keeps one
-    [BLOCK_D, M] float32 accumulator (dW_up or dW_down). H100 measurements (bf16, graph timing):
+    """The backward column kernel's plan for a padded bottleneck M_pad ≤ 64 (wider ones take the wide path,
+    wide_bottleneck) and width D. Each program keeps one [BLOCK_D, M] float32 accumulator (dW_up or dW_down). H100
+    measurements (bf16, graph timing):
     - M ≤ 64: 64 rows × 128 columns, 4 warps, 3 stages, two programs per SM, the fastest for both sides at M = 16
       and 64 (8192 x 4096, benchmarks/diag/adapter_kernel_probe.py, run 44), the two sides as two launches (one
       launch ran the backward 11-15 µs slower at 8192 x 4096 and 50-64 µs at 16384 x 8192, run 56).
@@ -136,17 +146,54 @@ def column_block_config(M_pad: int, D: int, element_size: int = 2) -> ColumnPlan
       launch. There the split-T partials (splits × 2·M·D float32, written and read back) cost as much as the
       tiles, and each side alone leaves the GPU half idle: at 4096 x 1024 the step went 0.058 → 0.050 ms at
       M = 64 and 0.048 → 0.042 at M = 16 (runs 51, 56; run 54's sweep for the tile).
-    - Wider bottlenecks: 32 × 64 tiles, 4 warps, 4 stages and a split factor of 2 (run 50's sweep at M = 256), both
-      sides in one launch (8192 x 4096: 0.618 → 0.576 ms; 4096 x 1024: 0.164 → 0.125, run 56).
     4- and 8-byte elements take fewer rows per step so the pipeline fits in shared memory."""
     if interpreting():
         return ColumnPlan(16, 32, 4, 1, 1, 2, True)
-    if M_pad <= 64:
-        rows = {2: 64, 4: 32}.get(element_size, 16)
-        if ceil_div(D, 128) < 16:
-            return ColumnPlan(rows, 64, 4, 3, 1, 1, True)
-        return ColumnPlan(rows, 128, 4, 3, 1, 2, False)
-    return ColumnPlan(max(16, 64 // element_size), 64, 4, 4 if element_size <= 2 else 3, 2, 2, True)
+    rows = {2: 64, 4: 32}.get(element_size, 16)
+    if ceil_div(D, 128) < 16:
+        return ColumnPlan(rows, 64, 4, 3, 1, 1, True)
+    return ColumnPlan(rows, 128, 4, 3, 1, 2, False)
+
+
+def bottleneck_chunk(M_pad: int) -> int:
+    """The bottleneck columns one row-block program accumulates ([BLOCK_T, chunk] float32): all of a padded M up to
+    64, else halves as separate programs. H100, bf16, forward + backward, graph timing (run 77,
+    benchmarks/diag/adapter_wide_probe.py): at M = 256 one [32, 256] accumulator per program had down and
+    backward_rows at 89 and 94 µs for 8192 x 4096 (run 51), chunks of 128 take 41 and 49; chunks of 64 were slower
+    there (0.360 against 0.344 ms) but faster at M = 128 (0.295 against 0.308 ms; 4096 x 1024: 0.060 against
+    0.068)."""
+    return M_pad if M_pad <= 64 else M_pad // 2
+
+
+class UpColumnsPlan(NamedTuple):
+    """The wide-bottleneck up kernel's plan: its [BLOCK_T, BLOCK_D] output tile, warps, pipeline stages, and
+    programs per SM that its T splits aim for."""
+    block_t: int
+    block_d: int
+    warps: int
+    stages: int
+    programs_per_sm: int
+
+
+def up_columns_plan(M_pad: int, element_size: int = 2) -> UpColumnsPlan:
+    """For bottlenecks wider than 64 the up kernel (and dh's) runs per (D chunk, T split): each program keeps its
+    [M, BLOCK_D] slice of W_up on chip and walks its rows, so W_up is read once per program, not once per output
+    tile. H100, bf16 (run 77, benchmarks/diag/adapter_wide_sweep.py, the kernel alone): 64 x 128 tiles, 4 warps,
+    3 stages, 73 µs at 8192 x 4096, M = 256 against 75-90 µs as [rows × columns] tiles (a and W_up re-read for
+    every tile) and cuBLAS's 63 µs with the residual; at M = 128 two programs per SM (their W_up slices fit in
+    shared memory together) 53 µs against 63-73 µs for one. The copy floor of h and out is 45 µs: each program
+    waits for its tensor-core work between loads, so M = 256 is at memory + compute time."""
+    if interpreting():
+        return UpColumnsPlan(16, 32, 4, 1, 1)
+    return UpColumnsPlan(64 if element_size <= 2 else 32, 128, 4, 3, 2 if M_pad <= 128 else 1)
+
+
+def wide_bottleneck(M_pad: int) -> bool:
+    """Bottlenecks wider than 64 take the wide path: the up kernel (and dh's) per (D chunk, T split) with its W_up
+    slice on chip (up_columns_plan), and the backward's weight gradients from two GEMMs (torch.mm: dW_up = s · gᵀ a,
+    dW_down = dzᵀ h) with the bias sums from per-block partials, instead of the column kernels, whose
+    [BLOCK_D, M] float32 accumulators do not fit in registers there."""
+    return M_pad > 64
 
 
 @functools.lru_cache(maxsize=None)
@@ -250,7 +297,19 @@ def _column_program(pid_d, T, D, M, BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr
 # ----------------------------------------------------------------------------------------------------
 # kernels
 # ----------------------------------------------------------------------------------------------------
-@triton.autotune(configs=row_block_configs(), key=["T_BUCKET", "D", "BLOCK_M"],
+@triton.jit
+def _row_block_program(T, M, BLOCK_M: tl.constexpr, M_CHUNK: tl.constexpr, BLOCK_T: tl.constexpr):
+    # A row-block kernel's program: its rows (64-bit) and bottleneck columns. Programs of one row block run next
+    # to each other (bottleneck chunk fastest), so the chunks after the first read their rows from L2.
+    pid = tl.program_id(0)
+    chunk = pid % (BLOCK_M // M_CHUNK)
+    row_block = pid // (BLOCK_M // M_CHUNK)
+    rows = row_block.to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
+    cols_m = chunk * M_CHUNK + tl.arange(0, M_CHUNK)
+    return row_block, rows, rows < T, cols_m, cols_m < M
+
+
+@triton.autotune(configs=row_block_configs(), key=["T_BUCKET", "D", "BLOCK_M", "M_CHUNK"],
                  prune_configs_by={"early_config_prune": prune_row_block_configs})
 @triton.jit(do_not_specialize=["T_BUCKET"])
 def _down_kernel(
@@ -259,13 +318,11 @@ def _down_kernel(
     stride_h_t, stride_h_d, stride_dw_m, stride_dw_d, stride_db, stride_z_t, stride_a_t,
     HAS_DOWN_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
     PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, M_CHUNK: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
-    row_mask = rows < T
-    cols_m = tl.arange(0, BLOCK_M)
-    m_mask = cols_m < M
-    z = tl.zeros([BLOCK_T, BLOCK_M], dtype=ACC)
+    # z[rows, chunk] = h[rows] W_down[chunk]ᵀ + b_down[chunk] over all of D; a = act(z).
+    _, rows, row_mask, cols_m, m_mask = _row_block_program(T, M, BLOCK_M, M_CHUNK, BLOCK_T)
+    z = tl.zeros([BLOCK_T, M_CHUNK], dtype=ACC)
     for d0 in range(0, D, BLOCK_D):
         cols_d = d0 + tl.arange(0, BLOCK_D)
         d_mask = cols_d < D
@@ -314,24 +371,66 @@ def _up_kernel(
              mask=tile_mask)
 
 
-@triton.autotune(configs=row_block_configs(), key=["T_BUCKET", "D", "BLOCK_M"],
+@triton.jit
+def _up_columns_kernel(
+    h_ptr, a_ptr, up_w_ptr, up_b_ptr, out_ptr, column_sum_ptr,
+    T, D, M,
+    stride_h_t, stride_h_d, stride_a_t, stride_uw_d, stride_uw_m, stride_ub, stride_out_t,
+    scale,
+    HAS_UP_BIAS: tl.constexpr, STORE_OUT: tl.constexpr, COLUMN_SUMS: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    # A wide bottleneck's out = h + s · (a W_upᵀ + b_up) per (D chunk, T split): the chunk's [M, BLOCK_D] slice of
+    # W_up loaded once, then the split's rows. The backward runs it as dh = g + dz W_down (h := g, a := dz,
+    # W_up := W_downᵀ, s = 1, no bias), with COLUMN_SUMS storing the split's column sums of g (db_up's partial,
+    # [splits, D] in ACC) and STORE_OUT off where dh itself is not needed.
+    split, row_start, row_end, cols_d, d_mask, cols_m, m_mask = _column_program(tl.program_id(0), T, D, M, BLOCK_M,
+                                                                                BLOCK_T, BLOCK_D)
+    if STORE_OUT:
+        # Padded bottleneck rows load as zero (an Inf in h would make them Inf · 0 = NaN otherwise).
+        up_w = tl.load(up_w_ptr + cols_d[None, :] * stride_uw_d + cols_m[:, None] * stride_uw_m,
+                       mask=d_mask[None, :] & m_mask[:, None], other=0.0)
+        if HAS_UP_BIAS:
+            up_b = tl.load(up_b_ptr + cols_d * stride_ub, mask=d_mask, other=0.0).to(ACC)
+    column_sums = tl.zeros([BLOCK_D], dtype=ACC)
+    for t0 in range(row_start, row_end, BLOCK_T):
+        rows = t0 + tl.arange(0, BLOCK_T)
+        row_mask = rows < T  # the loop ends at row_end; only the last split's last tile can pass T
+        tile_mask = row_mask[:, None] & d_mask[None, :]
+        h = tl.load(h_ptr + rows[:, None] * stride_h_t + cols_d[None, :] * stride_h_d, mask=tile_mask, other=0.0)
+        if COLUMN_SUMS:
+            column_sums += tl.sum(h.to(ACC), axis=0)
+        if STORE_OUT:
+            a = tl.load(a_ptr + rows[:, None] * stride_a_t + cols_m[None, :],
+                        mask=row_mask[:, None] & m_mask[None, :], other=0.0)
+            up = _dot(a, up_w, tl.zeros([BLOCK_T, BLOCK_D], dtype=ACC), PRECISION, UPCAST)
+            if HAS_UP_BIAS:
+                up += up_b[None, :]
+            out = h.to(ACC) + scale * up
+            tl.store(out_ptr + rows[:, None] * stride_out_t + cols_d[None, :], out.to(out_ptr.dtype.element_ty),
+                     mask=tile_mask)
+    if COLUMN_SUMS:
+        tl.store(column_sum_ptr + split.to(tl.int64) * D + cols_d, column_sums, mask=d_mask)
+
+
+@triton.autotune(configs=row_block_configs(), key=["T_BUCKET", "D", "BLOCK_M", "M_CHUNK"],
                  prune_configs_by={"early_config_prune": prune_row_block_configs})
 @triton.jit(do_not_specialize=["T_BUCKET"])
 def _backward_rows_kernel(
-    g_ptr, up_w_ptr, z_ptr, a_ptr, dz_ptr,
+    g_ptr, up_w_ptr, z_ptr, a_ptr, dz_ptr, dz_sum_ptr,
     T, D, M, T_BUCKET,
     stride_g_t, stride_g_d, stride_uw_d, stride_uw_m, stride_z_t, stride_small_t,
     scale,
-    ACTIVATION: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    ACTIVATION: tl.constexpr, DZ_SUMS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, M_CHUNK: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
-    row_mask = rows < T
-    cols_m = tl.arange(0, BLOCK_M)
-    m_mask = cols_m < M
+    # da[rows, chunk] = s · g[rows] W_up[:, chunk] over all of D; dz = da ⊙ act'(z) and a = act(z), with DZ_SUMS
+    # the row block's column sums of dz (db_down's partial, [T blocks, M] float32).
+    row_block, rows, row_mask, cols_m, m_mask = _row_block_program(T, M, BLOCK_M, M_CHUNK, BLOCK_T)
     small_mask = row_mask[:, None] & m_mask[None, :]
     z = tl.load(z_ptr + rows[:, None] * stride_z_t + cols_m[None, :], mask=small_mask, other=0.0)
-    da = tl.zeros([BLOCK_T, BLOCK_M], dtype=z.dtype)
+    da = tl.zeros([BLOCK_T, M_CHUNK], dtype=z.dtype)
     for d0 in range(0, D, BLOCK_D):
         cols_d = d0 + tl.arange(0, BLOCK_D)
         d_mask = cols_d < D
@@ -344,6 +443,9 @@ def _backward_rows_kernel(
     small = rows[:, None] * stride_small_t + cols_m[None, :]
     tl.store(dz_ptr + small, dz.to(dz_ptr.dtype.element_ty), mask=small_mask)
     tl.store(a_ptr + small, _activation(z, ACTIVATION).to(a_ptr.dtype.element_ty), mask=small_mask)
+    if DZ_SUMS:
+        # Rows past T have z = 0 and g = 0, so their dz is 0.
+        tl.store(dz_sum_ptr + row_block.to(tl.int64) * M + cols_m, tl.sum(dz, axis=0), mask=m_mask)
 
 
 @triton.jit
@@ -481,13 +583,47 @@ def _reduce_kernel(
              mask=(offsets >= down_b_start) & mask)
 
 
+@triton.jit
+def _column_sum(partial_ptr, out_ptr, rows_total, width, factor, block, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    # out[cols] = factor · Σ rows of partial [rows_total, width] for column block `block`, rows in a fixed order.
+    cols = block * BLOCK_C + tl.arange(0, BLOCK_C)
+    col_mask = cols < width
+    total = tl.zeros([BLOCK_R, BLOCK_C], dtype=partial_ptr.dtype.element_ty)
+    for r0 in range(0, rows_total, BLOCK_R):
+        rows = r0 + tl.arange(0, BLOCK_R)
+        total += tl.load(partial_ptr + rows[:, None].to(tl.int64) * width + cols[None, :],
+                         mask=(rows < rows_total)[:, None] & col_mask[None, :], other=0.0)
+    tl.store(out_ptr + cols, (tl.sum(total, axis=0) * factor).to(out_ptr.dtype.element_ty), mask=col_mask)
+
+
+@triton.jit(do_not_specialize=["UP_ROWS", "DOWN_ROWS", "D", "M"])
+def _bias_sums_kernel(
+    up_partial_ptr, down_partial_ptr, d_up_b_ptr, d_down_b_ptr,
+    UP_ROWS, DOWN_ROWS, D, M, up_scale, down_scale,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    # The wide-bottleneck backward's bias gradients from its per-row-block column sums: db_up = s · Σ rows of
+    # [UP_ROWS, D] (the first programs), db_down = Σ rows of [DOWN_ROWS, M] (the rest).
+    pid = tl.program_id(0)
+    up_programs = tl.cdiv(D, BLOCK_C)
+    if pid < up_programs:
+        _column_sum(up_partial_ptr, d_up_b_ptr, UP_ROWS, D, up_scale, pid, BLOCK_R, BLOCK_C)
+    else:
+        _column_sum(down_partial_ptr, d_down_b_ptr, DOWN_ROWS, M, down_scale, pid - up_programs, BLOCK_R, BLOCK_C)
+
+
 # ----------------------------------------------------------------------------------------------------
 # launchers
 # ----------------------------------------------------------------------------------------------------
-def _launch_row_kernel(kernel, T: int, key: tuple, args: tuple, kwargs: dict) -> None:
-    """Launch an autotuned row-block kernel over the row blocks of T (the config remembered per key, see
-    _tuning.launch_autotuned)."""
-    launch_autotuned(kernel, lambda meta: (ceil_div(T, meta["BLOCK_T"]),), key, args, kwargs)
+def _launch_row_kernel(kernel, T: int, block_m: int, chunk: int, key: tuple, args: tuple, kwargs: dict) -> dict:
+    """Launch an autotuned row-block kernel over the row blocks of T, each in block_m / chunk bottleneck chunks
+    (the config remembered per key, see _tuning.launch_autotuned); returns the launched config."""
+    return launch_autotuned(kernel, lambda meta: (ceil_div(T, meta["BLOCK_T"]) * (block_m // chunk),), key, args,
+                            dict(kwargs, BLOCK_M=block_m, M_CHUNK=chunk))
+
+
+def _smallest_block_t(configs) -> int:
+    return min(config.kwargs["BLOCK_T"] for config in configs)
 
 
 def _check_supported(h: torch.Tensor, M: int) -> None:
@@ -530,26 +666,52 @@ def bottleneck_adapter_fwd(h, down_weight, down_bias, up_weight, up_bias, activa
         return out, z
     a = torch.empty((T, M), dtype=h.dtype, device=h.device)
     block_m, t_bucket = _padded_bottleneck(M), _t_bucket(T)
+    chunk = bottleneck_chunk(block_m)
     precision, upcast, acc = dot_precision(h.dtype), _upcast(h.dtype), accumulator_type(h.dtype)
     with _device_context(h):
         _launch_row_kernel(
-            _down_kernel, T, ("down", t_bucket, D, block_m, h.dtype, h.device),
+            _down_kernel, T, block_m, chunk, ("down", t_bucket, D, block_m, chunk, h.dtype, h.device),
             (h, down_weight, z if down_bias is None else down_bias, z, a, T, D, M, t_bucket,
              h.stride(0), h.stride(1), down_weight.stride(0), down_weight.stride(1),
              0 if down_bias is None else down_bias.stride(0), z.stride(0), a.stride(0)),
             dict(HAS_DOWN_BIAS=down_bias is not None, ACTIVATION=ACTIVATION_CODES[activation], PRECISION=precision,
-                 UPCAST=upcast, ACC=acc, BLOCK_M=block_m),
+                 UPCAST=upcast, ACC=acc),
         )
-        launch_autotuned(
-            _up_kernel, lambda meta: (ceil_div(T, meta["BLOCK_T"]), ceil_div(D, meta["BLOCK_D"])),
-            ("up", t_bucket, D, block_m, h.dtype, h.device),
-            (h, a, up_weight, z if up_bias is None else up_bias, out, T, D, M, t_bucket,
-             h.stride(0), h.stride(1), a.stride(0), up_weight.stride(0), up_weight.stride(1),
-             0 if up_bias is None else up_bias.stride(0), out.stride(0), float(scale)),
-            dict(HAS_UP_BIAS=up_bias is not None, PRECISION=precision, UPCAST=upcast, ACC=acc, BLOCK_M=block_m),
-            prune=prune_up_tile_configs,
-        )
+        if wide_bottleneck(block_m):
+            plan = up_columns_plan(block_m, h.element_size())
+            _launch_up_columns(h, a, up_weight.stride(0), up_weight.stride(1), up_weight, up_bias, out, None,
+                               float(scale), block_m, plan, _up_columns_splits(T, D, plan, h.device))
+        else:
+            launch_autotuned(
+                _up_kernel, lambda meta: (ceil_div(T, meta["BLOCK_T"]), ceil_div(D, meta["BLOCK_D"])),
+                ("up", t_bucket, D, block_m, h.dtype, h.device),
+                (h, a, up_weight, z if up_bias is None else up_bias, out, T, D, M, t_bucket,
+                 h.stride(0), h.stride(1), a.stride(0), up_weight.stride(0), up_weight.stride(1),
+                 0 if up_bias is None else up_bias.stride(0), out.stride(0), float(scale)),
+                dict(HAS_UP_BIAS=up_bias is not None, PRECISION=precision, UPCAST=upcast, ACC=acc, BLOCK_M=block_m),
+                prune=prune_up_tile_configs,
+            )
     return out, z
+
+
+def _up_columns_splits(T: int, D: int, plan: UpColumnsPlan, device: torch.device) -> int:
+    return _t_splits(T, D, plan.block_t, plan.block_d, 1, plan.programs_per_sm, device, memory_cap=T)
+
+
+def _launch_up_columns(h, a, stride_uw_d, stride_uw_m, up_weight, up_bias, out, column_sums, scale, block_m, plan,
+                       splits) -> None:
+    """The wide-bottleneck up kernel: out = h + scale · (a W_upᵀ + b_up), W_up [D, M] given by its strides (out
+    None: only the column sums of h, into column_sums [splits, D])."""
+    T, D = h.shape
+    _up_columns_kernel[(ceil_div(D, plan.block_d), splits)](
+        h, a, up_weight, h if up_bias is None else up_bias, h if out is None else out,
+        h if column_sums is None else column_sums, T, D, a.shape[1],
+        h.stride(0), h.stride(1), a.stride(0), stride_uw_d, stride_uw_m,
+        0 if up_bias is None else up_bias.stride(0), 0 if out is None else out.stride(0), scale,
+        HAS_UP_BIAS=up_bias is not None, STORE_OUT=out is not None, COLUMN_SUMS=column_sums is not None,
+        PRECISION=dot_precision(h.dtype), UPCAST=_upcast(h.dtype), ACC=accumulator_type(h.dtype),
+        BLOCK_M=block_m, BLOCK_T=plan.block_t, BLOCK_D=plan.block_d, num_warps=plan.warps, num_stages=plan.stages,
+    )
 
 
 def bottleneck_adapter_bwd(grad_out, h, down_weight, down_bias, up_weight, z, activation, scale, needs):
@@ -577,47 +739,107 @@ def bottleneck_adapter_bwd(grad_out, h, down_weight, down_bias, up_weight, z, ac
     if not (need_dh or need_weight_grads):
         return (None,) * 5
     block_m = _padded_bottleneck(M)
-    precision, upcast = dot_precision(h.dtype), _upcast(h.dtype)
     a, dz = torch.empty((2, T, M), dtype=h.dtype, device=h.device).unbind(0)
+    with _device_context(h):
+        if wide_bottleneck(block_m):
+            _backward_by_gemm(grad_out, h, down_weight, up_weight, z, a, dz, dh, weight_grads, activation, scale,
+                              needs, block_m)
+        else:
+            _backward_by_columns(grad_out, h, down_weight, up_weight, z, a, dz, dh, weight_grads, activation, scale,
+                                 needs, block_m)
+    return _select(dh, weight_grads, needs)
+
+
+def _launch_backward_rows(grad_out, up_weight, z, a, dz, dz_sums, activation, scale, block_m) -> dict:
+    T, D = grad_out.shape
+    M = z.shape[1]
+    chunk, t_bucket = bottleneck_chunk(block_m), _t_bucket(T)
+    return _launch_row_kernel(
+        _backward_rows_kernel, T, block_m, chunk,
+        ("backward_rows", t_bucket, D, block_m, chunk, dz_sums is not None, grad_out.dtype, grad_out.device),
+        (grad_out, up_weight, z, a, dz, z if dz_sums is None else dz_sums, T, D, M, t_bucket,
+         grad_out.stride(0), grad_out.stride(1), up_weight.stride(0), up_weight.stride(1), z.stride(0), a.stride(0),
+         float(scale)),
+        dict(ACTIVATION=ACTIVATION_CODES[activation], DZ_SUMS=dz_sums is not None,
+             PRECISION=dot_precision(grad_out.dtype), UPCAST=_upcast(grad_out.dtype)),
+    )
+
+
+def _backward_by_gemm(grad_out, h, down_weight, up_weight, z, a, dz, dh, weight_grads, activation, scale, needs,
+                      block_m) -> None:
+    """The wide-bottleneck backward: backward_rows (dz, a and db_down's per-block sums), the up kernel as
+    dh = g + dz W_down (and db_up's per-block sums of g), dW_up and dW_down as two torch.mm GEMMs straight into the
+    gradients, and one small launch summing the bias partials in a fixed order."""
+    need_dh, need_d_down_w, need_d_down_b, need_d_up_w, need_d_up_b = needs
+    T, D = h.shape
+    M = down_weight.shape[0]
+    acc_dtype = accumulator_dtype(h.dtype)
+    plan = up_columns_plan(block_m, h.element_size())
+    splits = _up_columns_splits(T, D, plan, h.device)
+    # db_down's per-row-block sums, sized for the smallest row block a candidate config may take; db_up's per split.
+    dz_sums = (torch.empty((ceil_div(T, _smallest_block_t(row_block_configs())), M), dtype=acc_dtype, device=h.device)
+               if need_d_down_b else None)
+    g_sums = torch.empty((splits, D), dtype=acc_dtype, device=h.device) if need_d_up_b else None
+    rows_config = _launch_backward_rows(grad_out, up_weight, z, a, dz, dz_sums, activation, scale, block_m)
+    if need_dh or need_d_up_b:
+        _launch_up_columns(grad_out, dz, down_weight.stride(1), down_weight.stride(0), down_weight, None, dh, g_sums,
+                           1.0, block_m, plan, splits)
+    if need_d_up_w:
+        # beta = 0: the uninitialised gradient buffer is never read (nor a NaN in it propagated).
+        weight_grads[2].addmm_(grad_out.t(), a, beta=0.0, alpha=float(scale))
+    if need_d_down_w:
+        torch.mm(dz.t(), h, out=weight_grads[0])
+    if need_d_down_b or need_d_up_b:
+        block_c = 128
+        up_width, down_width = D if need_d_up_b else 0, M if need_d_down_b else 0
+        _bias_sums_kernel[(ceil_div(up_width, block_c) + ceil_div(down_width, block_c),)](
+            z if g_sums is None else g_sums, z if dz_sums is None else dz_sums, weight_grads[3], weight_grads[1],
+            splits if need_d_up_b else 0,
+            ceil_div(T, rows_config["BLOCK_T"]) if need_d_down_b else 0,
+            up_width, down_width, float(scale), 1.0, BLOCK_R=32, BLOCK_C=block_c,
+        )
+
+
+def _backward_by_columns(grad_out, h, down_weight, up_weight, z, a, dz, dh, weight_grads, activation, scale, needs,
+                         block_m) -> None:
+    """The narrow-bottleneck backward: backward_rows, then the column kernels (dh, and the weight gradients'
+    split-T partials), then `reduce`."""
+    need_dh, need_d_down_w, need_d_down_b, need_d_up_w, need_d_up_b = needs
+    T, D = h.shape
+    M = down_weight.shape[0]
+    need_up_grads = need_d_up_w or need_d_up_b
+    need_weight_grads = weight_grads is not None
+    precision, upcast = dot_precision(h.dtype), _upcast(h.dtype)
     plan = column_block_config(block_m, D, h.element_size())
     partial_len = 2 * M * D + D + M
     # The split-T partials (float32, one [partial_len] row per split) stay no larger than h itself.
     splits = _t_splits(T, D, plan.block_t, plan.block_d, plan.split_factor, plan.programs_per_sm, h.device,
                        memory_cap=(T * D * h.element_size()) // (4 * partial_len))
     partials = torch.empty((splits, partial_len) if need_weight_grads else (0,), dtype=z.dtype, device=h.device)
-    with _device_context(h):
-        t_bucket = _t_bucket(T)
-        _launch_row_kernel(
-            _backward_rows_kernel, T, ("backward_rows", t_bucket, D, block_m, h.dtype, h.device),
-            (grad_out, up_weight, z, a, dz, T, D, M, t_bucket,
-             grad_out.stride(0), grad_out.stride(1), up_weight.stride(0), up_weight.stride(1), z.stride(0), a.stride(0),
-             float(scale)),
-            dict(ACTIVATION=ACTIVATION_CODES[activation], PRECISION=precision, UPCAST=upcast, BLOCK_M=block_m),
+    _launch_backward_rows(grad_out, up_weight, z, a, dz, None, activation, scale, block_m)
+    need_g_side, need_h_side = need_dh or need_up_grads, need_d_down_w or need_d_down_b
+    sides = [(need_dh, need_up_grads, need_d_down_w, need_d_down_b)]
+    if need_g_side and need_h_side and not plan.one_launch:
+        sides = [(need_dh, need_up_grads, False, False), (False, False, need_d_down_w, need_d_down_b)]
+    for side_dh, side_up, side_down_w, side_down_b in sides:
+        side_count = (side_dh or side_up) + (side_down_w or side_down_b)
+        _backward_cols_kernel[(ceil_div(D, plan.block_d) * side_count, splits)](
+            grad_out, h, down_weight, a, dz, dh if dh is not None else a, partials,
+            T, D, M, partial_len,
+            grad_out.stride(0), grad_out.stride(1), h.stride(0), h.stride(1), down_weight.stride(0),
+            down_weight.stride(1), a.stride(0), dh.stride(0) if dh is not None else 0,
+            float(scale),
+            NEED_DH=side_dh, NEED_UP_GRADS=side_up, NEED_DOWN_W=side_down_w, NEED_DOWN_B=side_down_b,
+            PRECISION=precision, UPCAST=upcast, ACC=accumulator_type(h.dtype),
+            BLOCK_M=block_m, BLOCK_T=plan.block_t, BLOCK_D=plan.block_d, num_warps=plan.warps,
+            num_stages=plan.stages,
         )
-        need_g_side, need_h_side = need_dh or need_up_grads, need_d_down_w or need_d_down_b
-        sides = [(need_dh, need_up_grads, need_d_down_w, need_d_down_b)]
-        if need_g_side and need_h_side and not plan.one_launch:
-            sides = [(need_dh, need_up_grads, False, False), (False, False, need_d_down_w, need_d_down_b)]
-        for side_dh, side_up, side_down_w, side_down_b in sides:
-            side_count = (side_dh or side_up) + (side_down_w or side_down_b)
-            _backward_cols_kernel[(ceil_div(D, plan.block_d) * side_count, splits)](
-                grad_out, h, down_weight, a, dz, dh if dh is not None else a, partials,
-                T, D, M, partial_len,
-                grad_out.stride(0), grad_out.stride(1), h.stride(0), h.stride(1), down_weight.stride(0),
-                down_weight.stride(1), a.stride(0), dh.stride(0) if dh is not None else 0,
-                float(scale),
-                NEED_DH=side_dh, NEED_UP_GRADS=side_up, NEED_DOWN_W=side_down_w, NEED_DOWN_B=side_down_b,
-                PRECISION=precision, UPCAST=upcast, ACC=accumulator_type(h.dtype),
-                BLOCK_M=block_m, BLOCK_T=plan.block_t, BLOCK_D=plan.block_d, num_warps=plan.warps,
-                num_stages=plan.stages,
-            )
-        if need_weight_grads:
-            block = 1024
-            _reduce_kernel[(ceil_div(partial_len, block),)](
-                partials, weight_grads[0], weight_grads[2], weight_grads[3], weight_grads[1], splits, D, M,
-                partial_len, BLOCK=block,
-            )
-    return _select(dh, weight_grads, needs)
+    if need_weight_grads:
+        block = 1024
+        _reduce_kernel[(ceil_div(partial_len, block),)](
+            partials, weight_grads[0], weight_grads[2], weight_grads[3], weight_grads[1], splits, D, M,
+            partial_len, BLOCK=block,
+        )
 
 
 def _select(dh, weight_grads, needs):

@@ -163,7 +163,8 @@ _resolve_for_device_type._dynamo_marked_constant = True
 
 def backends(device_type: str | None = None) -> dict[str, dict[str, object]]:
     """For each backend: whether it runs on the given device type (default: cuda if present, else cpu)
-    and, where it does not, why; for "auto" also what it picks (for LoRA, and for adapters by bottleneck width).
+    and, where it does not, why; for "auto" also what it picks (for LoRA, and for adapters by bottleneck width and
+    work, tokens · dim · bottleneck).
     A report: it warns of nothing (a missing backend is in its reason)."""
     if device_type is None:
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
@@ -173,9 +174,11 @@ def backends(device_type: str | None = None) -> dict[str, dict[str, object]]:
         report[name] = {"available": reason is None, "reason": reason}
     device = torch.device(device_type)
     # Imported here: the adapter's op module imports this one at its top.
-    from .bottleneck_adapter import AUTO_TRITON_MAX_BOTTLENECK, adapter_auto_order
+    from .bottleneck_adapter import AUTO_TRITON_MAX_BOTTLENECK, AUTO_TRITON_MAX_WIDE_WORK, adapter_auto_order
 
     narrow, wide = AUTO_TRITON_MAX_BOTTLENECK, AUTO_TRITON_MAX_BOTTLENECK + 1
+    work_limit = f"2^{AUTO_TRITON_MAX_WIDE_WORK.bit_length() - 1}"
+    small_work, large_work = f"tokens·dim·bottleneck <= {work_limit}", f"tokens·dim·bottleneck > {work_limit}"
 
     def pick(auto_order=None):
         return _resolve_for_device_type("auto", device.type, auto_order=auto_order, warn=False)
@@ -186,7 +189,9 @@ def backends(device_type: str | None = None) -> dict[str, dict[str, object]]:
         "picks": pick(),
         "adapter_picks": {
             f"bottleneck <= {narrow}": pick(adapter_auto_order(device_type, narrow)),
-            f"bottleneck > {narrow}": pick(adapter_auto_order(device_type, wide)),
+            f"bottleneck > {narrow}, {small_work}": pick(adapter_auto_order(device_type, wide,
+                                                                             work=AUTO_TRITON_MAX_WIDE_WORK)),
+            f"bottleneck > {narrow}, {large_work}": pick(adapter_auto_order(device_type, wide)),
         },
     }
     return report

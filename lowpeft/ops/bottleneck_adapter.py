@@ -23,26 +23,30 @@ from .. import _extension, reference
 from . import _dispatch
 
 __all__ = ["bottleneck_adapter", "saved_dtype", "MAX_TRITON_BOTTLENECK", "AUTO_TRITON_MAX_BOTTLENECK",
-           "adapter_auto_order"]
+           "AUTO_TRITON_MAX_WIDE_WORK", "adapter_auto_order"]
 
 MAX_TRITON_BOTTLENECK = 256  # = lowpeft.kernels.bottleneck_adapter.MAX_BOTTLENECK (not imported: it imports triton)
-# backend="auto" on CUDA, by bottleneck width M (H100, bf16, fwd + bwd, graph timing, benchmarks/results/
-# run53_adapter_widths_h100.md): up to M = 64 the triton kernels are fastest (8192 x 4096: 0.227 ms against the
-# cuda backend's 0.277); wider, the tiles' [rows, M] accumulators make them compute-bound and the cuda backend's
-# cuBLAS GEMMs win from M = 96 at 8192 x 4096 and 16384 x 8192 (M = 256: 0.617 against 0.341 ms). At 4096 x 1024
-# triton stays ahead up to M = 128 (0.077 against 0.092 ms); one rule for every shape keeps auto predictable.
+# backend="auto" on CUDA, by bottleneck width M and the call's work tokens · dim · M (H100, bf16, fwd + bwd, graph
+# timing, benchmarks/results/run78_adapter_wide_h100.md): up to M = 64 the triton kernels are fastest everywhere
+# (8192 x 4096: 0.227 ms against the cuda backend's 0.267). Wider, triton's wide path (its GEMM tiles in bottleneck
+# chunks, dW by torch.mm) still wins on small work (4096 x 1024, M = 256: 0.076 against 0.094 ms; 8192 x 4096,
+# M = 128, 2³² exactly: 0.267 against 0.299), and the cuda backend's cuBLAS GEMMs win on large work (8192 x 4096,
+# M = 256: 0.327 against 0.352 ms; 16384 x 8192, M = 128: 0.877 against 0.911).
 AUTO_TRITON_MAX_BOTTLENECK = 64
+AUTO_TRITON_MAX_WIDE_WORK = 2**32
 
 
-def adapter_auto_order(device_type: str, bottleneck: int, dtype: torch.dtype | None = None) -> tuple[str, ...] | None:
-    """The fastest-first backend order that backend="auto" tries for an adapter of this bottleneck width and
-    dtype on this device type (None: the device's default order, triton first on CUDA). The triton kernels take
-    bottlenecks up to MAX_TRITON_BOTTLENECK and no float64 on CUDA (an explicit backend="triton" says so)."""
+def adapter_auto_order(device_type: str, bottleneck: int, dtype: torch.dtype | None = None,
+                       work: int | None = None) -> tuple[str, ...] | None:
+    """The fastest-first backend order that backend="auto" tries for an adapter of this bottleneck width, dtype and
+    work (tokens · dim · bottleneck; None: unknown, taken as large) on this device type (None: the device's
+    default order, triton first on CUDA). The triton kernels take bottlenecks up to MAX_TRITON_BOTTLENECK and no
+    float64 on CUDA (an explicit backend="triton" says so)."""
     if device_type != "cuda":
         return None
     if dtype == torch.float64 or bottleneck > MAX_TRITON_BOTTLENECK:
         return ("cuda", "torch")
-    if bottleneck > AUTO_TRITON_MAX_BOTTLENECK:
+    if bottleneck > AUTO_TRITON_MAX_BOTTLENECK and (work is None or work > AUTO_TRITON_MAX_WIDE_WORK):
         return ("cuda", "triton", "torch")
     return None
 
@@ -303,7 +307,8 @@ def bottleneck_adapter(
         up_bias = None if up_bias is None else up_bias.to(dtype)
     _check_inputs(h, down_weight, down_bias, up_weight, up_bias, activation, scale)
     bottleneck = down_weight.shape[0]
-    name = _dispatch.resolve(backend, h.device, auto_order=adapter_auto_order(h.device.type, bottleneck, h.dtype))
+    name = _dispatch.resolve(backend, h.device,
+                             auto_order=adapter_auto_order(h.device.type, bottleneck, h.dtype, h.numel() * bottleneck))
     if name == "triton" and bottleneck > MAX_TRITON_BOTTLENECK:
         raise ValueError(
             f"down_weight: the triton backend takes a bottleneck of at most {MAX_TRITON_BOTTLENECK}, got "
