@@ -71,6 +71,9 @@
 #                                    the wide path's probe (adapter_wide_probe.py)
 #   benchmarks/gpu_final.sh adapter_wide_final  build; the adapter benchmark at M = 16, 64, 128, 256 (graph timing,
 #                                    floor / triton / cuda / eager); the adapter op tests on the GPU
+#   benchmarks/gpu_final.sh adapter_wide_check  build; the adapter op's GPU-only tests (benchmark sizes with wide
+#                                    float32 / float16 bottlenecks, matmul precision, auto, 64-bit offsets), the
+#                                    refused second-order gradients and non-finite weights on every backend
 # Every step has its own time limit so one slow step cannot starve the rest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -290,6 +293,12 @@ case "${1:-layers}" in
     LOWPEFT_AUTOTUNE=0 LOWPEFT_HYPOTHESIS_EXAMPLES=3 timeout 260 python3 -m pytest -p no:cacheprovider -rfE -q -x \
       tests/test_adapter_op.py > "$OUT/gpu_adapter_op_tests.log" 2>&1
     echo "adapter op pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed|Error" "$OUT/gpu_adapter_op_tests.log" | tail -12
+    ;;
+  adapter_wide_check)
+    LOWPEFT_HYPOTHESIS_EXAMPLES=2 timeout 330 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_adapter_op.py \
+      tests/test_lora_op.py -k "benchmark_sizes or float32_follows or auto_takes or 64_bit or rejects or second_order \
+      or non_finite" > "$OUT/gpu_adapter_wide_tests.log" 2>&1
+    echo "adapter pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed|Error" "$OUT/gpu_adapter_wide_tests.log" | tail -12
     ;;
   adapter_sweep)
     timeout 250 python3 benchmarks/diag/adapter_wide_sweep.py --no-rows > "$OUT/adapter_wide_sweep.log" 2>&1

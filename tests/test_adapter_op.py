@@ -177,6 +177,52 @@ def test_nan_and_inf_propagate_like_the_oracle(backend, device, dtype):
         assert torch.isfinite(out[[0, 1, 3, 5, 6]]).all()
 
 
+@pytest.mark.parametrize("bottleneck", [40, 100], ids=["narrow", "wide"])
+@pytest.mark.parametrize("backend,device,dtype", backend_params())
+def test_non_finite_weights_give_the_torch_backends_non_finite_gradients(backend, device, dtype, bottleneck):
+    # An Inf in W_up makes da (and dz) Inf or NaN in every row, the rows a kernel pads past T included: the bias
+    # gradients must sum real rows only (the wide path's db_down once summed a padded row's 0 · Inf = NaN).
+    args = _make_inputs(7, 33, bottleneck, dtype, device, seed=37)
+    args[3][3, 0] = float("inf")
+    grad_out = (torch.rand(7, 33, generator=torch.Generator().manual_seed(38), dtype=torch.float64) + 0.1).to(
+        device=device, dtype=dtype)
+    grads = {}
+    for name in (backend, "torch"):
+        leaves = [t.detach().clone().requires_grad_(True) for t in args]
+        out = bottleneck_adapter(*leaves, "relu", 0.5, backend=name)
+        grads[name] = torch.autograd.grad(out, leaves, grad_out)
+    for name, mine, theirs in zip(GRAD_NAMES, grads[backend], grads["torch"]):
+        assert torch.equal(torch.isnan(mine.cpu()), torch.isnan(theirs.cpu())), name
+        assert torch.equal(torch.isinf(mine.cpu()), torch.isinf(theirs.cpu())), name
+
+
+@pytest.mark.parametrize("backend,device,dtype", backend_params())
+def test_second_order_gradients_are_refused(backend, device, dtype):
+    # The backward is fused kernels (the torch backend: formulas around the saved pre-activation), so a
+    # create_graph=True graph through it would miss terms (its Hessian-vector product came out 8 % off): every
+    # backend refuses it by name instead.
+    args = _make_inputs(5, 8, 3, dtype, device, layout="3d", seed=39)
+    for t in args:
+        t.requires_grad_(True)
+    out = bottleneck_adapter(*args, "gelu", 0.5, backend=backend)
+    with pytest.raises(RuntimeError, match="bottleneck_adapter: second-order gradients .*create_graph=True"):
+        torch.autograd.grad(out.square().sum(), args[0], create_graph=True)
+    assert all(g is not None for g in torch.autograd.grad(out.square().sum(), args))
+
+
+def test_transposed_views_past_int32_column_offsets_are_copied_row_major():
+    # The kernels' offsets along D are 32-bit: a view whose (D - 1) · stride passes 2³¹ goes in as a row-major copy;
+    # anything smaller goes in as it is (meta tensors: the strides without the memory).
+    from lowpeft.kernels.bottleneck_adapter import column_offsets_fit
+
+    huge = torch.empty_strided((2, 3), (1, 2**30), device="meta")
+    assert column_offsets_fit(huge).stride() == (3, 1)
+    small = torch.empty_strided((2, 3), (1, 2**29), device="meta")
+    assert column_offsets_fit(small) is small
+    one_column = torch.empty_strided((2, 1), (1, 2**40), device="meta")
+    assert column_offsets_fit(one_column) is one_column
+
+
 @pytest.mark.parametrize("bottleneck", [24, 100], ids=["narrow", "wide"])
 @pytest.mark.parametrize("backend,device,dtype", backend_params())
 def test_inf_row_that_relu_zeroes_stays_finite(backend, device, dtype, bottleneck):
@@ -358,7 +404,8 @@ def test_auto_takes_every_width_and_dtype_on_cuda(bottleneck, dtype):
     [(1000, 4096, 64, torch.bfloat16, "gelu"), (300, 16384, 200, torch.bfloat16, "silu"),
      (129, 1024, 256, torch.bfloat16, "gelu_tanh"), (77, 8192, 16, torch.bfloat16, "relu"),
      (4100, 4096, 64, torch.bfloat16, "gelu"), (513, 4096, 64, torch.float32, "gelu"),
-     (200, 2048, 128, torch.float16, "silu")],
+     (200, 2048, 128, torch.float16, "silu"), (300, 2048, 256, torch.float32, "gelu"),
+     (4100, 1024, 100, torch.float32, "relu"), (257, 4096, 193, torch.float16, "gelu_tanh")],
 )
 def test_triton_at_benchmark_sizes(tokens, dim, bottleneck, dtype, activation):
     # 4100 rows: above the autotuning threshold, so the tuned configurations are checked too.
@@ -366,12 +413,22 @@ def test_triton_at_benchmark_sizes(tokens, dim, bottleneck, dtype, activation):
 
 
 @needs_cuda
-def test_triton_float32_follows_matmul_precision():
-    # "highest" (the default): IEEE float32, relative error far under tf32's ~1e-3.
-    args = _make_inputs(256, 1024, 64, torch.float32, "cuda", seed=14)
+@pytest.mark.parametrize("bottleneck", [64, 200], ids=["narrow", "wide"])
+def test_triton_float32_follows_matmul_precision(bottleneck):
+    # "highest" (the default): IEEE float32, relative error far under tf32's ~1e-3, the gradients too (the wide
+    # path's weight gradients come from torch.mm, which follows the same setting).
+    args = _make_inputs(256, 1024, bottleneck, torch.float32, "cuda", seed=14)
     ref = reference.bottleneck_adapter(*(t.double() for t in args), "gelu", 1.0)
     delta = lambda out: ((out.double() - ref).norm() / (ref - args[0].double()).norm()).item()  # noqa: E731
-    assert delta(bottleneck_adapter(*args, backend="triton")) < 1e-5
+    leaves = [t.requires_grad_(True) for t in args]
+    out = bottleneck_adapter(*leaves, backend="triton")
+    assert delta(out) < 1e-5
+    grad_out = torch.randn_like(out)
+    mine = torch.autograd.grad(out, leaves, grad_out)
+    wanted = torch.autograd.grad(reference.bottleneck_adapter(*(t.double() for t in leaves), "gelu", 1.0), leaves,
+                                 grad_out.double())
+    for name, got, want in zip(GRAD_NAMES, mine, wanted):
+        assert ((got.double() - want).norm() / want.norm()).item() < 1e-5, name
     previous = torch.get_float32_matmul_precision()
     try:
         torch.set_float32_matmul_precision("high")
@@ -381,10 +438,11 @@ def test_triton_float32_follows_matmul_precision():
 
 
 @needs_cuda
-def test_triton_64_bit_offsets():
+@pytest.mark.parametrize("bottleneck", [16, 100], ids=["narrow", "wide"])
+def test_triton_64_bit_offsets(bottleneck):
     # T·D > 2³¹: offsets along T must be 64-bit. The last rows are checked against the oracle; the weight
     # gradients (which reduce over every row) against the torch backend.
-    tokens, dim, bottleneck = (2**31) // 4096 + 64, 4096, 16
+    tokens, dim = (2**31) // 4096 + 64, 4096
     free, _ = torch.cuda.mem_get_info()
     if free < 6 * tokens * dim * 2:
         pytest.skip("not enough GPU memory for a T·D > 2³¹ test")

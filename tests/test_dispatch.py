@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from lowpeft.ops import _dispatch
-from lowpeft.ops.bottleneck_adapter import (AUTO_TRITON_MAX_BOTTLENECK, AUTO_TRITON_MAX_WIDE_WORK, MAX_TRITON_BOTTLENECK,
-                                            adapter_auto_order)
+from lowpeft.ops.bottleneck_adapter import (AUTO_TRITON_MAX_BOTTLENECK, AUTO_TRITON_MAX_WIDE_WORK,
+                                            MAX_TRITON_BOTTLENECK, adapter_auto_order)
 
 
 @pytest.fixture
@@ -145,18 +145,18 @@ def test_the_report_warns_of_nothing_and_every_entry_has_a_reason(availability):
         assert _adapter_pick(128) == "triton"
 
 
-def test_info_prints_the_adapter_picks_where_they_differ(capsys):
+def test_info_prints_the_adapter_picks_where_they_differ(capsys, availability):
     from lowpeft import cli
 
     report = {"versions": {}, "device": {"type": "cuda"}, "global_backend": "auto", "extension": "loaded",
               "backends": {"cuda": {"torch": {"available": True, "reason": None},
                                     "auto": {"available": True, "picks": "triton",
-                                             "adapter_picks": {"bottleneck <= 64": "triton",
-                                                               "bottleneck > 64": "cuda"}}}}}
+                                             "adapter_picks": _dispatch.backends("cuda")["auto"]["adapter_picks"]}}}}
     cli._print_info(report)
-    assert "auto    picks triton (bottleneck adapters, bottleneck <= 64: triton, bottleneck > 64: cuda)" in (
+    assert ("auto    picks triton (bottleneck adapters, bottleneck <= 64: triton, bottleneck > 64, "
+            "tokens·dim·bottleneck <= 2^32: triton, bottleneck > 64, tokens·dim·bottleneck > 2^32: cuda)") in (
         capsys.readouterr().out)
-    report["backends"]["cuda"]["auto"]["adapter_picks"]["bottleneck > 64"] = "triton"
+    report["backends"]["cuda"]["auto"]["adapter_picks"]["bottleneck > 64, tokens·dim·bottleneck > 2^32"] = "triton"
     cli._print_info(report)
     assert "auto    picks triton\n" in capsys.readouterr().out
 

@@ -111,6 +111,20 @@ def test_nan_and_inf_propagate_like_the_oracle(backend, device, dtype):
     assert torch.isfinite(y[[0, 1, 3, 5, 6]]).all()
 
 
+@pytest.mark.parametrize("backend,device,dtype", backend_params())
+def test_second_order_gradients_are_refused(backend, device, dtype):
+    # The backward is fused kernels (the torch backend: formulas around the saved shrink), so a create_graph=True
+    # graph through it would miss terms: every backend refuses it by name instead.
+    x, weight, bias, lora_A, lora_B = _make_inputs(5, 8, 6, 2, dtype, device, layout="3d", with_bias=True, seed=9)
+    for t in (x, lora_A, lora_B):
+        t.requires_grad_(True)
+    y = lora_linear(x, weight, bias, lora_A, lora_B, 0.5, backend=backend)
+    with pytest.raises(RuntimeError, match="lora_linear: second-order gradients .*create_graph=True"):
+        torch.autograd.grad(y.square().sum(), (x, lora_A), create_graph=True)
+    # First-order gradients are unaffected.
+    assert all(g is not None for g in torch.autograd.grad(y.square().sum(), (x, lora_A, lora_B)))
+
+
 @pytest.mark.parametrize("layout", ["2d", "3d"])
 @pytest.mark.parametrize("dropout_p", [0.0, 0.1])
 @pytest.mark.parametrize("backend,device,dtype", backend_params())

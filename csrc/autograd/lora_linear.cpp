@@ -55,6 +55,12 @@ class LoraLinearFunction : public torch::autograd::Function<LoraLinearFunction> 
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    // Grad mode is on inside a backward only under create_graph=True: refuse, as the Python ops do
+    // (lowpeft/ops/_double_backward.py), rather than record a graph that silently misses terms.
+    TORCH_CHECK(!at::GradMode::is_enabled(),
+                "native_lora_linear: second-order gradients (a backward with create_graph=True) are not supported: ",
+                "the backward runs fused kernels, so they would silently miss terms; compute them with plain ",
+                "PyTorch layers (lowpeft.reference)");
     const variable_list saved = ctx->get_saved_variables();
     const bool has_bias = ctx->saved_data["has_bias"].toBool();
     // needs_input_grad counts tensor arguments only: x, weight, [bias,] lora_A, lora_B.

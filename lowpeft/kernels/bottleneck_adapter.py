@@ -15,8 +15,8 @@
 # Bottlenecks wider than 64 (wide_bottleneck) take another path, as the column programs' [BLOCK_D, M] float32
 # accumulators no longer fit in registers: the row kernels in bottleneck chunks (bottleneck_chunk), `up_columns`
 # for out and for dh = g + dz W_down (one program per D chunk and T split, its W slice loaded once), dW_up and
-# dW_down as two torch.mm GEMMs into the gradients, and `bias_sums` summing per-block bias partials (db_down from
-# backward_rows, db_up from up_columns) in a fixed order.
+# dW_down as two torch.mm GEMMs into the gradients, and `bias_sums` summing the bias partials (db_down's per row
+# block from backward_rows, db_up's per T split from up_columns) in a fixed order.
 # Trade-off: z needs a reduction over all of D before any output column can be written, so neither direction
 # can be one pass. The forward reads h twice and the backward g twice (7 passes over a [T, D] tensor for
 # forward + backward against 4 for the copy floor): a single forward kernel that kept the row block for its
@@ -56,7 +56,7 @@ _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64
 # ----------------------------------------------------------------------------------------------------
 def row_block_configs():
     """Candidates for the two row-block kernels (forward, backward_rows), autotuned per (bucketed T, D, padded
-    M, dtype). The H100 autotuner (bf16, T 4096-16384, D 1024-8192, M 16-256; benchmarks/results/
+    M, bottleneck chunk, dtype). The H100 autotuner (bf16, T 4096-16384, D 1024-8192, M 16-256; benchmarks/results/
     adapter_tuning_h100.log) picked the first one almost everywhere, so it is also the untuned choice for small T;
     the 16-row tiles give a few thousand rows two programs per SM (4096 rows: 256 programs instead of 128); the
     last candidate is a small fallback that fits any shared-memory budget."""
@@ -86,15 +86,17 @@ def _row_block_shared_memory(config, chunk: int, element_size: int) -> int:
 
 def prune_row_block_configs(configs, named_args, **kwargs):
     """Autotune only where it pays: below 2048 rows the first candidate is taken without benchmarking (small
-    launches are bound by launch latency), and tiles whose [BLOCK_T, M] float32 accumulator would not fit in
-    registers (BLOCK_T × M_CHUNK above 2048 per warp: 64 float32 registers a thread) or whose pipeline would
-    overflow shared memory are never tried. The
+    launches are bound by launch latency), and tiles whose [BLOCK_T, M_CHUNK] float32 accumulator would not fit
+    in registers (above 2048 elements per warp: 64 float32 registers a thread) or whose pipeline would overflow
+    shared memory are never tried. The 128 × 128 tile (the wide path's best down tile in run 76's sweep) races
+    only for bottleneck chunks wider than 64, so narrow bottlenecks keep the candidates they were tuned with. The
     last candidate, the small fallback that always fits, runs only where no other fits: left in the race it won
     one process's autotuning at 4096 × 1024, M = 64 with 26.5 µs for backward_rows against 9.4 µs for the usual
     winner (H100, runs 53 and 46; a few-µs kernel's benchmark is noisy)."""
     chunk = kwargs.get("M_CHUNK", named_args.get("M_CHUNK"))
     element_size = named_args["h_ptr" if "h_ptr" in named_args else "g_ptr"].element_size()
     fitting = [c for c in configs[:-1] if c.kwargs["BLOCK_T"] * chunk <= 2048 * c.num_warps
+               and (chunk > 64 or c.kwargs["BLOCK_T"] * c.kwargs["BLOCK_D"] <= 8192)
                and _row_block_shared_memory(c, chunk, element_size) <= _SHARED_MEMORY_BUDGET] or configs[-1:]
     if named_args["T_BUCKET"] < 2048:
         return fitting[:1]
@@ -182,16 +184,20 @@ def up_columns_plan(M_pad: int, element_size: int = 2) -> UpColumnsPlan:
     3 stages, 73 µs at 8192 x 4096, M = 256 against 75-90 µs as [rows × columns] tiles (a and W_up re-read for
     every tile) and cuBLAS's 63 µs with the residual; at M = 128 two programs per SM (their W_up slices fit in
     shared memory together) 53 µs against 63-73 µs for one. The copy floor of h and out is 45 µs: each program
-    waits for its tensor-core work between loads, so M = 256 is at memory + compute time."""
+    waits for its tensor-core work between loads, so M = 256 is at memory + compute time.
+    4-byte elements take 32-row steps, and at M = 256 64-column chunks, so the W slice and two pipelined [rows, M]
+    and [rows, BLOCK_D] tiles stay within shared memory (256 x 128 float32 alone is 128 KB)."""
     if interpreting():
         return UpColumnsPlan(16, 32, 4, 1, 1)
-    return UpColumnsPlan(64 if element_size <= 2 else 32, 128, 4, 3, 2 if M_pad <= 128 else 1)
+    if element_size > 2:
+        return UpColumnsPlan(32, 128 if M_pad <= 128 else 64, 4, 3, 2 if M_pad <= 128 else 1)
+    return UpColumnsPlan(64, 128, 4, 3, 2 if M_pad <= 128 else 1)
 
 
 def wide_bottleneck(M_pad: int) -> bool:
     """Bottlenecks wider than 64 take the wide path: the up kernel (and dh's) per (D chunk, T split) with its W_up
     slice on chip (up_columns_plan), and the backward's weight gradients from two GEMMs (torch.mm: dW_up = s · gᵀ a,
-    dW_down = dzᵀ h) with the bias sums from per-block partials, instead of the column kernels, whose
+    dW_down = dzᵀ h) with the bias sums from per-row-block / per-split partials, instead of the column kernels, whose
     [BLOCK_D, M] float32 accumulators do not fit in registers there."""
     return M_pad > 64
 
@@ -426,7 +432,7 @@ def _backward_rows_kernel(
     BLOCK_M: tl.constexpr, M_CHUNK: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     # da[rows, chunk] = s · g[rows] W_up[:, chunk] over all of D; dz = da ⊙ act'(z) and a = act(z), with DZ_SUMS
-    # the row block's column sums of dz (db_down's partial, [T blocks, M] float32).
+    # the row block's column sums of dz (db_down's partial, [T blocks, M] in z's dtype).
     row_block, rows, row_mask, cols_m, m_mask = _row_block_program(T, M, BLOCK_M, M_CHUNK, BLOCK_T)
     small_mask = row_mask[:, None] & m_mask[None, :]
     z = tl.load(z_ptr + rows[:, None] * stride_z_t + cols_m[None, :], mask=small_mask, other=0.0)
@@ -444,8 +450,9 @@ def _backward_rows_kernel(
     tl.store(dz_ptr + small, dz.to(dz_ptr.dtype.element_ty), mask=small_mask)
     tl.store(a_ptr + small, _activation(z, ACTIVATION).to(a_ptr.dtype.element_ty), mask=small_mask)
     if DZ_SUMS:
-        # Rows past T have z = 0 and g = 0, so their dz is 0.
-        tl.store(dz_sum_ptr + row_block.to(tl.int64) * M + cols_m, tl.sum(dz, axis=0), mask=m_mask)
+        # Rows past T are left out: their dz is 0 · W_up, NaN where W_up holds an Inf.
+        tl.store(dz_sum_ptr + row_block.to(tl.int64) * M + cols_m, tl.sum(tl.where(small_mask, dz, 0.0), axis=0),
+                 mask=m_mask)
 
 
 @triton.jit
@@ -602,8 +609,9 @@ def _bias_sums_kernel(
     UP_ROWS, DOWN_ROWS, D, M, up_scale, down_scale,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    # The wide-bottleneck backward's bias gradients from its per-row-block column sums: db_up = s · Σ rows of
-    # [UP_ROWS, D] (the first programs), db_down = Σ rows of [DOWN_ROWS, M] (the rest).
+    # The wide-bottleneck backward's bias gradients from its column-sum partials: db_up = s · Σ rows of [UP_ROWS, D]
+    # (one row per up_columns T split; the first programs), db_down = Σ rows of [DOWN_ROWS, M] (one row per
+    # backward_rows row block; the rest).
     pid = tl.program_id(0)
     up_programs = tl.cdiv(D, BLOCK_C)
     if pid < up_programs:
@@ -639,6 +647,14 @@ def _check_supported(h: torch.Tensor, M: int) -> None:
         )
 
 
+def column_offsets_fit(t: torch.Tensor) -> torch.Tensor:
+    """t itself, or a row-major copy where its largest column offset ((D - 1) · stride along D) would pass int32:
+    the kernels' offsets along T are 64-bit, those along D 32-bit (a transposed view of more than 2³¹ elements)."""
+    if t.shape[1] > 1 and (t.shape[1] - 1) * abs(t.stride(1)) >= 2**31:
+        return t.contiguous()
+    return t
+
+
 def _padded_bottleneck(M: int) -> int:
     return max(16, next_power_of_2(M))
 
@@ -660,6 +676,7 @@ def bottleneck_adapter_fwd(h, down_weight, down_bias, up_weight, up_bias, activa
     T, D = h.shape
     M = down_weight.shape[0]
     _check_supported(h, M)
+    h = column_offsets_fit(h)
     out = torch.empty((T, D), dtype=h.dtype, device=h.device)
     z = torch.empty((T, M), dtype=accumulator_dtype(h.dtype), device=h.device)
     if T == 0:
@@ -720,6 +737,7 @@ def bottleneck_adapter_bwd(grad_out, h, down_weight, down_bias, up_weight, z, ac
     T, D = h.shape
     M = down_weight.shape[0]
     _check_supported(h, M)
+    h, grad_out = column_offsets_fit(h), column_offsets_fit(grad_out)
     need_up_grads = need_d_up_w or need_d_up_b
     need_weight_grads = need_d_down_w or need_d_down_b or need_up_grads
     dh = torch.empty((T, D), dtype=h.dtype, device=h.device) if need_dh else None
@@ -767,9 +785,10 @@ def _launch_backward_rows(grad_out, up_weight, z, a, dz, dz_sums, activation, sc
 
 def _backward_by_gemm(grad_out, h, down_weight, up_weight, z, a, dz, dh, weight_grads, activation, scale, needs,
                       block_m) -> None:
-    """The wide-bottleneck backward: backward_rows (dz, a and db_down's per-block sums), the up kernel as
-    dh = g + dz W_down (and db_up's per-block sums of g), dW_up and dW_down as two torch.mm GEMMs straight into the
-    gradients, and one small launch summing the bias partials in a fixed order."""
+    """The wide-bottleneck backward: backward_rows (dz, a and db_down's per-row-block sums), up_columns as
+    dh = g + dz W_down (and db_up's per-T-split sums of g), dW_up and dW_down as two torch.mm GEMMs straight into the
+    gradients, and one small launch summing the bias partials in a fixed order. The GEMMs are cuBLAS's: under
+    torch.use_deterministic_algorithms they need CUBLAS_WORKSPACE_CONFIG, as every nn.Linear does."""
     need_dh, need_d_down_w, need_d_down_b, need_d_up_w, need_d_up_b = needs
     T, D = h.shape
     M = down_weight.shape[0]
@@ -784,11 +803,12 @@ def _backward_by_gemm(grad_out, h, down_weight, up_weight, z, a, dz, dh, weight_
     if need_dh or need_d_up_b:
         _launch_up_columns(grad_out, dz, down_weight.stride(1), down_weight.stride(0), down_weight, None, dh, g_sums,
                            1.0, block_m, plan, splits)
+    # Detached operands: inside a create_graph backward h and g may require grad, and mm(out=) does not record.
     if need_d_up_w:
         # beta = 0: the uninitialised gradient buffer is never read (nor a NaN in it propagated).
-        weight_grads[2].addmm_(grad_out.t(), a, beta=0.0, alpha=float(scale))
+        weight_grads[2].addmm_(grad_out.detach().t(), a, beta=0.0, alpha=float(scale))
     if need_d_down_w:
-        torch.mm(dz.t(), h, out=weight_grads[0])
+        torch.mm(dz.t(), h.detach(), out=weight_grads[0])
     if need_d_down_b or need_d_up_b:
         block_c = 128
         up_width, down_width = D if need_d_up_b else 0, M if need_d_down_b else 0

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from .. import _extension, reference
 from . import _dispatch
+from ._double_backward import refuse_double_backward
 
 __all__ = ["bottleneck_adapter", "saved_dtype", "MAX_TRITON_BOTTLENECK", "AUTO_TRITON_MAX_BOTTLENECK",
            "AUTO_TRITON_MAX_WIDE_WORK", "adapter_auto_order"]
@@ -189,6 +190,7 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_out, grad_z):
+    refuse_double_backward("bottleneck_adapter")
     h, down_weight, down_bias, up_weight, z = ctx.saved_tensors
     if not any(ctx.needs):
         return (None,) * 8
@@ -221,6 +223,7 @@ class _EagerBottleneckAdapter(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
+        refuse_double_backward("bottleneck_adapter")
         h, down_weight, down_bias, up_weight, z = ctx.saved_tensors
         if not any(ctx.needs):
             return (None,) * 8

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from .. import _extension, reference
 from . import _dispatch
+from ._double_backward import refuse_double_backward
 
 __all__ = ["lora_linear", "draw_dropout_seed"]
 
@@ -178,6 +179,7 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_y, grad_shrink):
+    refuse_double_backward("lora_linear")
     x, weight, lora_A, lora_B, shrink, seed = ctx.saved_tensors
     if not any(ctx.needs):
         return (None,) * 9
@@ -238,6 +240,7 @@ class LoRALinearFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y):
+        refuse_double_backward("lora_linear")
         if not any(ctx.needs):
             return (None,) * 9
         x, weight, lora_A, lora_B, shrink = ctx.saved_tensors

@@ -1,0 +1,22 @@
+# Refusing second-order gradients: every lowpeft op computes its backward with fused kernels (the torch backend with
+# formulas around saved, non-differentiable intermediates), so a backward with create_graph=True would record a
+# graph that silently misses terms (the adapter's Hessian-vector product came out 8 % off on the torch backend).
+# Trade-off: the error is raised in the first backward, as soon as create_graph=True reaches the op (grad mode is on
+# inside a backward only then), rather than deferred to the second as @once_differentiable does, so every backend,
+# the compiled ones' C++ autograd included, fails the same way at the same point.
+from __future__ import annotations
+
+import torch
+
+__all__ = ["refuse_double_backward", "DOUBLE_BACKWARD_MESSAGE"]
+
+DOUBLE_BACKWARD_MESSAGE = (
+    "second-order gradients (a backward with create_graph=True) are not supported: the backward runs fused "
+    "kernels, so they would silently miss terms; compute them with plain PyTorch layers (lowpeft.reference)"
+)
+
+
+def refuse_double_backward(op: str) -> None:
+    """Raise a RuntimeError naming `op` when its backward runs with create_graph=True."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(f"{op}: {DOUBLE_BACKWARD_MESSAGE}")
