@@ -402,3 +402,28 @@ def test_token_slices_balance_waves_and_partial_memory(monkeypatch, tokens, rank
                                                   element_size=element_size)
     assert slices == expected
     assert rows_per_slice % 128 == 0 and (slices - 1) * rows_per_slice < tokens <= slices * rows_per_slice
+
+
+@pytest.mark.parametrize("legacy,new,expected", [
+    ("highest", None, "ieee"), ("high", None, "tf32"), ("medium", None, "tf32"),
+    (None, "tf32", "tf32"), (None, "ieee", "ieee"),
+])
+def test_float32_dot_precision_follows_both_torch_apis(legacy, new, expected):
+    # Both kernel families take tf32 exactly where torch's float32 matmuls do, whichever API set it; after the
+    # new torch.backends.cuda.matmul.fp32_precision the legacy getter raises, so it must not be what is read.
+    from lowpeft.kernels import _tuning
+
+    matmul = torch.backends.cuda.matmul
+    if new is not None and not hasattr(matmul, "fp32_precision"):
+        pytest.skip("this torch has no torch.backends.cuda.matmul.fp32_precision")
+    saved = torch.get_float32_matmul_precision()
+    try:
+        if legacy is not None:
+            torch.set_float32_matmul_precision(legacy)
+        else:
+            matmul.fp32_precision = new
+        assert _tuning.float32_dot_precision() == expected
+    finally:
+        if hasattr(matmul, "fp32_precision"):
+            matmul.fp32_precision = "none"
+        torch.set_float32_matmul_precision(saved)

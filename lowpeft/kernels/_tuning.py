@@ -35,6 +35,18 @@ def accumulator_type(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
+def float32_dot_precision() -> str:
+    """tl.dot's input precision for float32 operands, as torch's cuBLAS matmuls (nn.Linear) take it: "tf32" or
+    "ieee" from torch.backends.cuda.matmul.fp32_precision (which torch.set_float32_matmul_precision sets too),
+    else from the global torch.backends.fp32_precision, else from the legacy getter ("highest" → "ieee"). The
+    legacy getter raises once the new API has been used, so it is read last."""
+    for setting in (getattr(torch.backends.cuda.matmul, "fp32_precision", "none"),
+                    getattr(torch.backends, "fp32_precision", "none")):
+        if setting in ("tf32", "ieee"):
+            return setting
+    return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+
+
 def autotuning() -> bool:
     """False under LOWPEFT_AUTOTUNE=0: every kernel runs its first (fitting) config, no benchmarking."""
     return os.environ.get("LOWPEFT_AUTOTUNE", "1") != "0"

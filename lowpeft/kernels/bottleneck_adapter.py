@@ -41,8 +41,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._tuning import (accumulator_dtype, accumulator_type, autotuning, ceil_div, interpreting, launch_autotuned,
-                      next_power_of_2)
+from ._tuning import (accumulator_dtype, accumulator_type, autotuning, ceil_div, float32_dot_precision, interpreting,
+                      launch_autotuned, next_power_of_2)
 
 __all__ = ["bottleneck_adapter_fwd", "bottleneck_adapter_bwd", "ACTIVATION_CODES", "MAX_BOTTLENECK"]
 
@@ -235,10 +235,8 @@ def _t_bucket(T: int) -> int:
 
 def dot_precision(dtype: torch.dtype) -> str:
     """tl.dot input precision: float32 follows torch's matmul precision setting as nn.Linear does
-    ("highest" → IEEE float32; "high" / "medium" → tf32); float64 is always IEEE."""
-    if dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest":
-        return "tf32"
-    return "ieee"
+    (_tuning.float32_dot_precision); float64 is always IEEE."""
+    return float32_dot_precision() if dtype == torch.float32 else "ieee"
 
 
 # ----------------------------------------------------------------------------------------------------

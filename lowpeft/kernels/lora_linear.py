@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import reference
-from ._tuning import FUSED_RANK_LIMIT, accumulator_dtype, interpreting, padded_rank
+from ._tuning import FUSED_RANK_LIMIT, accumulator_dtype, float32_dot_precision, interpreting, padded_rank
 from .lora_backward_dx import lora_dx_gemm
 from .lora_expand import lora_expand_add
 from .lora_expand_grad_A import lora_expand_add_grad_A
@@ -55,12 +55,12 @@ def _check_rank(lora_A):
 
 
 def _dot_settings(dtype):
-    """(DOT_PRECISION, DOT_UPCAST): fp32 follows torch.get_float32_matmul_precision() like nn.Linear
-    ("highest" -> IEEE fp32, else tf32), float64 is IEEE; the CPU interpreter multiplies 16-bit operands in fp32."""
+    """(DOT_PRECISION, DOT_UPCAST): fp32 follows torch's float32 matmul precision like nn.Linear
+    (_tuning.float32_dot_precision), float64 is IEEE; the CPU interpreter multiplies 16-bit operands in fp32."""
     if dtype == torch.float64:
         return "ieee", False
     if dtype == torch.float32:
-        precision = "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+        precision = float32_dot_precision()
     else:
         precision = "tf32"
     return precision, interpreting() and dtype != torch.float32
