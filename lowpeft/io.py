@@ -269,6 +269,9 @@ def load_adapter(model: nn.Module, directory: Union[str, os.PathLike], adapter_n
         model_level.apply(model, config, adapter_name)
     else:
         _same_adapter(model, adapter_name, config)
+        if any(getattr(layer, "merged", False) for layer in model_level.adapter_layers(model, adapter_name).values()):
+            raise ValueError(f"adapter_name: {adapter_name!r} is merged into the base weights; lowpeft.unmerge(model) "
+                             "before loading into it")
     try:
         expected = adapter_tensors(model, adapter_name)
         _check_fits(expected, found, source)

@@ -113,6 +113,63 @@ def test_merge_then_unmerge(dtype, tol):
     torch.testing.assert_close(layer.to_linear()(x), before, rtol=tol * 10, atol=tol * 10)
 
 
+def test_unmerge_restores_the_base_weight_after_the_factors_change_or_the_layer_is_copied():
+    # unmerge() subtracts the B, A that merge() added: an in-place change meanwhile (an optimizer step on a merged
+    # layer), a deepcopy or a pickle round trip must still give W back.
+    import copy
+    import pickle
+
+    torch.manual_seed(2)
+    layer = lowpeft.LoRALinear(12, 10, r=3)
+    nn.init.normal_(layer.lora_B)
+    original = layer.weight.detach().clone()
+    layer.merge()
+    copies = [copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))]
+    with torch.no_grad():
+        layer.lora_A.add_(1.0)
+        layer.lora_B.mul_(3.0)
+    for each in [layer, *copies]:
+        each.unmerge()
+        torch.testing.assert_close(each.weight, original, rtol=0, atol=1e-6)
+    x = torch.randn(4, 12)
+    torch.testing.assert_close(layer(x), reference.lora_linear(x, layer.weight, layer.bias, layer.lora_A, layer.lora_B,
+                                                               layer.scaling))
+
+
+def test_load_state_dict_into_a_merged_layer_is_refused():
+    # Its weight holds W + s·B·A: loaded factors (or a loaded W) would be ignored by the forward and make unmerge()
+    # subtract the wrong delta.
+    layer = lowpeft.LoRALinear(6, 4, r=2)
+    layer.merge()
+    merged_weight = layer.weight.detach().clone()
+    other = lowpeft.LoRALinear(6, 4, r=2).state_dict()
+    with pytest.raises(ValueError, match="merged layer.*unmerge"):
+        layer.load_state_dict(other)
+    assert torch.equal(layer.weight, merged_weight) and layer.merged
+    layer.unmerge()
+    layer.load_state_dict(other)
+    assert torch.equal(layer.lora_A, other["lora_A"])
+
+
+@pytest.mark.parametrize("layer_kind", ["lora", "adapter"])
+def test_float64_stays_float64_under_autocast(layer_kind):
+    # torch's autocast never casts float64 (a float64 nn.Linear stays float64): neither do lowpeft's ops.
+    torch.manual_seed(3)
+    if layer_kind == "lora":
+        layer = lowpeft.LoRALinear(8, 6, r=2, dtype=torch.float64)
+        nn.init.normal_(layer.lora_B)
+    else:
+        layer = lowpeft.BottleneckAdapter(8, bottleneck=3, dtype=torch.float64)
+        nn.init.normal_(layer.up_weight)
+    x = torch.randn(4, 8, dtype=torch.float64)
+    expected = layer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+        assert torch.nn.functional.linear(x, torch.randn(6, 8, dtype=torch.float64)).dtype == torch.float64
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
 def test_adapter_in_float32_on_a_bfloat16_base():
     layer = lowpeft.LoRALinear.from_linear(nn.Linear(16, 8, dtype=torch.bfloat16), r=4, adapter_dtype=torch.float32)
     assert layer.lora_A.dtype == torch.float32 and layer.weight.dtype == torch.bfloat16

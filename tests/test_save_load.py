@@ -133,6 +133,22 @@ def test_reload_into_a_model_with_the_same_adapter_and_named_adapters(tmp_path):
         lowpeft.load_adapter(mismatched, tmp_path / "a")
 
 
+def test_loading_into_a_merged_adapter_is_refused_and_changes_nothing(tmp_path):
+    # Copied under a merged weight, the loaded A, B would be ignored by the forward (it runs W + s·B·A as merged).
+    model = lowpeft.apply(tiny_llama(), lowpeft.LoRAConfig(r=2, target_modules=["q_proj"]))
+    _randomise_trainable(model)
+    lowpeft.save_adapter(model, tmp_path / "a")
+    _randomise_trainable(model, seed=4)
+    lowpeft.merge(model)
+    ids = torch.randint(0, 97, (1, 5))
+    expected = model(ids).logits
+    with pytest.raises(ValueError, match="'default' is merged.*unmerge"):
+        lowpeft.load_adapter(model, tmp_path / "a")
+    torch.testing.assert_close(model(ids).logits, expected, rtol=0, atol=0)
+    lowpeft.unmerge(model)
+    lowpeft.load_adapter(model, tmp_path / "a")
+
+
 def test_save_is_atomic_an_interrupted_save_keeps_the_old_adapter(tmp_path, monkeypatch):
     model = lowpeft.apply(tiny_llama(), lowpeft.LoRAConfig(r=2, target_modules=["q_proj"]))
     _randomise_trainable(model, seed=1)

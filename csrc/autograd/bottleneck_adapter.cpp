@@ -59,7 +59,7 @@ class BottleneckAdapterFunction : public torch::autograd::Function<BottleneckAda
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     // Grad mode is on inside a backward only under create_graph=True: refuse, as the Python ops do
-    // (lowpeft/ops/_double_backward.py), rather than record a graph that silently misses terms.
+    // (lowpeft/ops/_torch_rules.py), rather than record a graph that silently misses terms.
     TORCH_CHECK(!at::GradMode::is_enabled(),
                 "native_bottleneck_adapter: second-order gradients (a backward with create_graph=True) are not ",
                 "supported: the backward runs fused kernels, so they would silently miss terms; compute them with ",

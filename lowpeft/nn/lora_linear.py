@@ -100,7 +100,16 @@ class LoRALinear(nn.Module):
         self.lora_A = nn.Parameter(torch.empty(r, self.in_features, device=device, dtype=dtype))
         self.lora_B = nn.Parameter(torch.empty(self.out_features, r, device=device, dtype=dtype))
         self.merged = False
+        self._merged_factors = None  # (lora_A, lora_B) as merge() folded them in
+        self._register_load_state_dict_pre_hook(self._refuse_loading_while_merged)
         self.reset_lora_parameters()
+
+    def _refuse_loading_while_merged(self, state_dict, prefix, *args) -> None:
+        # A merged layer's weight holds W + s·B·A: new lora_A / lora_B (or a new W) loaded under it would leave the
+        # forward on the old sum and make unmerge() subtract the wrong delta from W.
+        if self.merged:
+            raise ValueError(f"{prefix or 'LoRALinear'}: load_state_dict on a merged layer (its weight holds "
+                             "W + scaling·B·A); unmerge() before loading")
 
     @property
     def backend(self) -> str:
@@ -184,7 +193,7 @@ class LoRALinear(nn.Module):
         if self.merged:
             return F.linear(x, weight, self.bias)
         compute_dtype = weight.dtype
-        if isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type):
+        if isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type) and weight.dtype != torch.float64:
             compute_dtype = torch.get_autocast_dtype(x.device.type)
         lora_A, lora_B = self.lora_A, self.lora_B
         if lora_A.dtype != compute_dtype or lora_B.dtype != compute_dtype:
@@ -203,8 +212,12 @@ class LoRALinear(nn.Module):
 
     def delta_weight(self) -> torch.Tensor:
         """scaling · lora_B lora_A in float32 (or float64), shaped [out, in]."""
+        return self._delta(self.lora_A, self.lora_B)
+
+    def _delta(self, lora_A: torch.Tensor, lora_B: torch.Tensor) -> torch.Tensor:
         wide = torch.promote_types(self.weight.dtype, torch.float32)
-        return self.scaling * (self.lora_B.to(wide) @ self.lora_A.to(wide))
+        return self.scaling * (lora_B.to(device=self.weight.device, dtype=wide) @ lora_A.to(device=self.weight.device,
+                                                                                           dtype=wide))
 
     @torch.no_grad()
     def merge(self) -> None:
@@ -214,14 +227,19 @@ class LoRALinear(nn.Module):
             return
         self._add_to_base(self.delta_weight())
         self.merged = True
+        # Kept (r · (in + out) elements) so unmerge() subtracts exactly what was added, even if lora_A / lora_B
+        # change in place meanwhile (an optimizer step, a copy_).
+        self._merged_factors = (self.lora_A.detach().clone(), self.lora_B.detach().clone())
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """Undo merge(): W -= s·B·A (exact in float32 up to rounding; see merge() for 16-bit weights)."""
+        """Undo merge(): W -= s·B·A with the B, A that merge() folded in, so W comes back even if lora_A / lora_B
+        changed in place since (exact in float32 up to rounding; see merge() for 16-bit weights)."""
         if not self.merged:
             return
-        self._add_to_base(-self.delta_weight())
+        self._add_to_base(-self._delta(*self._merged_factors))
         self.merged = False
+        self._merged_factors = None
 
     def _add_to_base(self, delta: torch.Tensor) -> None:
         weight = self.base_weight()

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from .. import _extension, reference
 from . import _dispatch
-from ._double_backward import refuse_double_backward
+from ._torch_rules import autocast_cast, refuse_double_backward
 
 __all__ = ["bottleneck_adapter", "saved_dtype", "MAX_TRITON_BOTTLENECK", "AUTO_TRITON_MAX_BOTTLENECK",
            "AUTO_TRITON_MAX_WIDE_WORK", "adapter_auto_order"]
@@ -305,9 +305,8 @@ def bottleneck_adapter(
     """
     if torch.is_autocast_enabled(h.device.type) if isinstance(h, Tensor) else False:
         dtype = torch.get_autocast_dtype(h.device.type)
-        h, down_weight, up_weight = (t.to(dtype) for t in (h, down_weight, up_weight))
-        down_bias = None if down_bias is None else down_bias.to(dtype)
-        up_bias = None if up_bias is None else up_bias.to(dtype)
+        h, down_weight, down_bias, up_weight, up_bias = (autocast_cast(t, dtype)
+                                                         for t in (h, down_weight, down_bias, up_weight, up_bias))
     _check_inputs(h, down_weight, down_bias, up_weight, up_bias, activation, scale)
     bottleneck = down_weight.shape[0]
     name = _dispatch.resolve(backend, h.device,

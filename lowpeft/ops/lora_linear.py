@@ -21,7 +21,7 @@ from torch import Tensor
 
 from .. import _extension, reference
 from . import _dispatch
-from ._double_backward import refuse_double_backward
+from ._torch_rules import autocast_cast, refuse_double_backward
 
 __all__ = ["lora_linear", "draw_dropout_seed"]
 
@@ -353,8 +353,7 @@ def lora_linear(
     """
     if torch.is_autocast_enabled(x.device.type) if isinstance(x, Tensor) else False:
         dtype = torch.get_autocast_dtype(x.device.type)
-        x, weight, lora_A, lora_B = (t.to(dtype) for t in (x, weight, lora_A, lora_B))
-        bias = None if bias is None else bias.to(dtype)
+        x, weight, bias, lora_A, lora_B = (autocast_cast(t, dtype) for t in (x, weight, bias, lora_A, lora_B))
     if not _inputs_plainly_valid(x, weight, bias, lora_A, lora_B, scaling, dropout_p):
         _check_inputs(x, weight, bias, lora_A, lora_B, scaling, dropout_p)
     effective_p = float(dropout_p) if training else 0.0

@@ -1,5 +1,8 @@
-# Refusing second-order gradients: every lowpeft op computes its backward with fused kernels (the torch backend with
-# formulas around saved, non-differentiable intermediates), so a backward with create_graph=True would record a
+# How lowpeft's ops meet two of torch's own mechanisms.
+# Autocast: an op's inputs are cast as torch's autocast casts those of a lower-precision op (floating tensors but
+# float64 ones; a float64 nn.Linear stays float64 under autocast).
+# Second-order gradients are refused: every lowpeft op computes its backward with fused kernels (the torch backend
+# with formulas around saved, non-differentiable intermediates), so a backward with create_graph=True would record a
 # graph that silently misses terms (the adapter's Hessian-vector product came out 8 % off on the torch backend).
 # Trade-off: the error is raised in the first backward, as soon as create_graph=True reaches the op (grad mode is on
 # inside a backward only then), rather than deferred to the second as @once_differentiable does, so every backend,
@@ -8,12 +11,20 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["refuse_double_backward", "DOUBLE_BACKWARD_MESSAGE"]
+__all__ = ["autocast_cast", "refuse_double_backward", "DOUBLE_BACKWARD_MESSAGE"]
 
 DOUBLE_BACKWARD_MESSAGE = (
     "second-order gradients (a backward with create_graph=True) are not supported: the backward runs fused "
     "kernels, so they would silently miss terms; compute them with plain PyTorch layers (lowpeft.reference)"
 )
+
+
+def autocast_cast(tensor, dtype: torch.dtype):
+    """`tensor` in autocast's `dtype` where torch's autocast would cast it (a floating tensor, not float64), else
+    itself (None stays None)."""
+    if tensor is None or not tensor.is_floating_point() or tensor.dtype == torch.float64:
+        return tensor
+    return tensor.to(dtype)
 
 
 def refuse_double_backward(op: str) -> None:
