@@ -136,19 +136,42 @@ def test_unmerge_restores_the_base_weight_after_the_factors_change_or_the_layer_
                                                                layer.scaling))
 
 
-def test_load_state_dict_into_a_merged_layer_is_refused():
-    # Its weight holds W + s·B·A: loaded factors (or a loaded W) would be ignored by the forward and make unmerge()
-    # subtract the wrong delta.
-    layer = lowpeft.LoRALinear(6, 4, r=2)
-    layer.merge()
-    merged_weight = layer.weight.detach().clone()
+def test_state_dicts_of_merged_layers_load_into_merged_layers():
+    # A state dict carries no merged flag (as PEFT's): a merged layer's state (W + s·B·A and those B, A) loaded into
+    # a merged layer stays consistent, and unmerge() then restores the saved layer's base weight; factors loaded
+    # without a weight are a change while merged, and unmerge() still subtracts what merge() added.
+    torch.manual_seed(4)
+    source, target = lowpeft.LoRALinear(6, 4, r=2), lowpeft.LoRALinear(6, 4, r=2)
+    for layer in (source, target):
+        nn.init.normal_(layer.lora_B)
+    source_base, target_base = source.weight.detach().clone(), target.weight.detach().clone()
+    source.merge()
+    target.merge()
+    target.load_state_dict(source.state_dict())
+    x = torch.randn(3, 6)
+    torch.testing.assert_close(target(x), source(x), rtol=0, atol=0)
+    target.unmerge()
+    torch.testing.assert_close(target.weight, source_base, rtol=0, atol=1e-6)
+
+    target.load_state_dict({"weight": target_base}, strict=False)  # back to its own base
+    target.merge()
     other = lowpeft.LoRALinear(6, 4, r=2).state_dict()
-    with pytest.raises(ValueError, match="merged layer.*unmerge"):
-        layer.load_state_dict(other)
-    assert torch.equal(layer.weight, merged_weight) and layer.merged
-    layer.unmerge()
-    layer.load_state_dict(other)
-    assert torch.equal(layer.lora_A, other["lora_A"])
+    target.load_state_dict({"lora_A": other["lora_A"], "lora_B": other["lora_B"]}, strict=False)
+    target.unmerge()
+    torch.testing.assert_close(target.weight, target_base, rtol=0, atol=1e-6)
+
+
+def test_a_merged_model_loads_its_own_state_dict_and_unrelated_keys():
+    model = nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 3))
+    lowpeft.apply(model, lowpeft.LoRAConfig(r=2, target_modules=["0"]))
+    nn.init.normal_(model[0].lora_B)
+    base = model[0].weight.detach().clone()
+    lowpeft.merge(model)
+    model.load_state_dict(model.state_dict())
+    model.load_state_dict({"2.weight": torch.zeros(3, 6)}, strict=False)
+    assert torch.all(model[2].weight == 0)
+    lowpeft.unmerge(model)
+    torch.testing.assert_close(model[0].weight, base, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("layer_kind", ["lora", "adapter"])

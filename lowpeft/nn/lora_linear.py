@@ -100,16 +100,19 @@ class LoRALinear(nn.Module):
         self.lora_A = nn.Parameter(torch.empty(r, self.in_features, device=device, dtype=dtype))
         self.lora_B = nn.Parameter(torch.empty(self.out_features, r, device=device, dtype=dtype))
         self.merged = False
-        self._merged_factors = None  # (lora_A, lora_B) as merge() folded them in
-        self._register_load_state_dict_pre_hook(self._refuse_loading_while_merged)
+        # The lora_A, lora_B that merge() folded into the weight (non-persistent: they follow .to() but stay out of
+        # the state dict), so unmerge() subtracts exactly what was added.
+        self.register_buffer("_merged_lora_A", None, persistent=False)
+        self.register_buffer("_merged_lora_B", None, persistent=False)
+        self._register_load_state_dict_pre_hook(self._track_loaded_merged_state)
         self.reset_lora_parameters()
 
-    def _refuse_loading_while_merged(self, state_dict, prefix, *args) -> None:
-        # A merged layer's weight holds W + s·B·A: new lora_A / lora_B (or a new W) loaded under it would leave the
-        # forward on the old sum and make unmerge() subtract the wrong delta from W.
-        if self.merged:
-            raise ValueError(f"{prefix or 'LoRALinear'}: load_state_dict on a merged layer (its weight holds "
-                             "W + scaling·B·A); unmerge() before loading")
+    def _track_loaded_merged_state(self, state_dict, prefix, *args) -> None:
+        # A state dict carries no merged flag: a weight loaded into a merged layer is taken as a merged weight
+        # holding the loaded factors (as this layer's own state_dict() holds), so unmerge() subtracts those.
+        if self.merged and prefix + "weight" in state_dict:
+            self._merged_lora_A = state_dict.get(prefix + "lora_A", self.lora_A).detach().clone()
+            self._merged_lora_B = state_dict.get(prefix + "lora_B", self.lora_B).detach().clone()
 
     @property
     def backend(self) -> str:
@@ -229,7 +232,7 @@ class LoRALinear(nn.Module):
         self.merged = True
         # Kept (r · (in + out) elements) so unmerge() subtracts exactly what was added, even if lora_A / lora_B
         # change in place meanwhile (an optimizer step, a copy_).
-        self._merged_factors = (self.lora_A.detach().clone(), self.lora_B.detach().clone())
+        self._merged_lora_A, self._merged_lora_B = self.lora_A.detach().clone(), self.lora_B.detach().clone()
 
     @torch.no_grad()
     def unmerge(self) -> None:
@@ -237,9 +240,12 @@ class LoRALinear(nn.Module):
         changed in place since (exact in float32 up to rounding; see merge() for 16-bit weights)."""
         if not self.merged:
             return
-        self._add_to_base(-self._delta(*self._merged_factors))
+        merged_A, merged_B = getattr(self, "_merged_lora_A", None), getattr(self, "_merged_lora_B", None)
+        if merged_A is None:  # merged flag set by hand, or a layer pickled before the factors were kept
+            merged_A, merged_B = self.lora_A, self.lora_B
+        self._add_to_base(-self._delta(merged_A, merged_B))
         self.merged = False
-        self._merged_factors = None
+        self._merged_lora_A = self._merged_lora_B = None
 
     def _add_to_base(self, delta: torch.Tensor) -> None:
         weight = self.base_weight()
