@@ -13,7 +13,7 @@ from torch import nn
 
 import lowpeft
 from lowpeft import reference
-from tests.backends_under_test import DEVICE, backend_params, examples_for
+from tests.backends_under_test import backend_params, examples_for
 from tests.tolerance import assert_matches_oracle
 
 

@@ -84,7 +84,6 @@ def main():
                 h, a, up_w.stride(0), 1, up_w, up_b, out, None, 1.0, M, plan, splits)), dict(plan._asdict(),
                                                                                              splits=splits)))
         show("up", up_results, keep=10)
-        del h, g, out
 
 
 if __name__ == "__main__":
