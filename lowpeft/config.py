@@ -23,6 +23,7 @@ BOTTLENECK_PEFT_TYPE = "LOWPEFT_BOTTLENECK_ADAPTER"
 ALL_LINEAR = "all-linear"
 _BIAS_MODES = ("none", "all", "lora_only")
 _LORA_INITS = ("default", "gaussian")
+_ADAPTER_DTYPES = (None, "float32", "bfloat16", "float16", "float64")
 _ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
 _PROMPT_INITS = ("random", "text", "sample_vocab")
 
@@ -76,6 +77,9 @@ class LoRAConfig:
     output head); the same rule as PEFT. exclude_modules uses the same rule to drop matches.
     bias: "none", "all" (every bias in the model trains) or "lora_only" (the biases of targeted layers train).
     init: "default" (Kaiming-uniform A, zero B, as PEFT) or "gaussian" (A ~ N(0, 1/r)).
+    adapter_dtype: the dtype of lora_A / lora_B, by name ("float32", "bfloat16", ...); None (the default) keeps the
+    base weight's. PEFT keeps them in float32 on a 16-bit base (its autocast_adapter_dtype): "float32" does the same,
+    so small optimizer updates are not rounded away in bf16. Like backend, not part of the saved file.
     """
 
     r: int = 8
@@ -88,6 +92,7 @@ class LoRAConfig:
     exclude_modules: Optional[TargetModules] = None
     task_type: Optional[str] = None
     backend: str = "auto"
+    adapter_dtype: Optional[str] = None
 
     def __post_init__(self):
         _check_int("r", self.r)
@@ -102,6 +107,10 @@ class LoRAConfig:
             raise TypeError(f"use_rslora: expected a bool, got {self.use_rslora!r}")
         _check_choice("bias", self.bias, _BIAS_MODES)
         _check_choice("init", self.init, _LORA_INITS)
+        if self.adapter_dtype is not None and not isinstance(self.adapter_dtype, str):
+            raise TypeError(f"adapter_dtype: expected None or a dtype name such as 'float32', got "
+                            f"{type(self.adapter_dtype).__name__} {self.adapter_dtype!r}")
+        _check_choice("adapter_dtype", self.adapter_dtype, _ADAPTER_DTYPES)
         if self.task_type is not None and not isinstance(self.task_type, str):
             raise TypeError(f"task_type: expected None or a PEFT task type string, got {self.task_type!r}")
         from .ops._dispatch import _check_name

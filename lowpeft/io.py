@@ -238,13 +238,14 @@ def _same_adapter(model: nn.Module, adapter_name: str, config) -> None:
 
 
 def load_adapter(model: nn.Module, directory: Union[str, os.PathLike], adapter_name: str = "default",
-                 backend: str = "auto") -> nn.Module:
+                 backend: str = "auto", adapter_dtype: Optional[str] = None) -> nn.Module:
     """Load an adapter saved by lowpeft or by PEFT (LoRA, prompt tuning) into `model` as `adapter_name`.
 
     When `model` has no adapter of that name, one is added from the file's config (lowpeft.apply: it becomes
     active and trainable, everything else is frozen); when it has one, its configuration must agree with the
     file's. Every key and shape is checked first; a file that does not fit is a ValueError naming the module.
-    `backend` is the added layers' backend (lowpeft.set_backend's names; not part of the file)."""
+    `backend` is the added layers' backend (lowpeft.set_backend's names; not part of the file); `adapter_dtype`
+    the added LoRA layers' factor dtype (LoRAConfig.adapter_dtype; not part of the file either)."""
     from safetensors.torch import load_file
 
     model_level._check_model(model)
@@ -261,6 +262,11 @@ def load_adapter(model: nn.Module, directory: Union[str, os.PathLike], adapter_n
     config = config_from_peft_dict(data, str(config_path))
     if not isinstance(config, PromptTuningConfig):
         config = dataclasses.replace(config, backend=backend)
+    if isinstance(config, LoRAConfig):
+        config = dataclasses.replace(config, adapter_dtype=adapter_dtype)
+    elif adapter_dtype is not None:
+        raise ValueError(f"adapter_dtype: applies to LoRA adapters; {str(config_path)!r} holds a "
+                         f"{type(config).__name__}, got adapter_dtype={adapter_dtype!r}")
     found = load_file(str(weights_path))
     added = adapter_name not in model_level.adapter_names(model)
     if added:

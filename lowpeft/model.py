@@ -74,7 +74,12 @@ def is_conv1d(module: nn.Module) -> bool:
 
 
 def _is_linear_like(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or is_conv1d(module)
+    """nn.Linear, a subclass keeping nn.Linear's forward (e.g. MultiheadAttention's out_proj), or Conv1D. A subclass
+    with a forward of its own (a quantized or fake-quantized Linear) is not: lowpeft's layers read its weight and
+    would skip that forward."""
+    if isinstance(module, nn.Linear):
+        return type(module).forward is nn.Linear.forward
+    return is_conv1d(module)
 
 
 def matches(targets, name: str) -> bool:
@@ -133,9 +138,11 @@ def target_paths(model: nn.Module, config: Union[LoRAConfig, AdapterConfig]) -> 
         )
     for name, module in chosen:
         if not _is_linear_like(module):
+            kind = type(module)
             raise ValueError(
-                f"target_modules: {config.target_modules!r} matched {name!r}, a {type(module).__name__}; lowpeft "
-                "adapts nn.Linear and transformers Conv1D modules only"
+                f"target_modules: {config.target_modules!r} matched {name!r}, a {kind.__module__}.{kind.__qualname__}; "
+                "lowpeft adapts nn.Linear (and subclasses that keep its forward) and transformers Conv1D modules "
+                "only: a Linear with a forward of its own (quantized, fake-quantized) would have that forward skipped"
             )
     return [name for name, _ in chosen]
 
@@ -215,7 +222,8 @@ def _prompt_pre_hook(model: nn.Module, args: tuple, kwargs: dict):
 # ------------------------------------------------------------------------------------------------------
 def _lora_layer(base: nn.Module, config: LoRAConfig) -> LoRALinear:
     kwargs = dict(r=config.r, alpha=config.alpha, dropout=config.dropout, use_rslora=config.use_rslora,
-                  init=config.init, backend=config.backend)
+                  init=config.init, backend=config.backend,
+                  adapter_dtype=None if config.adapter_dtype is None else getattr(torch, config.adapter_dtype))
     if is_conv1d(base):
         return LoRALinear.from_conv1d(base, **kwargs)
     return LoRALinear.from_linear(base, **kwargs)
@@ -354,8 +362,11 @@ def disable_adapters(model: nn.Module) -> Iterator[nn.Module]:
     try:
         yield model
     finally:
-        state.enabled = True
-        _install(model, state, state.active)
+        # Only if the model still has this bookkeeping: merge_and_unload inside the block removes it, and the
+        # adapter layers put back then would be orphans no call could switch or delete.
+        if _state(model) is state:
+            state.enabled = True
+            _install(model, state, state.active)
 
 
 def delete_adapter(model: nn.Module, adapter_name: str) -> None:
@@ -474,13 +485,24 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
 # public API: parameter reports and selective fine-tuning
 # ------------------------------------------------------------------------------------------------------
 def trainable_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts, shared parameters counted once (PEFT's get_nb_trainable_parameters)."""
+    """(trainable, total) parameter counts, shared parameters counted once (PEFT's get_nb_trainable_parameters).
+    Adapters held outside the model (the inactive ones, or all of them inside disable_adapters) count in the total
+    and not as trainable, as PEFT's inactive adapters, which stay in its model frozen, do."""
     _check_model(model)
     trainable = total = 0
+    seen = set()
     for _, param in model.named_parameters():
+        seen.add(id(param))
         total += param.numel()
         if param.requires_grad:
             trainable += param.numel()
+    state = _state(model)
+    if state is not None:
+        for adapter in state.adapters.values():
+            for param in _adapter_parameters(adapter, state):
+                if id(param) not in seen:
+                    seen.add(id(param))
+                    total += param.numel()
     return trainable, total
 
 
@@ -499,17 +521,20 @@ def _pattern_matches(pattern: str, name: str) -> bool:
 def freeze(model: nn.Module, trainable: Sequence[str] = ()) -> nn.Module:
     """Freeze every parameter except those matching a pattern of `trainable`. A pattern is a shell-style glob
     over full parameter names ("*.layers.3.*", "lm_head.*") or, without wildcards, a parameter name or a
-    module path whose parameters all stay trainable ("model.norm", "lm_head"). A pattern matching nothing is
-    a ValueError."""
+    module path whose parameters all stay trainable ("model.norm", "lm_head"); a tied parameter trains when any
+    of its names matches. A pattern matching nothing is a ValueError."""
     _check_model(model)
     if isinstance(trainable, str) or not all(isinstance(p, str) and p for p in trainable):
         raise TypeError(f"trainable: expected a list of name patterns, got {trainable!r}")
-    named = list(model.named_parameters())
-    used = set()
+    # Every name of a tied parameter counts ("lm_head.weight" tied to the embeddings): it trains if any matches.
+    named = list(model.named_parameters(remove_duplicate=False))
+    used, chosen = set(), {}
     for name, param in named:
         hit = [p for p in trainable if _pattern_matches(p, name)]
         used.update(hit)
-        param.requires_grad_(bool(hit))
+        chosen[param] = chosen.get(param, False) or bool(hit)
+    for param, train in chosen.items():
+        param.requires_grad_(train)
     unused = [p for p in trainable if p not in used]
     if unused:
         names = ", ".join(n for n, _ in named[:12])

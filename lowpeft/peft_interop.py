@@ -48,6 +48,13 @@ def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     active = [name for name in self.active_adapters if name in self.lora_A]
     if self.disable_adapters or self.merged or not active:
         return _FUSED_CLASS["peft"].forward(self, x, *args, **kwargs)
+    if not _is_plain_base(self):
+        # The fused op reads the base's weight: a base with a forward of its own (quantized, fake-quantized, any
+        # nn.Linear subclass PEFT's custom-module route hands here) runs PEFT's layer instead, said once.
+        _warn_once(f"base:{type(self.get_base_layer()).__qualname__}",
+                   f"lowpeft: LoRA on a {type(self.get_base_layer()).__qualname__} base runs PEFT's own forward, not "
+                   "the fused op (which reads the weight and would skip the base's forward)")
+        return _FUSED_CLASS["peft"].forward(self, x, *args, **kwargs)
     extra = [key for key, value in kwargs.items() if value is not None and key != "adapter_names"]
     if args or extra:
         raise TypeError(f"lowpeft: fused LoRA layer got extra arguments {extra or len(args)}; it takes x only")
@@ -108,8 +115,9 @@ def __getattr__(name: str):
 
 
 def _is_plain_base(layer) -> bool:
+    """A base the fused op computes exactly: nn.Linear or a subclass keeping its forward, or Conv1D."""
     base = layer.get_base_layer()
-    return type(base) is nn.Linear or type(base).__name__ == "Conv1D"
+    return (isinstance(base, nn.Linear) and type(base).forward is nn.Linear.forward) or type(base).__name__ == "Conv1D"
 
 
 def from_peft(peft_model: nn.Module, backend: str = "auto") -> nn.Module:

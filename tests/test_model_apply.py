@@ -42,6 +42,7 @@ def _peft_config(config: lowpeft.LoRAConfig):
     (dict(bias="some"), ValueError), (dict(init="xavier"), ValueError), (dict(target_modules=[]), ValueError),
     (dict(target_modules=[""]), ValueError), (dict(target_modules=["q_proj", 3]), TypeError),
     (dict(target_modules=3), TypeError), (dict(alpha=float("nan")), ValueError), (dict(dropout="0.1"), TypeError), (dict(backend="gpu"), ValueError),
+    (dict(adapter_dtype=torch.float32), TypeError), (dict(adapter_dtype="float8"), ValueError),
 ])
 def test_lora_config_rejects_bad_values_naming_the_field(bad, error):
     with pytest.raises(error, match=next(iter(bad))):
@@ -204,3 +205,61 @@ def test_applied_stack_matches_float64_oracle(sizes, rank, leading, non_contiguo
         return h
 
     assert_matches_oracle(model(x), oracle(torch.float32), oracle(torch.float64))
+
+
+class _FakeQuantLinear(nn.Linear):
+    """A Linear with a forward of its own (as a quantized or fake-quantized Linear has)."""
+
+    def forward(self, x):
+        return nn.functional.linear(x, torch.round(self.weight * 8) / 8, self.bias)
+
+
+class _RenamedLinear(nn.Linear):
+    """A subclass that keeps nn.Linear's forward (as MultiheadAttention's out_proj does)."""
+
+
+def test_a_linear_with_a_forward_of_its_own_is_never_adapted():
+    # lowpeft's layers read the weight: adapting this one would silently skip its forward.
+    model = nn.Sequential(_FakeQuantLinear(8, 8), nn.ReLU(), _RenamedLinear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    lowpeft.apply(model, lowpeft.LoRAConfig(r=2, target_modules="all-linear"))
+    assert sorted(model_level.adapter_layers(model)) == ["2", "4"]
+    with pytest.raises(ValueError, match="matched '0', a .*_FakeQuantLinear.*forward of its own"):
+        lowpeft.apply(nn.Sequential(_FakeQuantLinear(8, 8)), lowpeft.LoRAConfig(r=2, target_modules=["0"]))
+
+
+def test_merge_and_unload_inside_disable_adapters_leaves_a_plain_model():
+    model = lowpeft.apply(nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 3)),
+                          lowpeft.LoRAConfig(r=2, target_modules=["0"]))
+    with model_level.disable_adapters(model):
+        lowpeft.merge_and_unload(model)
+    assert type(model[0]) is nn.Linear
+    assert not any(isinstance(m, lowpeft.LoRALinear) for m in model.modules())
+    assert lowpeft.trainable_parameters(model)[0] == sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_adapter_dtype_keeps_the_factors_in_float32_on_a_bfloat16_model(tmp_path):
+    # PEFT keeps LoRA factors in float32 on a 16-bit base: in bf16 most small AdamW updates round away.
+    def factors_changed(adapter_dtype):
+        torch.manual_seed(0)
+        model = tiny_llama().to(torch.bfloat16)
+        lowpeft.apply(model, lowpeft.LoRAConfig(r=4, target_modules=["q_proj"], init="gaussian",
+                                                adapter_dtype=adapter_dtype))
+        layer = model.model.layers[0].self_attn.q_proj
+        with torch.no_grad():
+            layer.lora_B.normal_()
+        before = layer.lora_A.detach().clone()
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        ids = torch.randint(0, 97, (2, 7))
+        for _ in range(3):
+            optimizer.zero_grad()
+            model(input_ids=ids, labels=ids).loss.backward()
+            optimizer.step()
+        return layer.lora_A.dtype, (layer.lora_A != before).float().mean().item(), model
+
+    dtype, changed, model = factors_changed("float32")
+    assert dtype == torch.float32 and changed == 1.0
+    dtype, changed_bf16, _ = factors_changed(None)
+    assert dtype == torch.bfloat16 and changed_bf16 < 0.9
+    lowpeft.save_adapter(model, tmp_path / "a")
+    loaded = lowpeft.load_adapter(tiny_llama().to(torch.bfloat16), tmp_path / "a", adapter_dtype="float32")
+    assert loaded.model.layers[0].self_attn.q_proj.lora_A.dtype == torch.float32

@@ -3,6 +3,8 @@
 #
 # Trade-off: the oracle for "adapter X active" is a fresh model with only X applied (same weights), so
 # switching must reproduce single-adapter behaviour exactly.
+import copy
+
 import pytest
 import torch
 
@@ -103,3 +105,20 @@ def test_errors_name_the_adapter():
             pass
     lowpeft.unmerge(model)
     model_level.set_adapter(model, "b")
+
+
+def test_counts_with_several_adapters_match_peft():
+    # PEFT keeps inactive adapters in its model (frozen): they count in "all params", not as trainable.
+    peft = pytest.importorskip("peft")
+    base = tiny_llama()
+    model = lowpeft.apply(copy.deepcopy(base), lowpeft.LoRAConfig(r=4, target_modules="all-linear"), "a")
+    model_level.add_adapter(model, "b", lowpeft.LoRAConfig(r=2, target_modules=["q_proj"]))
+    theirs = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(r=4, target_modules="all-linear"),
+                                 adapter_name="a")
+    theirs.add_adapter("b", peft.LoraConfig(r=2, target_modules=["q_proj"]))
+    for name in ("b", "a"):
+        model_level.set_adapter(model, name)
+        theirs.set_adapter(name)
+        assert lowpeft.trainable_parameters(model) == theirs.get_nb_trainable_parameters(), name
+    with model_level.disable_adapters(model):
+        assert lowpeft.trainable_parameters(model)[1] == theirs.get_nb_trainable_parameters()[1]

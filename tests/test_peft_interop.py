@@ -178,3 +178,30 @@ def test_bf16_model_with_float32_adapters_under_from_peft():
     lowpeft.from_peft(model)
     got = model(ids).logits.float()
     assert _rel(got, expected) <= 3e-2
+
+
+def test_a_base_with_a_forward_of_its_own_runs_peft_layers_forward():
+    # PEFT's custom-module route hands any nn.Linear subclass to the fused layer; the fused op reads the weight and
+    # would skip a quantized base's forward, so such a base runs PEFT's forward, said once.
+    class FakeQuantLinear(torch.nn.Linear):
+        def forward(self, x):
+            return torch.nn.functional.linear(x, torch.round(self.weight * 8) / 8, self.bias)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = FakeQuantLinear(16, 8)
+
+        def forward(self, x):
+            return self.fc(x)
+
+    torch.manual_seed(0)
+    net, x = Net(), torch.randn(5, 16)
+    config = peft.LoraConfig(r=4, target_modules=["fc"], init_lora_weights="gaussian")
+    plain = peft.get_peft_model(copy.deepcopy(net), copy.deepcopy(config))
+    fused = peft.get_peft_model(copy.deepcopy(net), peft_interop.register_fused_layers(copy.deepcopy(config)))
+    fused.load_state_dict(plain.state_dict())
+    peft_interop._WARNED.discard("base:Net.forward.<locals>.FakeQuantLinear")
+    with pytest.warns(UserWarning, match="FakeQuantLinear base runs PEFT's own forward"):
+        out = fused(x)
+    torch.testing.assert_close(out, plain(x), rtol=0, atol=0)

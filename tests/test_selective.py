@@ -39,6 +39,16 @@ def test_freeze_with_globs_module_paths_and_names(capsys):
     assert lowpeft.trainable_parameters(model)[0] == 0
 
 
+@pytest.mark.parametrize("pattern", ["lm_head", "lm_head.weight", "lm_head.*"])
+def test_freeze_by_a_tied_parameters_second_name(pattern):
+    # GPT-2's lm_head.weight is its token embedding: named either way, the one parameter trains.
+    model = lowpeft.freeze(_tiny_gpt2(), trainable=[pattern])
+    assert model.lm_head.weight is model.transformer.wte.weight and model.lm_head.weight.requires_grad
+    assert lowpeft.trainable_parameters(model)[0] == model.lm_head.weight.numel()
+    lowpeft.freeze(model, trainable=["transformer.ln_f"])
+    assert not model.lm_head.weight.requires_grad
+
+
 def test_freeze_errors_name_the_argument():
     with pytest.raises(ValueError, match=r"trainable: patterns \['decoder\.\*'\] match no parameter"):
         lowpeft.freeze(tiny_llama(), trainable=["decoder.*"])
