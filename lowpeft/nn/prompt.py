@@ -94,7 +94,8 @@ def prepend_prompt(prompt: PromptEmbedding, input_embeddings: nn.Module, args: t
     if position_ids is not None and not _default_positions(position_ids):
         raise ValueError(
             "position_ids: prompt tuning renumbers positions to cover the virtual tokens (as PEFT does), so only "
-            "the default 0..L-1 can be passed; got custom position ids"
+            "the default 0..L-1 can be passed; got custom position ids (generate() makes them from a left-padded "
+            "attention mask: generate one unpadded sequence at a time, or load the saved prompt into stock PEFT)"
         )
     if kwargs.get("token_type_ids") is not None:
         raise ValueError("token_type_ids: not supported with prompt tuning (PEFT drops them too); got a tensor")
