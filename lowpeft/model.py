@@ -73,13 +73,26 @@ def is_conv1d(module: nn.Module) -> bool:
     return type(module).__name__ == "Conv1D" and isinstance(weight, torch.Tensor) and weight.dim() == 2
 
 
+# nn.Linear subclasses whose own forward computes x Wᵀ + b exactly as nn.Linear's does (checked against their source):
+# (module prefix, class name).
+_LINEAR_EQUIVALENT_SUBCLASSES = {("transformers.models.falcon.", "FalconLinear")}
+
+
 def _is_linear_like(module: nn.Module) -> bool:
-    """nn.Linear, a subclass keeping nn.Linear's forward (e.g. MultiheadAttention's out_proj), or Conv1D. A subclass
-    with a forward of its own (a quantized or fake-quantized Linear) is not: lowpeft's layers read its weight and
-    would skip that forward."""
+    """nn.Linear, a subclass keeping nn.Linear's forward (e.g. MultiheadAttention's out_proj) or known to compute
+    the same (transformers' FalconLinear), or Conv1D. Any other subclass with a forward of its own (a quantized or
+    fake-quantized Linear) is not: lowpeft's layers read its weight and would skip that forward."""
     if isinstance(module, nn.Linear):
-        return type(module).forward is nn.Linear.forward
+        kind = type(module)
+        return kind.forward is nn.Linear.forward or any(
+            kind.__module__.startswith(prefix) and kind.__name__ == name for prefix, name in _LINEAR_EQUIVALENT_SUBCLASSES)
     return is_conv1d(module)
+
+
+def _skipped_linears(modules) -> list[str]:
+    """'path (Class)' of the nn.Linear subclasses with a forward of their own among (name, module) pairs."""
+    return [f"{name} ({type(m).__qualname__})" for name, m in modules if isinstance(m, nn.Linear)
+            and not _is_linear_like(m)]
 
 
 def matches(targets, name: str) -> bool:
@@ -131,10 +144,13 @@ def target_paths(model: nn.Module, config: Union[LoRAConfig, AdapterConfig]) -> 
     if config.exclude_modules is not None:
         chosen = [(name, m) for name, m in chosen if not matches(config.exclude_modules, name)]
     if not chosen:
+        skipped = _skipped_linears(modules)
         raise ValueError(
             f"target_modules: {config.target_modules!r} matched no module of {type(model).__name__} "
             f"(names or name suffixes, a full-match regex, or 'all-linear'); its linear modules are: "
             f"{_some_names(modules)}"
+            + (f"; Linear subclasses with a forward of their own, which lowpeft does not adapt: "
+               f"{', '.join(skipped[:6])}{', ...' if len(skipped) > 6 else ''}" if skipped else "")
         )
     for name, module in chosen:
         if not _is_linear_like(module):
@@ -435,6 +451,11 @@ def _lora_layers(model: nn.Module) -> list[tuple[str, LoRALinear]]:
 
 def _refuse_unmergeable(model: nn.Module, action: str) -> None:
     state = _state(model)
+    if state is not None and not state.enabled:
+        raise ValueError(
+            f"model: {action} inside disable_adapters: the adapter's layers are swapped out there, so nothing would "
+            "be merged (PEFT merges the adapter even then); exit the context first"
+        )
     if state is not None and state.enabled and state.active is not None:
         config = state.adapters[state.active].config
         if not isinstance(config, LoRAConfig):
@@ -537,7 +558,7 @@ def freeze(model: nn.Module, trainable: Sequence[str] = ()) -> nn.Module:
         param.requires_grad_(train)
     unused = [p for p in trainable if p not in used]
     if unused:
-        names = ", ".join(n for n, _ in named[:12])
+        names = ", ".join(n for n, _ in list(model.named_parameters())[:12])
         raise ValueError(f"trainable: patterns {unused} match no parameter of {type(model).__name__} (names: {names}, ...)")
     return model
 

@@ -227,14 +227,31 @@ def test_a_linear_with_a_forward_of_its_own_is_never_adapted():
         lowpeft.apply(nn.Sequential(_FakeQuantLinear(8, 8)), lowpeft.LoRAConfig(r=2, target_modules=["0"]))
 
 
-def test_merge_and_unload_inside_disable_adapters_leaves_a_plain_model():
+def test_merging_inside_disable_adapters_is_refused_and_leaves_the_model_as_it_was():
+    # Inside the context the adapter's layers are swapped out, so nothing would be merged, where PEFT merges the
+    # adapter: a clear error, and the adapter is back after the block.
     model = lowpeft.apply(nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 3)),
                           lowpeft.LoRAConfig(r=2, target_modules=["0"]))
     with model_level.disable_adapters(model):
-        lowpeft.merge_and_unload(model)
-    assert type(model[0]) is nn.Linear
-    assert not any(isinstance(m, lowpeft.LoRALinear) for m in model.modules())
-    assert lowpeft.trainable_parameters(model)[0] == sum(p.numel() for p in model.parameters() if p.requires_grad)
+        for action in (lowpeft.merge_and_unload, lowpeft.merge):
+            with pytest.raises(ValueError, match="inside disable_adapters.*exit the context first"):
+                action(model)
+    assert isinstance(model[0], lowpeft.LoRALinear) and not model[0].merged
+    assert model_level.adapter_names(model) == ["default"]
+
+
+def test_falcon_linear_is_adapted_like_peft():
+    # transformers' FalconLinear subclasses nn.Linear with a forward of its own that computes x Wᵀ + b exactly.
+    config = transformers.FalconConfig(hidden_size=32, num_attention_heads=4, num_hidden_layers=2, vocab_size=64,
+                                       new_decoder_architecture=False)
+    base = transformers.FalconForCausalLM(config).eval()
+    model = lowpeft.apply(copy.deepcopy(base), lowpeft.LoRAConfig(r=2, target_modules="all-linear"))
+    theirs = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(r=2, target_modules="all-linear"))
+    wrapped = sorted(name.removeprefix("base_model.model.") for name, m in theirs.named_modules()
+                     if hasattr(m, "lora_A") and hasattr(m, "base_layer"))
+    assert sorted(model_level.adapter_layers(model)) == wrapped and len(wrapped) == 8
+    ids = torch.randint(0, 64, (1, 5))
+    torch.testing.assert_close(model(ids).logits, base(ids).logits, rtol=0, atol=0)
 
 
 def test_adapter_dtype_keeps_the_factors_in_float32_on_a_bfloat16_model(tmp_path):
@@ -263,3 +280,6 @@ def test_adapter_dtype_keeps_the_factors_in_float32_on_a_bfloat16_model(tmp_path
     lowpeft.save_adapter(model, tmp_path / "a")
     loaded = lowpeft.load_adapter(tiny_llama().to(torch.bfloat16), tmp_path / "a", adapter_dtype="float32")
     assert loaded.model.layers[0].self_attn.q_proj.lora_A.dtype == torch.float32
+    lowpeft.load_adapter(loaded, tmp_path / "a", adapter_dtype="float32")  # the existing adapter, the same dtype
+    with pytest.raises(ValueError, match="adapter_dtype: 'bfloat16' applies when load_adapter adds the adapter"):
+        lowpeft.load_adapter(loaded, tmp_path / "a", adapter_dtype="bfloat16")
