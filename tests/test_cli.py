@@ -135,6 +135,59 @@ def test_bad_lora_shape_flags_are_named(capsys, argv, message):
     assert message in err
 
 
+@pytest.mark.parametrize("harness,argv,message", [
+    ("lora", ["--cases", "64x32x-16:4:0"], "--cases: expected positive T, K, N, r and 0 <= p < 1, got '64x32x-16:4:0'"),
+    ("lora", ["--cases", "64x32:4"], "--cases: expected TxKxN[:r[:p]] items, got '64x32:4'"),
+    ("lora", ["--cases", "64x32xa"], "--cases: expected TxKxN[:r[:p]] items with integers"),
+    ("lora", ["--shapes", "64x32x16", "--ranks", "0"], "--shapes / --ranks / --dropouts: expected positive"),
+    ("lora", ["--device", "foo"], "--device: expected cpu or cuda[:N], got 'foo'"),
+    ("adapter", ["--shapes", "64x0"], "--shapes: expected TOKENSxDIM with positive integers, got '64x0'"),
+    ("adapter", ["--shapes", "64"], "--shapes: expected TOKENSxDIM with positive integers, got '64'"),
+    ("adapter", ["--bottlenecks", "0"], "--bottlenecks: expected positive integers"),
+    ("adapter", ["--device", "foo"], "--device: expected cpu or cuda[:N], got 'foo'"),
+])
+def test_bad_harness_flags_are_usage_errors_not_tracebacks(capsys, harness, argv, message):
+    assert message in run_cli_expecting_usage_error(capsys, "bench", harness, *argv)
+
+
+@pytest.mark.parametrize("harness", ["lora", "adapter", "model"])
+def test_an_unwritable_output_path_is_refused_before_the_run(capsys, tmp_path, harness):
+    target = tmp_path / "missing-directory" / "out.json"
+    assert f"--json: cannot write {str(target)!r}" in run_cli_expecting_usage_error(capsys, "bench", harness, "--json",
+                                                                                   str(target))
+
+
+def test_the_ratio_to_the_frozen_layer_whatever_the_provider_order(capsys, tmp_path):
+    results = tmp_path / "lora.json"
+    status, _, _ = run_cli(capsys, "bench", "lora", "--tokens", "16", "--in", "8", "--out", "8", "--rank", "2",
+                           "--dtype", "float32", "--device", "cpu", "--providers", "eager,frozen",
+                           "--modes", "forward+backward", "--json", str(results))
+    rows = json.loads(results.read_text())["rows"]
+    assert status == 0 and [row["provider"] for row in rows] == ["frozen", "eager"]
+    assert rows[1]["vs_frozen"] == pytest.approx(rows[1]["ms"] / rows[0]["ms"])
+    assert json.loads(results.read_text())["environment"]["lowpeft"]
+
+
+def test_bench_adapter_on_the_cpu_times_the_cpu_backend_and_records_a_provider_that_cannot_run(capsys, tmp_path,
+                                                                                               monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    from lowpeft.ops import _dispatch
+
+    monkeypatch.setattr(_dispatch, "unavailable_reason",
+                        lambda name, device_type: "faked" if name == "triton" else None)
+    monkeypatch.setattr(_dispatch, "_resolved_cache", {})  # resolutions earlier tests memoised
+    results = tmp_path / "adapter.json"
+    status, _, _ = run_cli(capsys, "bench", "adapter", "--shapes", "16x8", "--bottlenecks", "4", "--dtype", "fp32",
+                           "--device", "cpu", "--json", str(results))
+    row = json.loads(results.read_text())["rows"][0]
+    assert status == 0 and {"floor_ms", "cpu_ms", "eager_ms"} <= set(row)
+    status, _, _ = run_cli(capsys, "bench", "adapter", "--shapes", "16x8", "--bottlenecks", "4", "--dtype", "fp32",
+                           "--device", "cpu", "--providers", "floor,triton,eager", "--no-breakdown",
+                           "--json", str(results))
+    row = json.loads(results.read_text())["rows"][0]
+    assert status == 0 and "triton_ms" not in row and "cannot run" in row["triton_error"] and row["eager_ms"] > 0
+
+
 def test_bad_adapter_flag_is_named(capsys):
     status, _, err = run_cli(capsys, "bench", "adapter", "--rank", "4")
     assert status == 2 and "argument --rank: does not apply to bench adapter" in err

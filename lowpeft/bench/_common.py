@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import time
 
 import torch
@@ -71,6 +72,54 @@ def _capture_cuda_graph(fn, device: torch.device):
     return graph
 
 
+def check_output_paths(parser: argparse.ArgumentParser, **paths) -> None:
+    """parser.error, before any work, for an output path (--name=path) whose directory cannot be written."""
+    for name, path in paths.items():
+        if path is None:
+            continue
+        existed = os.path.exists(path)
+        try:
+            with open(path, "a"):
+                pass
+        except OSError as error:
+            parser.error(f"--{name}: cannot write {path!r} ({error.strerror})")
+        if not existed:
+            os.remove(path)
+
+
+def device_argument(parser: argparse.ArgumentParser, text) -> torch.device:
+    """The --device value as a torch.device (default: cuda when present, else cpu); parser.error for a device
+    that is not a device or not available here."""
+    try:
+        device = torch.device(text or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except (RuntimeError, TypeError):
+        parser.error(f"--device: expected cpu or cuda[:N], got {text!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device: {text!r} needs a CUDA GPU, and this torch sees none")
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"--device: expected cpu or cuda[:N], got {text!r}")
+    return device
+
+
+def _lowpeft_version() -> str:
+    """The installed version, with the git commit (and "+dirty") when run from a checkout."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        text = version("lowpeft")
+    except PackageNotFoundError:
+        text = "unknown"
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        commit = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return text
+    return f"{text} ({commit}{'+dirty' if dirty else ''})" if commit else text
+
+
 def environment(device: torch.device | str | None = None) -> dict:
     """Where and with what a result was measured."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -80,6 +129,7 @@ def environment(device: torch.device | str | None = None) -> dict:
         "cpu_threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "torch": torch.__version__,
+        "lowpeft": _lowpeft_version(),
     }
     for package in ("triton", "peft", "transformers"):
         try:

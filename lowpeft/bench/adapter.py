@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import reference
-from ._common import benchmark_stream, environment, provider_list, time_ms, timing_list, write_results
+from ._common import (benchmark_stream, check_output_paths, device_argument, environment, provider_list, time_ms,
+                      timing_list, write_results)
 
 __all__ = ["main", "PROVIDERS", "DEFAULT_SHAPES", "DEFAULT_BOTTLENECKS"]
 
@@ -78,6 +79,8 @@ PROVIDERS = {
     "floor": _floor_provider,
     "triton": _op_provider("triton"),
     "cuda": _op_provider("cuda"),
+    "cpu": _op_provider("cpu"),
+    "auto": _op_provider("auto"),
     "eager": _eager_provider,
     "compile": _compile_provider,
 }
@@ -132,15 +135,19 @@ def _run_shapes(shapes, bottlenecks, dtype, providers, activation, scale, device
             for timing in timings:
                 row = {"shape": f"{tokens}x{dim}", "M": bottleneck, "timing": timing}
                 for name in providers:
-                    row[f"{name}_ms"] = time_ms(steps[name], device, timing=timing)
-                if breakdown and timing == "launch" and "triton" in providers:
+                    try:
+                        row[f"{name}_ms"] = time_ms(steps[name], device, timing=timing)
+                    except Exception as exc:  # a provider that cannot run here is a row entry, not the end of the run
+                        row[f"{name}_error"] = f"{type(exc).__name__}: {exc}"[:300]
+                timed = [name for name in providers if f"{name}_ms" in row]
+                if breakdown and timing == "launch" and "triton" in timed:
                     row["triton_fwd_ms"], row["triton_bwd_ms"] = _kernel_breakdown(inputs, activation, scale, device)
                 floor = row.get("floor_ms")
-                for name in providers:
+                for name in timed:
                     if floor and name != "floor":
                         row[f"{name}_x_floor"] = row[f"{name}_ms"] / floor
                 if "eager_ms" in row:
-                    for name in providers:
+                    for name in timed:
                         if name not in ("floor", "eager"):
                             row[f"{name}_speedup_vs_eager"] = row["eager_ms"] / row[f"{name}_ms"]
                 row["meets_target"] = _meets_target(row, tokens, dim, bottleneck)
@@ -167,10 +174,13 @@ def _progress(row):
 
 
 def _parse_shapes(text):
+    """[(tokens, dim)] from "TxD,TxD"; ValueError naming the item for anything else."""
     shapes = []
     for item in text.split(","):
-        tokens, dim = item.lower().split("x")
-        shapes.append((int(tokens), int(dim)))
+        parts = item.lower().split("x")
+        if len(parts) != 2 or not all(part.strip().isdigit() and int(part) > 0 for part in parts):
+            raise ValueError(f"--shapes: expected TOKENSxDIM with positive integers, got {item!r}")
+        shapes.append((int(parts[0]), int(parts[1])))
     return shapes
 
 
@@ -182,8 +192,9 @@ def main(argv=None) -> int:
                         help="comma-separated bottleneck widths M (default: %(default)s)")
     parser.add_argument("--dtype", choices=sorted(_DTYPES), default="bf16")
     parser.add_argument("--activation", default="gelu", choices=("gelu", "gelu_tanh", "relu", "silu"))
-    parser.add_argument("--providers", type=provider_list(PROVIDERS), default="floor,triton,eager,compile",
-                        help=f"comma-separated subset of {sorted(PROVIDERS)} (default: all but cuda)")
+    parser.add_argument("--providers", type=provider_list(PROVIDERS), default=None,
+                        help=f"comma-separated subset of {sorted(PROVIDERS)} (default: floor, triton, eager, compile "
+                             "on a GPU; floor, cpu, eager on the CPU)")
     parser.add_argument("--device", default=None, help="cuda (default when present) or cpu")
     parser.add_argument("--timing", type=timing_list, default="launch",
                         help="launch (kernels launched from Python each call), graph (CUDA-graph replays: the GPU "
@@ -194,17 +205,27 @@ def main(argv=None) -> int:
     parser.add_argument("--csv", help="write a CSV table here")
     args = parser.parse_args(argv)
 
-    providers = args.providers
-    shapes = _parse_shapes(args.shapes)
-    bottlenecks = [int(m) for m in args.bottlenecks.split(",")]
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        shapes = _parse_shapes(args.shapes)
+        bottlenecks = [int(m) for m in args.bottlenecks.split(",")]
+    except ValueError as error:
+        parser.error(str(error) if str(error).startswith("--") else f"--bottlenecks: {error}")
+    if any(m < 1 for m in bottlenecks):
+        parser.error(f"--bottlenecks: expected positive integers, got {args.bottlenecks!r}")
+    device = device_argument(parser, args.device)
+    check_output_paths(parser, json=args.json, md=args.md, csv=args.csv)
+    # By default the providers this device runs: lowpeft's own backend there, the floor and eager PyTorch.
+    providers = args.providers or (["floor", "triton", "eager", "compile"] if device.type == "cuda"
+                                   else ["floor", "cpu", "eager"])
     if "graph" in args.timing and device.type != "cuda":
         parser.error(f"--timing graph needs a CUDA device, got {device}")
     rows = run(shapes, bottlenecks, _DTYPES[args.dtype], providers, args.activation, device=device,
                breakdown=not args.no_breakdown, timings=args.timing)
-    env = environment(args.device)
-    env.update({"dtype": args.dtype, "activation": args.activation, "timing": "do_bench median (ms), fwd+bwd"})
+    env = environment(device)
+    env.update({"dtype": args.dtype, "activation": args.activation,
+                "timing": ("do_bench" if device.type == "cuda" else "perf_counter") + " median (ms), fwd+bwd"})
     columns = ["shape", "M", "timing"] + [f"{p}_ms" for p in providers]
+    columns += [f"{p}_error" for p in providers if any(f"{p}_error" in row for row in rows)]
     columns += [f"{p}_x_floor" for p in providers if p != "floor" and "floor" in providers]
     columns += [f"{p}_speedup_vs_eager" for p in providers if p not in ("floor", "eager") and "eager" in providers]
     if not args.no_breakdown and "triton" in providers:

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import benchmark_stream, environment, peak_memory_mib, provider_list, time_ms, timing_list, write_results
+from ._common import (benchmark_stream, check_output_paths, device_argument, environment, peak_memory_mib, provider_list,
+                      time_ms, timing_list, write_results)
 
 __all__ = ["main", "PROVIDERS", "DEFAULT_CASES", "TARGETS"]
 
@@ -293,9 +294,14 @@ def _parse_cases(text):
         dims = parts[0].split("x")
         if len(dims) != 3 or len(parts) > 3:
             raise ValueError(f"--cases: expected TxKxN[:r[:p]] items, got {item!r}")
-        rank = int(parts[1]) if len(parts) > 1 else 16
-        p = float(parts[2]) if len(parts) > 2 else 0.0
-        cases.append((int(dims[0]), int(dims[1]), int(dims[2]), rank, p))
+        try:
+            case = (int(dims[0]), int(dims[1]), int(dims[2]), int(parts[1]) if len(parts) > 1 else 16,
+                    float(parts[2]) if len(parts) > 2 else 0.0)
+        except ValueError:
+            raise ValueError(f"--cases: expected TxKxN[:r[:p]] items with integers T, K, N, r, got {item!r}") from None
+        if min(case[:4]) < 1 or not 0.0 <= case[4] < 1.0:
+            raise ValueError(f"--cases: expected positive T, K, N, r and 0 <= p < 1, got {item!r}")
+        cases.append(case)
     return cases
 
 
@@ -319,20 +325,23 @@ def main(argv=None) -> int:
     parser.add_argument("--csv", help="write a CSV table here")
     args = parser.parse_args(argv)
 
-    providers = args.providers
-    if "frozen" not in providers:
-        providers.insert(0, "frozen")  # every ratio is taken against the frozen layer of the same run
+    # Every ratio is taken against the frozen layer of the same run, so it runs first whether listed or not.
+    providers = ["frozen"] + [name for name in args.providers if name != "frozen"]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if any(m not in MODES for m in modes):
         parser.error(f"--modes: expected a subset of {MODES}, got {modes}")
-    if args.shapes:
-        cases = [(t, k, n, r, p) for (t, k, n, _, _) in _parse_cases(args.shapes)
-                 for r in map(int, args.ranks.split(",")) for p in map(float, args.dropouts.split(","))]
-    elif args.cases:
-        cases = _parse_cases(args.cases)
-    else:
-        cases = list(DEFAULT_CASES)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        if args.shapes:
+            cases = _parse_cases(",".join(f"{shape}:{r}:{p}" for shape in args.shapes.split(",")
+                                          for r in args.ranks.split(",") for p in args.dropouts.split(",")))
+        elif args.cases:
+            cases = _parse_cases(args.cases)
+        else:
+            cases = list(DEFAULT_CASES)
+    except ValueError as error:
+        parser.error(str(error) if not args.shapes else f"--shapes / --ranks / --dropouts: {str(error).removeprefix('--cases: ')}")
+    device = device_argument(parser, args.device)
+    check_output_paths(parser, json=args.json, md=args.md, csv=args.csv)
     if device.type == "cuda":
         from torch import _dynamo
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..data import ByteTokenizer, load_text, sample_windows
 from ..ops._dispatch import CHOICES as BACKEND_CHOICES
-from ._common import environment, provider_list, write_results
+from ._common import check_output_paths, environment, provider_list, write_results
 
 __all__ = [
     "PRESETS",
@@ -47,7 +47,8 @@ PROVIDERS = ("frozen", "lowpeft", "peft", "eager")
 # by the masks as well as by rounding: a second PEFT run with other masks gives that noise floor.
 OTHER_MASKS = "peft_other_masks"
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+           "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _TARGET_PATTERN = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(" + "|".join(TARGET_MODULES) + r")(?:\.|$)")
 
 
@@ -525,6 +526,7 @@ def parse_args(argv=None, prog: str = "lowpeft bench model") -> argparse.Namespa
         parser.error(f"argument --device: expected a torch device such as cuda or cpu, got {args.device!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("argument --device: cuda was requested but torch sees no CUDA GPU")
+    check_output_paths(parser, json=args.json, md=args.md, csv=args.csv)
     if args.preset is None:
         args.preset = "1b" if device.type == "cuda" else "tiny"
     if args.warmup is None:
