@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from .bench._common import device_argument
 from .ops._dispatch import CHOICES as BACKEND_CHOICES
 
 __all__ = ["main", "run_demo", "parse_args", "build_parser", "DemoResult"]
@@ -74,14 +75,8 @@ def parse_args(argv=None, prog: str = "lowpeft demo") -> argparse.Namespace:
         parser.error(f"argument --threads: expected a positive integer, got {args.threads}")
     if not args.lr > 0:
         parser.error(f"argument --lr: expected a positive number, got {args.lr}")
-    if args.device is None:
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        parser.error(f"argument --device: expected a torch device such as cuda or cpu, got {args.device!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("argument --device: cuda was requested but torch sees no CUDA GPU")
+    device = device_argument(parser, args.device)
+    args.device = args.device or device.type
     from lowpeft.ops import _dispatch
 
     try:

@@ -275,12 +275,12 @@ def load_adapter(model: nn.Module, directory: Union[str, os.PathLike], adapter_n
         model_level.apply(model, config, adapter_name)
     else:
         _same_adapter(model, adapter_name, config)
-        existing = {layer.lora_A.dtype for layer in model_level.adapter_layers(model, adapter_name).values()
-                    if hasattr(layer, "lora_A")}
+        layers = model_level.adapter_layers(model, adapter_name).values()
+        existing = {layer.lora_A.dtype for layer in layers if hasattr(layer, "lora_A")}
         if adapter_dtype is not None and existing != {getattr(torch, adapter_dtype)}:
             raise ValueError(f"adapter_dtype: {adapter_dtype!r} applies when load_adapter adds the adapter; the model's "
                              f"{adapter_name!r} exists with factors in {sorted(str(d) for d in existing)}")
-        if any(getattr(layer, "merged", False) for layer in model_level.adapter_layers(model, adapter_name).values()):
+        if any(getattr(layer, "merged", False) for layer in layers):
             raise ValueError(f"adapter_name: {adapter_name!r} is merged into the base weights; lowpeft.unmerge(model) "
                              "before loading into it")
     try:

@@ -140,11 +140,12 @@ def test_bad_lora_shape_flags_are_named(capsys, argv, message):
     ("lora", ["--cases", "64x32:4"], "--cases: expected TxKxN[:r[:p]] items, got '64x32:4'"),
     ("lora", ["--cases", "64x32xa"], "--cases: expected TxKxN[:r[:p]] items with integers"),
     ("lora", ["--shapes", "64x32x16", "--ranks", "0"], "--shapes / --ranks / --dropouts: expected positive"),
-    ("lora", ["--device", "foo"], "--device: expected cpu or cuda[:N], got 'foo'"),
+    ("lora", ["--device", "foo"], "--device: expected a torch device such as cuda or cpu, got 'foo'"),
+    ("lora", ["--device", "meta"], "--device: expected one of the device types ('cpu', 'cuda'), got 'meta'"),
     ("adapter", ["--shapes", "64x0"], "--shapes: expected TOKENSxDIM with positive integers, got '64x0'"),
     ("adapter", ["--shapes", "64"], "--shapes: expected TOKENSxDIM with positive integers, got '64'"),
     ("adapter", ["--bottlenecks", "0"], "--bottlenecks: expected positive integers"),
-    ("adapter", ["--device", "foo"], "--device: expected cpu or cuda[:N], got 'foo'"),
+    ("adapter", ["--device", "foo"], "--device: expected a torch device such as cuda or cpu, got 'foo'"),
 ])
 def test_bad_harness_flags_are_usage_errors_not_tracebacks(capsys, harness, argv, message):
     assert message in run_cli_expecting_usage_error(capsys, "bench", harness, *argv)

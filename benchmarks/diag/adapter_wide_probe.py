@@ -14,6 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 import torch  # noqa: E402
 from triton.testing import do_bench_cudagraph  # noqa: E402
 
+from benchmarks.adapter_tuning import print_kernel_times  # noqa: E402
 from lowpeft.bench.adapter import PROVIDERS, make_inputs  # noqa: E402
 from lowpeft.kernels import bottleneck_adapter as kernels  # noqa: E402
 
@@ -40,21 +41,6 @@ def timed(step):
     return do_bench_cudagraph(step, rep=50) * 1e3
 
 
-def profile(step, label):
-    for _ in range(3):
-        step()
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(5):
-            step()
-        torch.cuda.synchronize()
-    print(f"  per-kernel, {label}:")
-    for event in prof.key_averages():
-        total = getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0)
-        if total > 0:
-            print(f"    {event.key[:70]:70s} {total / event.count:8.1f} us x{event.count // 5}")
-
-
 def main():
     torch.manual_seed(0)
     print(f"device {torch.cuda.get_device_name()}  torch {torch.__version__}")
@@ -71,7 +57,8 @@ def main():
                     steps[label] = PROVIDERS["triton"](inputs, "gelu", 1.0)
                     row[label] = timed(steps[label])
                     if (tokens, dim, bottleneck) in profile_cases and label in ("triton", "triton wide-path"):
-                        profile(steps[label], label)
+                        print(f"  per-kernel, {label}:")
+                        print_kernel_times(steps[label])
                 except Exception as exc:  # a variant that does not compile is reported, not fatal
                     print(f"  {label}: {type(exc).__name__}: {str(exc)[:200]}")
                 finally:

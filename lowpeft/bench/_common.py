@@ -87,17 +87,17 @@ def check_output_paths(parser: argparse.ArgumentParser, **paths) -> None:
             os.remove(path)
 
 
-def device_argument(parser: argparse.ArgumentParser, text) -> torch.device:
+def device_argument(parser: argparse.ArgumentParser, text, kinds=None) -> torch.device:
     """The --device value as a torch.device (default: cuda when present, else cpu); parser.error for a device
-    that is not a device or not available here."""
+    that is not a device, not available here, or (with `kinds`) not one of those device types."""
     try:
         device = torch.device(text or ("cuda" if torch.cuda.is_available() else "cpu"))
     except (RuntimeError, TypeError):
-        parser.error(f"--device: expected cpu or cuda[:N], got {text!r}")
+        parser.error(f"argument --device: expected a torch device such as cuda or cpu, got {text!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device: {text!r} needs a CUDA GPU, and this torch sees none")
-    if device.type not in ("cpu", "cuda"):
-        parser.error(f"--device: expected cpu or cuda[:N], got {text!r}")
+        parser.error("argument --device: cuda was requested but torch sees no CUDA GPU")
+    if kinds is not None and device.type not in kinds:
+        parser.error(f"argument --device: expected one of the device types {kinds}, got {text!r}")
     return device
 
 

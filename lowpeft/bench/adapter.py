@@ -212,7 +212,7 @@ def main(argv=None) -> int:
         parser.error(str(error) if str(error).startswith("--") else f"--bottlenecks: {error}")
     if any(m < 1 for m in bottlenecks):
         parser.error(f"--bottlenecks: expected positive integers, got {args.bottlenecks!r}")
-    device = device_argument(parser, args.device)
+    device = device_argument(parser, args.device, kinds=("cpu", "cuda"))
     check_output_paths(parser, json=args.json, md=args.md, csv=args.csv)
     # By default the providers this device runs: lowpeft's own backend there, the floor and eager PyTorch.
     providers = args.providers or (["floor", "triton", "eager", "compile"] if device.type == "cuda"

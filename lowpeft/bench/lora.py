@@ -340,7 +340,7 @@ def main(argv=None) -> int:
             cases = list(DEFAULT_CASES)
     except ValueError as error:
         parser.error(str(error) if not args.shapes else f"--shapes / --ranks / --dropouts: {str(error).removeprefix('--cases: ')}")
-    device = device_argument(parser, args.device)
+    device = device_argument(parser, args.device, kinds=("cpu", "cuda"))
     check_output_paths(parser, json=args.json, md=args.md, csv=args.csv)
     if device.type == "cuda":
         from torch import _dynamo

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..data import ByteTokenizer, load_text, sample_windows
 from ..ops._dispatch import CHOICES as BACKEND_CHOICES
-from ._common import check_output_paths, environment, provider_list, write_results
+from ._common import check_output_paths, device_argument, environment, provider_list, write_results
 
 __all__ = [
     "PRESETS",
@@ -518,14 +518,8 @@ def build_parser(prog: str = "lowpeft bench model") -> argparse.ArgumentParser:
 def parse_args(argv=None, prog: str = "lowpeft bench model") -> argparse.Namespace:
     parser = build_parser(prog)
     args = parser.parse_args(argv)
-    if args.device is None:
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        parser.error(f"argument --device: expected a torch device such as cuda or cpu, got {args.device!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("argument --device: cuda was requested but torch sees no CUDA GPU")
+    device = device_argument(parser, args.device)
+    args.device = args.device or device.type
     check_output_paths(parser, json=args.json, md=args.md, csv=args.csv)
     if args.preset is None:
         args.preset = "1b" if device.type == "cuda" else "tiny"

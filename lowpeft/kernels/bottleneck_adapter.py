@@ -794,8 +794,8 @@ def _backward_by_gemm(grad_out, h, down_weight, up_weight, z, a, dz, dh, weight_
     plan = up_columns_plan(block_m, h.element_size())
     splits = _up_columns_splits(T, D, plan, h.device)
     # db_down's per-row-block sums, sized for the smallest row block a candidate config may take; db_up's per split.
-    dz_sums = (torch.empty((ceil_div(T, _smallest_block_t(row_block_configs())), M), dtype=acc_dtype, device=h.device)
-               if need_d_down_b else None)
+    dz_sums = (torch.empty((ceil_div(T, _smallest_block_t(_backward_rows_kernel.configs)), M), dtype=acc_dtype,
+                           device=h.device) if need_d_down_b else None)
     g_sums = torch.empty((splits, D), dtype=acc_dtype, device=h.device) if need_d_up_b else None
     rows_config = _launch_backward_rows(grad_out, up_weight, z, a, dz, dz_sums, activation, scale, block_m)
     if need_dh or need_d_up_b:
