@@ -2,7 +2,8 @@
 # tooling around them (configs, apply / merge, PEFT-format save / load, prompt tuning, selective fine-tuning).
 #
 # Trade-off: public names are resolved lazily (PEP 562 __getattr__), so `import lowpeft` imports torch and
-# nothing else heavy: no triton, no transformers or peft, no compiled extension, no GPU query.
+# nothing else heavy: no triton, no transformers or peft, no compiled extension, no GPU query. Touching
+# SaveAdapterCallback (a transformers TrainerCallback) imports transformers; no other name does.
 from __future__ import annotations
 
 import importlib
@@ -34,6 +35,7 @@ _EXPORTS = {
     "save_adapter": "lowpeft.io",
     "load_adapter": "lowpeft.io",
     "AdapterFileNotFoundError": "lowpeft.io",
+    "SaveAdapterCallback": "lowpeft.trainer_callback",
     "from_peft": "lowpeft.peft_interop",
     "set_backend": "lowpeft.ops._dispatch",
     "get_backend": "lowpeft.ops._dispatch",

@@ -1,6 +1,6 @@
 # transformers' Trainer with lowpeft layers: a tiny Llama and a tiny GPT-2 (from configs) train with
 # gradient_accumulation_steps=4, the loss falls, and the adapter saved after training reloads into a fresh
-# model giving the same logits.
+# model giving the same logits; lowpeft.SaveAdapterCallback puts a PEFT-loadable adapter in every checkpoint.
 #
 # Trade-off: a repeated short token pattern gives a loss that must fall within a few dozen steps on the CPU.
 import pytest
@@ -69,3 +69,153 @@ def test_trainer_with_gradient_accumulation_trains_saves_and_reloads(make, tmp_p
     expected = model(ids).logits
     reloaded = lowpeft.load_adapter(make().to(model.device).eval(), tmp_path / "adapter")
     torch.testing.assert_close(reloaded(ids).logits, expected, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------------
+# lowpeft.SaveAdapterCallback: every checkpoint (and the output directory at the end) ships the adapter
+# ------------------------------------------------------------------------------------------------------
+def _eval_logits(model, ids):
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        logits = model(ids.to(model.device)).logits
+    model.train(was_training)
+    return logits
+
+
+class _LogitsAtSave(transformers.TrainerCallback):
+    """Listed after SaveAdapterCallback: the model's eval-mode logits at each checkpoint, by global step."""
+
+    def __init__(self, ids):
+        self.ids = ids
+        self.logits = {}
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        self.logits[state.global_step] = _eval_logits(model, self.ids)
+
+
+def _randomise_adapter(model):
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.normal_(std=0.2)
+    return model
+
+
+@pytest.fixture
+def single_process_group():
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("make", [tiny_llama, tiny_gpt2], ids=["llama", "gpt2"])
+def test_save_adapter_callback_ships_the_adapter_with_every_checkpoint(make, tmp_path):
+    peft = pytest.importorskip("peft")
+    model = lowpeft.apply(make(), lowpeft.LoRAConfig(r=8, alpha=16, dropout=0.05, target_modules="all-linear"))
+    ids = _Patterns().ids[:2]
+    at_save = _LogitsAtSave(ids)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "run"), per_device_train_batch_size=2, learning_rate=1e-2, max_steps=4,
+        save_steps=2, report_to=[], use_cpu=USE_CPU, seed=0, disable_tqdm=True,
+    )
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=_Patterns(count=8),
+                                   callbacks=[lowpeft.SaveAdapterCallback(), at_save])
+    trainer.train()
+    assert sorted(at_save.logits) == [2, 4]
+    assert not torch.allclose(at_save.logits[2], at_save.logits[4])   # so each load is told apart
+    expected = {tmp_path / "run" / "checkpoint-2" / "adapter": at_save.logits[2],
+                tmp_path / "run" / "checkpoint-4" / "adapter": at_save.logits[4],
+                tmp_path / "run" / "adapter": _eval_logits(model, ids)}
+    for directory, logits in expected.items():
+        assert sorted(p.name for p in directory.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+        ours = lowpeft.load_adapter(make().to(model.device).eval(), directory)
+        torch.testing.assert_close(_eval_logits(ours, ids), logits, rtol=1e-5, atol=1e-5)
+        theirs = peft.PeftModel.from_pretrained(make().to(model.device).eval(), str(directory))
+        torch.testing.assert_close(_eval_logits(theirs, ids), logits, rtol=1e-5, atol=1e-5)
+    # Trainer's own files stay as Trainer wrote them: no adapter_config.json in the checkpoint root.
+    root = {p.name for p in (tmp_path / "run" / "checkpoint-2").iterdir()}
+    assert "model.safetensors" in root and "adapter_config.json" not in root, root
+
+
+def test_save_adapter_callback_unwraps_ddp_and_torch_compile(tmp_path, single_process_group):
+    model = _randomise_adapter(lowpeft.apply(tiny_llama(), lowpeft.LoRAConfig(r=4, target_modules=["q_proj", "v_proj"])))
+    wrapped = torch.compile(torch.nn.parallel.DistributedDataParallel(model))
+    callback = lowpeft.SaveAdapterCallback(directory=tmp_path / "final")
+    args = transformers.TrainingArguments(output_dir=str(tmp_path / "run"), report_to=[], use_cpu=True)
+    state = transformers.TrainerState(global_step=3)
+    (tmp_path / "run" / "checkpoint-3").mkdir(parents=True)
+    callback.on_train_begin(args, state, None, model=wrapped)
+    callback.on_save(args, state, None, model=wrapped)
+    callback.on_train_end(args, state, None, model=wrapped)
+    ids = _Patterns().ids[:2]
+    for directory in (tmp_path / "run" / "checkpoint-3" / "adapter", tmp_path / "final"):
+        reloaded = lowpeft.load_adapter(tiny_llama().eval(), directory)
+        torch.testing.assert_close(_eval_logits(reloaded, ids), _eval_logits(model, ids), rtol=0, atol=0)
+
+
+def test_save_adapter_callback_refuses_a_model_without_lowpeft_adapters_before_training(tmp_path):
+    args = transformers.TrainingArguments(output_dir=str(tmp_path / "run"), per_device_train_batch_size=2,
+                                          max_steps=2, save_steps=1, report_to=[], use_cpu=USE_CPU, disable_tqdm=True)
+    trainer = transformers.Trainer(model=tiny_llama(), args=args, train_dataset=_Patterns(count=8),
+                                   callbacks=[lowpeft.SaveAdapterCallback()])
+    with pytest.raises(ValueError, match=r"model: SaveAdapterCallback needs a model with lowpeft adapters .* "
+                                         r"got a LlamaForCausalLM with none"):
+        trainer.train()
+    assert trainer.state.global_step == 0 and not list((tmp_path / "run").glob("checkpoint-*"))
+
+
+def test_save_adapter_callback_refuses_fsdp2_sharded_adapters(tmp_path, single_process_group):
+    from torch.distributed.fsdp import fully_shard
+
+    model = lowpeft.apply(tiny_llama(), lowpeft.LoRAConfig(r=4, target_modules=["q_proj"]))
+    for block in model.model.layers:
+        fully_shard(block)
+    fully_shard(model)
+    args = transformers.TrainingArguments(output_dir=str(tmp_path / "run"), report_to=[], use_cpu=True)
+    with pytest.raises(NotImplementedError, match="cannot gather adapter parameters sharded across processes"):
+        lowpeft.SaveAdapterCallback().on_train_begin(args, transformers.TrainerState(), None, model=model)
+
+
+def test_save_adapter_callback_writes_only_where_trainer_saves(tmp_path):
+    import types
+
+    model = lowpeft.apply(tiny_llama(), lowpeft.LoRAConfig(r=4, target_modules=["q_proj"]))
+    state = transformers.TrainerState(global_step=5)
+    callback = lowpeft.SaveAdapterCallback()
+    not_main = types.SimpleNamespace(should_save=False, output_dir=str(tmp_path / "run"))
+    callback.on_save(not_main, state, None, model=model)
+    callback.on_train_end(not_main, state, None, model=model)
+    assert not (tmp_path / "run").exists()
+    main = types.SimpleNamespace(should_save=True, output_dir=str(tmp_path / "run"))
+    with pytest.raises(FileNotFoundError, match="expected Trainer's checkpoint folder .*checkpoint-5"):
+        callback.on_save(main, state, None, model=model)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"subfolder": ""}, ValueError, "subfolder: expected a relative folder name"),
+    ({"subfolder": "/abs"}, ValueError, "subfolder: expected a relative folder name"),
+    ({"subfolder": "../up"}, ValueError, "subfolder: expected a relative folder name"),
+    ({"subfolder": 3}, TypeError, "subfolder: expected a str, got int"),
+    ({"directory": 3}, TypeError, "directory: expected None, a str or an os.PathLike, got int"),
+    ({"adapter_name": "a.b"}, ValueError, "adapter_name: expected a non-empty string"),
+])
+def test_save_adapter_callback_validates_its_arguments(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        lowpeft.SaveAdapterCallback(**kwargs)
+
+
+def test_save_adapter_callback_without_transformers_is_an_import_error_naming_it():
+    import subprocess
+    import sys
+
+    probe = ("import sys; sys.modules['transformers'] = None\n"
+             "import lowpeft\nfrom lowpeft import *\n"
+             "try:\n    SaveAdapterCallback()\nexcept ImportError as error:\n    print('ERROR', error)\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert "ERROR lowpeft.SaveAdapterCallback is a transformers TrainerCallback and needs transformers" in out, out
