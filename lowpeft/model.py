@@ -78,7 +78,7 @@ def is_conv1d(module: nn.Module) -> bool:
 _LINEAR_EQUIVALENT_SUBCLASSES = {("transformers.models.falcon.", "FalconLinear")}
 
 
-def _is_linear_like(module: nn.Module) -> bool:
+def is_linear_like(module: nn.Module) -> bool:
     """nn.Linear, a subclass keeping nn.Linear's forward (e.g. MultiheadAttention's out_proj) or known to compute
     the same (transformers' FalconLinear), or Conv1D. Any other subclass with a forward of its own (a quantized or
     fake-quantized Linear) is not: lowpeft's layers read its weight and would skip that forward."""
@@ -92,7 +92,7 @@ def _is_linear_like(module: nn.Module) -> bool:
 def _skipped_linears(modules) -> list[str]:
     """'path (Class)' of the nn.Linear subclasses with a forward of their own among (name, module) pairs."""
     return [f"{name} ({type(m).__qualname__})" for name, m in modules if isinstance(m, nn.Linear)
-            and not _is_linear_like(m)]
+            and not is_linear_like(m)]
 
 
 def matches(targets, name: str) -> bool:
@@ -126,7 +126,7 @@ def _original_modules(model: nn.Module, state: Optional[_ModelAdapters]) -> list
 
 
 def _some_names(modules: Sequence[tuple[str, nn.Module]], limit: int = 12) -> str:
-    linear = [name for name, module in modules if _is_linear_like(module)]
+    linear = [name for name, module in modules if is_linear_like(module)]
     names = linear or [name for name, _ in modules]
     shown = ", ".join(names[:limit])
     return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
@@ -138,7 +138,7 @@ def target_paths(model: nn.Module, config: Union[LoRAConfig, AdapterConfig]) -> 
     modules = _original_modules(model, _state(model))
     if config.target_modules == ALL_LINEAR:
         head = _output_head(model)
-        chosen = [(name, m) for name, m in modules if _is_linear_like(m) and m is not head]
+        chosen = [(name, m) for name, m in modules if is_linear_like(m) and m is not head]
     else:
         chosen = [(name, m) for name, m in modules if matches(config.target_modules, name)]
     if config.exclude_modules is not None:
@@ -153,7 +153,7 @@ def target_paths(model: nn.Module, config: Union[LoRAConfig, AdapterConfig]) -> 
                f"{', '.join(skipped[:6])}{', ...' if len(skipped) > 6 else ''}" if skipped else "")
         )
     for name, module in chosen:
-        if not _is_linear_like(module):
+        if not is_linear_like(module):
             kind = type(module)
             raise ValueError(
                 f"target_modules: {config.target_modules!r} matched {name!r}, a {kind.__module__}.{kind.__qualname__}; "

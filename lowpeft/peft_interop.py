@@ -13,6 +13,7 @@ import warnings
 import torch
 from torch import nn
 
+from .model import is_linear_like
 from .ops import _dispatch
 from .ops.lora_linear import lora_linear
 
@@ -115,9 +116,8 @@ def __getattr__(name: str):
 
 
 def _is_plain_base(layer) -> bool:
-    """A base the fused op computes exactly: nn.Linear or a subclass keeping its forward, or Conv1D."""
-    base = layer.get_base_layer()
-    return (isinstance(base, nn.Linear) and type(base).forward is nn.Linear.forward) or type(base).__name__ == "Conv1D"
+    """A base the fused op computes exactly: the rule lowpeft.apply adapts by (model.is_linear_like)."""
+    return is_linear_like(layer.get_base_layer())
 
 
 def from_peft(peft_model: nn.Module, backend: str = "auto") -> nn.Module:

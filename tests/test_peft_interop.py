@@ -205,3 +205,28 @@ def test_a_base_with_a_forward_of_its_own_runs_peft_layers_forward():
     with pytest.warns(UserWarning, match="FakeQuantLinear base runs PEFT's own forward"):
         out = fused(x)
     torch.testing.assert_close(out, plain(x), rtol=0, atol=0)
+
+
+def test_from_peft_fuses_falcon_linear_as_apply_adapts_it():
+    # FalconLinear has a forward of its own that computes x Wᵀ + b exactly: lowpeft.apply adapts it, so from_peft
+    # fuses it too (one rule for both routes), with no "runs PEFT's own forward" warning, and the same output.
+    config = transformers.FalconConfig(hidden_size=32, num_attention_heads=4, num_hidden_layers=2, vocab_size=64,
+                                       new_decoder_architecture=False)
+    torch.manual_seed(0)
+    base = transformers.FalconForCausalLM(config).eval()
+    plain = peft.get_peft_model(base, peft.LoraConfig(r=2, target_modules="all-linear",
+                                                      init_lora_weights="gaussian"))
+    with torch.no_grad():
+        for name, param in plain.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.1)
+    ids = torch.randint(0, 64, (1, 5))
+    expected = plain(ids).logits
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lowpeft.from_peft(plain, backend="torch")
+        got = plain(ids).logits
+    fused = peft_interop._fused_class()
+    layers = [m for m in plain.modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")]
+    assert len(layers) == 8 and all(type(m) is fused for m in layers)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
