@@ -604,7 +604,7 @@ def _column_sum(partial_ptr, out_ptr, rows_total, width, factor, block, BLOCK_R:
 @triton.jit(do_not_specialize=["UP_ROWS", "DOWN_ROWS", "D", "M"])
 def _bias_sums_kernel(
     up_partial_ptr, down_partial_ptr, d_up_b_ptr, d_down_b_ptr,
-    UP_ROWS, DOWN_ROWS, D, M, up_scale, down_scale,
+    UP_ROWS, DOWN_ROWS, D, M, up_scale,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     # The wide-bottleneck backward's bias gradients from its column-sum partials: db_up = s · Σ rows of [UP_ROWS, D]
@@ -615,7 +615,7 @@ def _bias_sums_kernel(
     if pid < up_programs:
         _column_sum(up_partial_ptr, d_up_b_ptr, UP_ROWS, D, up_scale, pid, BLOCK_R, BLOCK_C)
     else:
-        _column_sum(down_partial_ptr, d_down_b_ptr, DOWN_ROWS, M, down_scale, pid - up_programs, BLOCK_R, BLOCK_C)
+        _column_sum(down_partial_ptr, d_down_b_ptr, DOWN_ROWS, M, 1.0, pid - up_programs, BLOCK_R, BLOCK_C)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -814,7 +814,7 @@ def _backward_by_gemm(grad_out, h, down_weight, up_weight, z, a, dz, dh, weight_
             z if g_sums is None else g_sums, z if dz_sums is None else dz_sums, weight_grads[3], weight_grads[1],
             splits if need_d_up_b else 0,
             ceil_div(T, rows_config["BLOCK_T"]) if need_d_down_b else 0,
-            up_width, down_width, float(scale), 1.0, BLOCK_R=32, BLOCK_C=block_c,
+            up_width, down_width, float(scale), BLOCK_R=32, BLOCK_C=block_c,
         )
 
 
