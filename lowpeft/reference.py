@@ -172,7 +172,7 @@ def bottleneck_adapter_backward(grad_out, h, down_weight, down_bias, up_weight, 
     if down_bias is not None:
         z = z + down_bias
     a = activation_forward(z, activation)
-    d_a = scale * (g @ up_weight)
-    d_z = d_a * activation_derivative(z, activation)
+    # dz = s · (g W_up) ⊙ act'(z), the scale applied last: first, s · g W_up could overflow where act'(z) = 0.
+    d_z = (g @ up_weight) * activation_derivative(z, activation) * scale
     dh = g + d_z @ down_weight
     return dh.reshape(h.shape), d_z.t() @ h2, d_z.sum(0), scale * (g.t() @ a), scale * g.sum(0)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from lowpeft import reference
 from lowpeft.ops.bottleneck_adapter import bottleneck_adapter
 from tests.backends_under_test import DEVICE, backend_params, examples_for
-from tests.tolerance import assert_matches_oracle, poison_
+from tests.tolerance import assert_matches_oracle, assert_non_finite_pattern_matches, poison_
 
 DIMS = st.sampled_from([1, 7, 16, 33, 64, 123])
 TOKENS = st.sampled_from([0, 1, 7, 32, 123])
@@ -221,6 +221,33 @@ def test_transposed_views_past_int32_column_offsets_are_copied_row_major():
     assert column_offsets_fit(small) is small
     one_column = torch.empty_strided((2, 1), (1, 2**40), device="meta")
     assert column_offsets_fit(one_column) is one_column
+
+
+@pytest.mark.parametrize("activation", reference.ACTIVATIONS)
+@pytest.mark.parametrize("backend,device,dtype", backend_params())
+def test_scale_overflow_gives_the_oracles_non_finite_pattern(backend, device, dtype, activation):
+    # scale = max / 4, W_down = [I | 0] and W_up = [I; 0], so z = ±1 and g W_up = g[:, :2]: 10 where a unit is off
+    # (z = -1), 0.1 where it is on. The exact dz = s · (g W_up) ⊙ act'(z) stays in range (0 for relu off, at most
+    # 0.21 · max), as do out, dh, dW_down and db_down; dW_up and db_up overflow with one sign. A backend that scales
+    # g W_up before act' (the cpu, cuda and triton backends and the oracle once did) gets s · 10 = Inf first:
+    # Inf · 0 = NaN (relu) or ±Inf where dz is finite, spread over whole rows by dz W_down.
+    gen = torch.Generator().manual_seed(22)
+    signs = torch.tensor([[1.0, -1.0], [-1.0, 1.0], [1.0, 1.0], [-1.0, -1.0]], dtype=torch.float64)
+    h = torch.cat([signs, 0.1 * torch.randn(4, 4, generator=gen, dtype=torch.float64)], 1)
+    grad_out = torch.cat([torch.where(signs < 0, 10.0, 0.1),
+                          0.01 * torch.randn(4, 4, generator=gen, dtype=torch.float64)], 1)
+    down_weight, up_weight = torch.eye(2, 6, dtype=torch.float64), torch.eye(6, 2, dtype=torch.float64)
+    biases = torch.zeros(2, dtype=torch.float64), torch.zeros(6, dtype=torch.float64)
+    scale = torch.finfo(dtype).max / 4
+    args = [t.to(device=device, dtype=dtype).requires_grad_(True)
+            for t in (h, down_weight, biases[0], up_weight, biases[1])]
+    out = bottleneck_adapter(*args, activation, scale, backend=backend)
+    grads = torch.autograd.grad(out, args, grad_out.to(device=device, dtype=dtype))
+    ref_out, ref_grads = _oracle((h, down_weight, biases[0], up_weight, biases[1]), grad_out, activation, scale,
+                                 lambda t: t)
+    assert torch.isinf(ref_grads[3].to(dtype)).any() and torch.isfinite(ref_grads[0].to(dtype)).all()
+    for name, mine, ref in zip(("out",) + GRAD_NAMES, (out, *grads), (ref_out, *ref_grads)):
+        assert_non_finite_pattern_matches(mine, ref, name=f"{backend}/{dtype}/{activation}/{name}")
 
 
 @pytest.mark.parametrize("bottleneck", [24, 100], ids=["narrow", "wide"])

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from lowpeft import reference
 from lowpeft.ops import lora_linear
 from tests.backends_under_test import DEVICE, backend_params, examples_for
-from tests.tolerance import assert_matches_oracle
+from tests.tolerance import assert_matches_oracle, assert_non_finite_pattern_matches
 
 SIZES = st.sampled_from([1, 7, 16, 33, 64, 123])
 TOKENS = st.sampled_from([0, 1, 7, 32, 123])
@@ -109,6 +109,38 @@ def test_nan_and_inf_propagate_like_the_oracle(backend, device, dtype):
     ref = reference.lora_linear(x.double(), weight.double(), bias.double(), lora_A.double(), lora_B.double(), 0.5)
     assert torch.equal(torch.isfinite(y.cpu()), torch.isfinite(ref.cpu()))
     assert torch.isfinite(y[[0, 1, 3, 5, 6]]).all()
+
+
+@pytest.mark.parametrize("dropout_p", [0.0, 0.3])
+@pytest.mark.parametrize("backend,device,dtype", backend_params())
+def test_scaling_overflow_gives_the_oracles_non_finite_pattern(backend, device, dtype, dropout_p):
+    # scaling = max / 4 and lora_A = [I | 0], so S = x[:, :2] = ±10 (0 or ±10 / (1 - p) under dropout): s · S alone
+    # overflows, while s · B, the products S_k (s B)_k and the exact y stay far inside the range or overflow with one
+    # sign. lora_B's rows: opposite signs with a finite y, one-sided past the range (±Inf), zero (y = x Wᵀ + b), and
+    # all positive. A backend that scales S before the up product (the cpu backend, csrc/cuda's dropout path and the
+    # triton backend's LOWPEFT_TRITON_GEMM=fused kernel once did) sums Inf · B terms: NaN or ±Inf where the oracle's
+    # y is finite, NaN where it is ±Inf.
+    gen = torch.Generator().manual_seed(21)
+    signs = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]], dtype=torch.float64)
+    x = torch.cat([10 * signs, 0.1 * torch.randn(4, 3, generator=gen, dtype=torch.float64)], 1)
+    lora_A = torch.eye(2, 5, dtype=torch.float64)
+    lora_B = torch.tensor([[0.02, -0.01], [0.6, 0.0], [-0.6, 0.0], [0.5, -0.01], [0.0, 0.0], [0.01, 0.02]],
+                          dtype=torch.float64)
+    weight = 0.1 * torch.randn(6, 5, generator=gen, dtype=torch.float64)
+    bias = 0.1 * torch.randn(6, generator=gen, dtype=torch.float64)
+    grad_out = 1e-3 * torch.randn(4, 6, generator=gen, dtype=torch.float64)
+    scaling = torch.finfo(dtype).max / 4
+    args = [t.to(device=device, dtype=dtype).requires_grad_(True) for t in (x, weight, bias, lora_A, lora_B)]
+    y = lora_linear(*args, scaling, dropout_p, True, backend=backend, seed=torch.tensor(13))
+    grads = torch.autograd.grad(y, args, grad_out.to(device=device, dtype=dtype))
+    mask = reference.dropout_keep_mask(13, 4, 5, dropout_p) if dropout_p > 0 else None
+    ref_y = reference.lora_linear(x, weight, bias, lora_A, lora_B, scaling, mask, dropout_p)
+    dx, d_lora_A, d_lora_B, d_weight, d_bias = reference.lora_linear_backward(
+        grad_out, x, weight, lora_A, lora_B, scaling, mask, dropout_p)
+    assert torch.isinf(ref_y.to(dtype)).any() and torch.isfinite(ref_y.to(dtype)).any()
+    names = ("y", "dx", "d_weight", "d_bias", "d_lora_A", "d_lora_B")
+    for name, ours, ref in zip(names, (y, *grads), (ref_y, dx, d_weight, d_bias, d_lora_A, d_lora_B)):
+        assert_non_finite_pattern_matches(ours, ref, name=f"{backend}/{dtype}/{name}")
 
 
 @pytest.mark.parametrize("backend,device,dtype", backend_params())

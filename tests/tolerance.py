@@ -3,7 +3,8 @@
 # where ref64 is lowpeft.reference evaluated in float64 and torch_same_dtype the same reference evaluated
 # in the inputs' dtype by plain PyTorch. Trade-off: a max-norm rule (as flash-attention uses) instead of an
 # elementwise one, so a single element where PyTorch happens to round exactly cannot make a test flaky,
-# while a kernel twice as inaccurate as PyTorch anywhere still fails.
+# while a kernel twice as inaccurate as PyTorch anywhere still fails. Overflow tests compare the NaN / ±Inf
+# pattern alone, against the oracle rounded to the tested dtype (assert_non_finite_pattern_matches).
 import torch
 
 ATOL = {
@@ -37,3 +38,14 @@ def poison_(tensor):
     if tensor.is_floating_point():
         return tensor.fill_(float("nan"))
     return tensor.fill_(-12345)
+
+
+def assert_non_finite_pattern_matches(ours, ref64, name="output"):
+    """NaN, +Inf and -Inf exactly where the float64 oracle has them once rounded to `ours`' dtype (a value past that
+    dtype's range reads as Inf there). The inputs must keep every exact intermediate far from the overflow threshold:
+    then any order of operations passes whose intermediates overflow only where the exact result does."""
+    assert ours.shape == ref64.shape, f"{name}: shape {tuple(ours.shape)} != oracle's {tuple(ref64.shape)}"
+    got, expected = ours.detach().cpu(), ref64.detach().to(ours.dtype).cpu()
+    for kind, where in (("NaN", torch.isnan), ("+Inf", torch.isposinf), ("-Inf", torch.isneginf)):
+        assert torch.equal(where(got), where(expected)), (
+            f"{name}: {kind} at {where(got).nonzero().tolist()}, the oracle's at {where(expected).nonzero().tolist()}")

@@ -4,11 +4,15 @@
 // Trade-off: on a CPU the skinny LoRA products (rank r ≪ K, N) run fastest as GEMMs too, so the fused path
 // keeps them in ATen and removes what eager LoRA spends around them: no mask tensor and no bernoulli draw
 // (the mask is regenerated from Philox, AVX-512 / AVX2 intrinsics, inside the pass that applies it), no [T, N]
-// temporary or extra add for the LoRA term (a rank-(r+1) GEMM [s·S | 1] [B | b]ᵀ writes y, bias included,
+// temporary or extra add for the LoRA term (a rank-(r+1) GEMM [S | 1] [s·B | b]ᵀ writes y, bias included,
 // and the frozen GEMM accumulates onto it with beta = 1; in backward dS A is written to dx first and g W
-// accumulated onto it), and with dropout the mask on dx and the dropped input for dA come out of one pass. Only with dropout does backward hold a [T, K] temporary (the dropped x) for the
-// dA GEMM. 16-bit inputs are widened to float32 for the small products (S, dS, dA, dB are accumulated in
-// float32; the frozen GEMMs keep the input dtype, as nn.Linear does).
+// accumulated onto it), and with dropout the mask on dx and the dropped input for dA come out of one pass. Only
+// with dropout does backward hold a [T, K] temporary (the dropped x) for the dA GEMM. The scaling multiplies B, not
+// S: MKL applies the torch backend's addmm_(S, Bᵀ, alpha = s) the same way (to the packed Bᵀ), so a float overflow
+// gives its Inf / NaN pattern (s·S first made Inf · B terms: NaN where it has ±Inf or a finite value), and it is an
+// [N, r] multiply instead of a [T, r] one. Backward scales after each product, as the torch backend does.
+// 16-bit inputs are widened to float32 for the small products (S, dS, dA, dB are accumulated in float32; the
+// frozen GEMMs keep the input dtype, as nn.Linear does).
 #include <optional>
 #include <vector>
 
@@ -89,12 +93,12 @@ std::tuple<at::Tensor, at::Tensor> lora_linear_fwd(const at::Tensor& x, const at
   check_lora_forward("native_lora_linear_fwd", x, weight, bias, lora_A, lora_B, scaling, dropout_p);
   const auto acc_dtype = accumulate_dtype(x.scalar_type());
   at::Tensor shrink = at::mm(dropped_input(x, dropout_p, seed), lora_A.to(acc_dtype).t());
-  // y = [s·S | 1] [B | b]ᵀ writes y once (LoRA term and bias), then the frozen GEMM accumulates onto it.
-  at::Tensor low = shrink.mul(scaling).to(x.scalar_type());
-  at::Tensor up = lora_B;
+  // y = [S | 1] [s·B | b]ᵀ writes y once (LoRA term and bias), then the frozen GEMM accumulates onto it.
+  at::Tensor low = shrink.to(x.scalar_type());
+  at::Tensor up = lora_B.mul(scaling);
   if (bias.has_value()) {
     low = at::cat({low, at::ones({x.size(0), 1}, x.options())}, 1);
-    up = at::cat({lora_B, bias->unsqueeze(1)}, 1);
+    up = at::cat({up, bias->unsqueeze(1)}, 1);
   }
   at::Tensor y = at::mm(low, up.t());
   y.addmm_(x, weight.t());

@@ -67,7 +67,8 @@ __global__ void backward_prologue_kernel(const scalar_t* __restrict__ d_act, con
   const int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t span = dz != nullptr ? rows * bottleneck : 0;
   if (index < span) {
-    const acc_t value = scale * static_cast<acc_t>(d_act[index]) * activation_derivative(z[index], activation);
+    // The scale last, as the torch backend: s · (g W_up) first overflows where act'(z) = 0 (Inf · 0 = NaN).
+    const acc_t value = static_cast<acc_t>(d_act[index]) * activation_derivative(z[index], activation) * scale;
     dz[index] = value;
     dz_low[index] = static_cast<scalar_t>(value);
   }

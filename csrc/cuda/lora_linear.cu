@@ -5,7 +5,7 @@
 //
 // With dropout:
 //   forward:  S = dropout(x) Aᵀ                    row_reduce_kernel (16-byte loads of x, Philox mask in registers)
-//             y = [s·S | 1] [B | b]ᵀ                one rank-(r+1) cuBLAS GEMM writes y (bias included) ...
+//             y = [S | 1] [s·B | b]ᵀ                one rank-(r+1) cuBLAS GEMM writes y (bias included) ...
 //             y += x Wᵀ                             ... and the frozen GEMM accumulates onto it (beta = 1)
 //   backward: dS = s · g B                          row_reduce_kernel over g
 //             dBᵀ = s · Sᵀ g                        col_reduce_kernel over g: split-T partials + ordered sum
@@ -65,13 +65,13 @@ __device__ __forceinline__ void apply_dropout(const Dropout& dropout, int64_t ro
 }
 
 // out[t, j] = scale · Σ_k dropout(in)[t, k] · weight[j, k] for j in this block's tile of R, and optionally
-// low[t, j] = out[t, j] · low_scale in the input dtype with a column of ones at j = R (bias) and zeros up to
+// low[t, j] = out[t, j] in the input dtype with a column of ones at j = R (bias) and zeros up to
 // low_width (the operand of the rank-r GEMM that initialises y).
 template <typename scalar_t, typename acc_t, int VEC>
 __global__ void __launch_bounds__(kRowWarps * 32) row_reduce_kernel(
     const scalar_t* __restrict__ in, int64_t in_row_stride, int64_t in_col_stride,
     const scalar_t* __restrict__ weight, int64_t rows, int64_t cols, int64_t rank, acc_t scale, Dropout dropout,
-    acc_t* __restrict__ out, scalar_t* __restrict__ low, int64_t low_width, acc_t low_scale, bool ones_column) {
+    acc_t* __restrict__ out, scalar_t* __restrict__ low, int64_t low_width, bool ones_column) {
   const int lane = threadIdx.x & 31;
   const int64_t row0 = (static_cast<int64_t>(blockIdx.x) * kRowWarps + (threadIdx.x >> 5)) * kRowsPerWarp;
   const int64_t j0 = static_cast<int64_t>(blockIdx.y) * kRankTile;
@@ -115,7 +115,7 @@ __global__ void __launch_bounds__(kRowWarps * 32) row_reduce_kernel(
       const acc_t total = warp_sum(acc[r][j]);
       if (lane == 0 && t < rows && j0 + j < rank) {
         out[t * rank + j0 + j] = scale * total;
-        if (low != nullptr) low[t * low_width + j0 + j] = static_cast<scalar_t>(scale * total * low_scale);
+        if (low != nullptr) low[t * low_width + j0 + j] = static_cast<scalar_t>(scale * total);
       }
     }
     if (low != nullptr && blockIdx.y == 0 && t < rows) {
@@ -207,7 +207,7 @@ __global__ void ordered_sum_kernel(const acc_t* __restrict__ partial, int64_t ch
 // ---------------------------------------------------------------------------------------------------
 template <typename scalar_t, typename acc_t>
 void launch_row_reduce(const at::Tensor& in, const at::Tensor& weight_rows, double scale, const Dropout& dropout,
-                       at::Tensor& out, scalar_t* low, int64_t low_width, double low_scale, bool ones_column) {
+                       at::Tensor& out, scalar_t* low, int64_t low_width, bool ones_column) {
   const int64_t rows = in.size(0), cols = in.size(1), rank = weight_rows.size(0);
   if (rows == 0) return;
   constexpr int vec = 16 / sizeof(scalar_t);
@@ -217,8 +217,7 @@ void launch_row_reduce(const at::Tensor& in, const at::Tensor& weight_rows, doub
     constexpr int V = decltype(vec_tag)::value;
     row_reduce_kernel<scalar_t, acc_t, V><<<grid, kRowWarps * 32, 0, stream>>>(
         in.const_data_ptr<scalar_t>(), in.stride(0), in.stride(1), weight_rows.const_data_ptr<scalar_t>(), rows,
-        cols, rank, static_cast<acc_t>(scale), dropout, out.mutable_data_ptr<acc_t>(), low, low_width,
-        static_cast<acc_t>(low_scale), ones_column);
+        cols, rank, static_cast<acc_t>(scale), dropout, out.mutable_data_ptr<acc_t>(), low, low_width, ones_column);
   };
   const bool vectorized = vector_friendly(in.const_data_ptr(), in.stride(0), in.stride(1), cols, vec, sizeof(scalar_t)) &&
                           is_aligned(weight_rows.const_data_ptr(), vec * sizeof(scalar_t));
@@ -305,7 +304,9 @@ std::tuple<at::Tensor, at::Tensor> lora_linear_fwd(const at::Tensor& x, const at
     y.addmm_(shrink, lora_B.t(), 1.0, scaling);
     return {y, shrink};
   }
-  // The rank-r operand [s·S | 1 | 0...], padded to a multiple of 8 columns for aligned cuBLAS operands.
+  // The rank-r operand [S | 1 | 0...], padded to a multiple of 8 columns for aligned cuBLAS operands, against
+  // [s·B | b | 0...]: the scaling multiplies B, as the torch backend's alpha does; s · S first overflows where y
+  // is finite.
   const int64_t low_width = round_up(rank + (bias.has_value() ? 1 : 0), 8);
   at::Tensor shrink = at::empty({rows, rank}, x.options().dtype(accumulate_dtype(dtype)));
   at::Tensor low = at::empty({rows, low_width}, x.options());
@@ -313,10 +314,10 @@ std::tuple<at::Tensor, at::Tensor> lora_linear_fwd(const at::Tensor& x, const at
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "native_lora_linear_fwd_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     launch_row_reduce<scalar_t, acc_t>(x, lora_A_rows, 1.0, make_dropout(dropout_p, seed), shrink,
-                                       low.mutable_data_ptr<scalar_t>(), low_width, scaling, bias.has_value());
+                                       low.mutable_data_ptr<scalar_t>(), low_width, bias.has_value());
   });
   at::Tensor up = at::zeros({out_features, low_width}, x.options());
-  up.narrow(1, 0, rank).copy_(lora_B);
+  up.narrow(1, 0, rank).copy_(lora_B).mul_(scaling);
   if (bias.has_value()) up.select(1, rank).copy_(*bias);
   at::Tensor y = at::mm(low, up.t());
   y.addmm_(x, weight.t(), 1.0, 1.0);
@@ -357,8 +358,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lora_line
     if (need.dx || need.d_lora_A) {
       at::Tensor d_shrink = at::empty({rows, rank}, shrink.options());
       const at::Tensor lora_B_columns = lora_B.t().contiguous();
-      launch_row_reduce<scalar_t, acc_t>(grad_out, lora_B_columns, scaling, no_dropout, d_shrink, nullptr, 0, 0.0,
-                                         false);
+      launch_row_reduce<scalar_t, acc_t>(grad_out, lora_B_columns, scaling, no_dropout, d_shrink, nullptr, 0, false);
       const at::Tensor lora_A_rows = lora_A.contiguous();
       if (need.dx) dx = at::empty({rows, x.size(1)}, x.options());
       const at::Tensor partial = launch_col_reduce<scalar_t, acc_t>(

@@ -443,7 +443,8 @@ def _backward_rows_kernel(
         up_w = tl.load(up_w_ptr + cols_d[:, None] * stride_uw_d + cols_m[None, :] * stride_uw_m,
                        mask=d_mask[:, None] & m_mask[None, :], other=0.0)
         da = _dot(g, up_w, da, PRECISION, UPCAST)
-    dz = scale * da * _activation_derivative(z, ACTIVATION)
+    # The scale last, as the torch backend: s · (g W_up) first overflows where act'(z) = 0 (Inf · 0 = NaN).
+    dz = da * _activation_derivative(z, ACTIVATION) * scale
     small = rows[:, None] * stride_small_t + cols_m[None, :]
     tl.store(dz_ptr + small, dz.to(dz_ptr.dtype.element_ty), mask=small_mask)
     tl.store(a_ptr + small, _activation(z, ACTIVATION).to(a_ptr.dtype.element_ty), mask=small_mask)

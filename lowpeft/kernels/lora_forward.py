@@ -41,9 +41,10 @@ def _forward_epilogue(acc, s_acc, pid_m, pid_n, T, N, R, bias_ptr, b_ptr, s_ptr,
             tl.store(s_ptrs, s_acc, mask=rows_in[:, None] & ranks_in[None, :])
         bt = tl.load(b_ptr + cols_ld[None, :] * stride_bn + ranks[:, None] * stride_br,
                      mask=ranks_in[:, None], other=0.0)
-        # Zero the padded rank columns: an Inf in x makes them Inf·0 = NaN, which would leak into y.
-        s_acc = tl.where(ranks_in[None, :], s_acc * scaling, 0.0)
-        acc = mma(s_acc.to(bt.dtype), bt, acc, DOT_PRECISION, DOT_UPCAST)
+        # Zero the padded rank columns: an Inf in x makes them Inf·0 = NaN, which would leak into y. The scaling
+        # multiplies B, as cuBLAS's alpha on S Bᵀ would bound it: s · S first overflows where y is finite.
+        s_acc = tl.where(ranks_in[None, :], s_acc, 0.0)
+        acc = mma(s_acc.to(bt.dtype), (bt.to(ACC) * scaling).to(bt.dtype), acc, DOT_PRECISION, DOT_UPCAST)
     else:
         chunk = tl.arange(0, R_CHUNK)
         for r0 in range(0, R_PAD, R_CHUNK):
@@ -52,7 +53,7 @@ def _forward_epilogue(acc, s_acc, pid_m, pid_n, T, N, R, bias_ptr, b_ptr, s_ptr,
                         mask=chunk_in[None, :], other=0.0)
             bt = tl.load(b_ptr + cols_ld[None, :] * stride_bn + (r0 + chunk)[:, None] * stride_br,
                          mask=chunk_in[:, None], other=0.0)
-            acc = mma((s * scaling).to(bt.dtype), bt, acc, DOT_PRECISION, DOT_UPCAST)
+            acc = mma(s.to(bt.dtype), (bt.to(ACC) * scaling).to(bt.dtype), acc, DOT_PRECISION, DOT_UPCAST)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + cols_ld).to(ACC)[None, :]
     y_ptrs = y_ptr + rows.to(tl.int64)[:, None] * stride_yt + cols[None, :]
