@@ -225,6 +225,18 @@ def _check_fits(expected: dict, found: dict, directory: Path) -> None:
             raise ValueError(f"directory: {key} in {str(directory)!r} expected a floating-point tensor, got {tensor.dtype}")
 
 
+def _saved_base_weights(model: nn.Module, adapter_name: str, found: dict) -> dict:
+    """{PEFT key: base weight} of the adapted layers whose base weight the file holds: PEFT's save_pretrained writes
+    `<layer>.base_layer.weight` for a LoRA on an embedding-like layer (lm_head, with save_embedding_layers="auto",
+    its default), and its loader puts it back into the base layer, so lowpeft does the same."""
+    weights = {}
+    for path, layer in model_level.adapter_layers(model, adapter_name).items():
+        key = f"{_PREFIX}{path}.base_layer.weight"
+        if key in found:
+            weights[key] = layer.weight
+    return weights
+
+
 def _same_adapter(model: nn.Module, adapter_name: str, config) -> None:
     existing = model_level.adapter_config(model, adapter_name)
     fields = [f for f in ("r", "alpha", "dropout", "use_rslora", "bias", "bottleneck", "activation", "scale",
@@ -243,7 +255,9 @@ def load_adapter(model: nn.Module, directory: Union[str, os.PathLike], adapter_n
 
     When `model` has no adapter of that name, one is added from the file's config (lowpeft.apply: it becomes
     active and trainable, everything else is frozen); when it has one, its configuration must agree with the
-    file's. Every key and shape is checked first; a file that does not fit is a ValueError naming the module.
+    file's. Every key and shape is checked first; a file that does not fit is a ValueError naming the module. A base
+    weight the file holds for an adapted layer (PEFT writes lm_head's by default) is loaded into that layer, as PEFT
+    does.
     `backend` is the added layers' backend (lowpeft.set_backend's names; not part of the file); `adapter_dtype`
     the added LoRA layers' factor dtype (LoRAConfig.adapter_dtype; not part of the file either)."""
     from safetensors.torch import load_file
@@ -285,6 +299,8 @@ def load_adapter(model: nn.Module, directory: Union[str, os.PathLike], adapter_n
                              "before loading into it")
     try:
         expected = adapter_tensors(model, adapter_name)
+        if isinstance(config, LoRAConfig):
+            expected.update(_saved_base_weights(model, adapter_name, found))
         _check_fits(expected, found, source)
     except ValueError:
         if added:

@@ -223,6 +223,23 @@ def test_transposed_views_past_int32_column_offsets_are_copied_row_major():
     assert column_offsets_fit(one_column) is one_column
 
 
+@pytest.mark.parametrize("backend,device", sorted({tuple(p.values[:2]) for p in backend_params()}))
+def test_float16_gelu_tanh_far_from_zero_keeps_finite_gradients(backend, device):
+    # z = ±1000 in float16: gelu_tanh's closed-form derivative has 0.134 · z² (past float16's range) times
+    # 1 - tanh² = 0; evaluated in float16 (the torch backend once did) that is Inf · 0 = NaN in dh, dW_down and
+    # db_down. Eager float16 autograd, like every backend here, computes act' in float32: act'(1000) = 1,
+    # act'(-1000) = 0.
+    h = torch.cat([torch.full((2, 4), 250.0), torch.full((1, 4), -250.0)]).to(device=device, dtype=torch.float16)
+    args = [h, torch.ones(2, 4), torch.zeros(2), torch.full((4, 2), 0.01), torch.zeros(4)]
+    args = [t.to(device=device, dtype=torch.float16).requires_grad_(True) for t in args]
+    grad_out = torch.ones(3, 4, device=device, dtype=torch.float16)
+    grads = torch.autograd.grad(bottleneck_adapter(*args, "gelu_tanh", 1.0, backend=backend), args, grad_out)
+    ref_out, ref_grads = _oracle([t.double() for t in args], grad_out.double(), "gelu_tanh", 1.0, lambda t: t)
+    for name, mine, ref in zip(GRAD_NAMES, grads, ref_grads):
+        assert torch.isfinite(mine).all(), f"{backend}: {name} = {mine}"
+        torch.testing.assert_close(mine.double(), ref, rtol=2e-3, atol=2e-3, msg=name)
+
+
 @pytest.mark.parametrize("activation", reference.ACTIVATIONS)
 @pytest.mark.parametrize("backend,device,dtype", backend_params())
 def test_scale_overflow_gives_the_oracles_non_finite_pattern(backend, device, dtype, activation):

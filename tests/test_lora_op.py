@@ -100,6 +100,22 @@ def test_frozen_base_gets_no_gradient_and_costs_none(backend, device, dtype):
     assert x.grad is not None and lora_A.grad is not None and lora_B.grad is not None
 
 
+@pytest.mark.parametrize("dropout_p", [0.0, 0.5])
+@pytest.mark.parametrize("backend,device,dtype", backend_params())
+def test_zero_out_features_gives_zero_gradients(backend, device, dtype, dropout_p):
+    # out_features = 0: y is [T, 0] and every gradient is zeros (the triton and cuda backends once indexed lora_B's
+    # row 0 as a shape stand-in: IndexError).
+    x = torch.randn(4, 5, device=device, dtype=dtype, requires_grad=True)
+    lora_A = torch.randn(2, 5, device=device, dtype=dtype, requires_grad=True)
+    lora_B = torch.randn(0, 2, device=device, dtype=dtype, requires_grad=True)
+    y = lora_linear(x, torch.randn(0, 5, device=device, dtype=dtype), None, lora_A, lora_B, 1.0, dropout_p, True,
+                    backend=backend)
+    assert y.shape == (4, 0)
+    dx, d_lora_A, d_lora_B = torch.autograd.grad(y.sum(), (x, lora_A, lora_B))
+    assert torch.equal(dx, torch.zeros_like(x)) and torch.equal(d_lora_A, torch.zeros_like(lora_A))
+    assert d_lora_B.shape == (0, 2)
+
+
 @pytest.mark.parametrize("backend,device,dtype", backend_params())
 def test_nan_and_inf_propagate_like_the_oracle(backend, device, dtype):
     x, weight, bias, lora_A, lora_B = _make_inputs(7, 16, 12, 4, dtype, device, layout="2d", with_bias=True, seed=5)
@@ -138,6 +154,11 @@ def test_scaling_overflow_gives_the_oracles_non_finite_pattern(backend, device, 
     dx, d_lora_A, d_lora_B, d_weight, d_bias = reference.lora_linear_backward(
         grad_out, x, weight, lora_A, lora_B, scaling, mask, dropout_p)
     assert torch.isinf(ref_y.to(dtype)).any() and torch.isfinite(ref_y.to(dtype)).any()
+    if device == "cuda" and dtype == torch.float32:
+        # cuBLAS's float32 GEMM applies alpha to an operand before the product: PyTorch's own
+        # y.addmm_(S, Bᵀ, alpha=s) is NaN where s · S overflows (run 83). There y must match plain PyTorch (the torch
+        # backend), which every backend's fold calls, and the gradients the oracle.
+        ref_y = lora_linear(*args, scaling, dropout_p, True, backend="torch", seed=torch.tensor(13)).detach()
     names = ("y", "dx", "d_weight", "d_bias", "d_lora_A", "d_lora_B")
     for name, ours, ref in zip(names, (y, *grads), (ref_y, dx, d_weight, d_bias, d_lora_A, d_lora_B)):
         assert_non_finite_pattern_matches(ours, ref, name=f"{backend}/{dtype}/{name}")

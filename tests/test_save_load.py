@@ -9,6 +9,7 @@ import json
 import os
 
 import pytest
+import safetensors.torch
 import torch
 
 import lowpeft
@@ -283,3 +284,27 @@ def test_bottleneck_adapters_round_trip_and_stock_peft_refuses_them(tmp_path):
     torch.testing.assert_close(reloaded(ids).logits, expected, rtol=1e-6, atol=1e-6)
     with pytest.raises(Exception, match="LOWPEFT_BOTTLENECK_ADAPTER"):
         peft.PeftModel.from_pretrained(tiny_llama(), tmp_path / "b")
+
+
+def test_peft_adapter_on_lm_head_with_its_saved_base_weight_loads(tmp_path):
+    # PEFT's save_pretrained writes lm_head.base_layer.weight beside the LoRA factors of an lm_head target
+    # (save_embedding_layers="auto", its default) and its loader puts that weight back; lowpeft must load the file.
+    # The saved head differs from the fresh base's here, so only a loader that restores it gives PEFT's logits.
+    def base():
+        torch.manual_seed(0)
+        return tiny_llama().eval()
+
+    ids = torch.randint(0, 97, (2, 9))
+    theirs = peft.get_peft_model(base(), peft.LoraConfig(r=2, target_modules=["q_proj", "lm_head"]))
+    with torch.no_grad():
+        for name, param in theirs.named_parameters():
+            if "lora_B" in name:
+                param.normal_()
+        theirs.base_model.model.lm_head.base_layer.weight.mul_(1.5)
+        expected = theirs(input_ids=ids).logits
+    theirs.save_pretrained(str(tmp_path))
+    assert "base_model.model.lm_head.base_layer.weight" in safetensors.torch.load_file(
+        str(tmp_path / "adapter_model.safetensors"))
+    ours = lowpeft.load_adapter(base(), tmp_path, backend="torch").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(input_ids=ids).logits, expected, rtol=1e-5, atol=1e-5)

@@ -338,9 +338,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lora_line
   const at::Tensor d_bias = need.d_bias ? grad_out.sum(0) : not_needed(x);
   if (dropout_p == 0.0) {
     // No mask: every LoRA product is a skinny cuBLAS GEMM in the inputs' dtype, deterministic like the kernels.
-    // The scaling rides in alpha; addmm with beta = 0 ignores its input (lora_B only lends a shape).
+    // The scaling rides in alpha; addmm with beta = 0 ignores its input (a 0-dim stand-in broadcast to the result:
+    // lora_B's row 0 would not exist for out_features = 0).
     if (need.dx || need.d_lora_A) {
-      const at::Tensor d_shrink = at::addmm(lora_B.select(0, 0), grad_out, lora_B, 0.0, scaling);
+      const at::Tensor d_shrink = at::addmm(at::empty({}, grad_out.options()), grad_out, lora_B, 0.0, scaling);
       if (need.dx) dx = at::mm(grad_out, weight).addmm_(d_shrink, lora_A);
       if (need.d_lora_A) d_lora_A = at::mm(d_shrink.t(), x);
     }

@@ -139,10 +139,10 @@ def _forward_cublas(x, weight, bias, lora_A, lora_B, scaling, dropout_p, seed):
     return y, shrink
 
 
-def _scaled_mm(shape_donor, a, b, scaling):
-    """scaling · (a @ b) in one cuBLAS call: addmm with beta = 0 ignores its input (NaN included), which only
-    lends a shape broadcastable to the result, so no separate multiply runs."""
-    return torch.addmm(shape_donor, a, b, beta=0, alpha=scaling)
+def _scaled_mm(a, b, scaling):
+    """scaling · (a @ b) in one cuBLAS call: addmm with beta = 0 ignores its input, a 0-dim stand-in broadcast to
+    the result's shape, so no separate multiply runs."""
+    return torch.addmm(a.new_empty(()), a, b, beta=0, alpha=scaling)
 
 
 def _base_grads(grad_out, x, need_dW, need_db, column_sums=None):
@@ -161,13 +161,13 @@ def _backward_cublas_no_dropout(grad_out, x, weight, lora_A, lora_B, shrink, sca
     need_dx, need_dA, need_dB, need_dW, need_db = needs
     dx = grad_A = grad_B = None
     if need_dx or need_dA:
-        d_shrink = _scaled_mm(lora_B[0], grad_out, lora_B, scaling)
+        d_shrink = _scaled_mm(grad_out, lora_B, scaling)
         if need_dx:
             dx = torch.mm(grad_out, weight).addmm_(d_shrink, lora_A)
         if need_dA:
             grad_A = torch.mm(d_shrink.t(), x)
     if need_dB:
-        grad_B = _scaled_mm(lora_B, grad_out.t(), shrink.to(x.dtype), scaling)
+        grad_B = _scaled_mm(grad_out.t(), shrink.to(x.dtype), scaling)
     return (dx, grad_A, grad_B) + _base_grads(grad_out, x, need_dW, need_db)
 
 
@@ -212,7 +212,7 @@ def lora_linear_bwd(grad_out, x, weight, lora_A, lora_B, shrink, scaling: float,
     if need_dx or need_dA:
         fuse_ds = not cublas and need_dx and rank_padded <= FUSED_RANK_LIMIT and width > 0
         if cublas:
-            d_shrink = _scaled_mm(lora_B[0], grad_out, lora_B, scaling).to(shrink.dtype)
+            d_shrink = _scaled_mm(grad_out, lora_B, scaling).to(shrink.dtype)
         else:
             d_shrink = torch.empty(tokens, rank, dtype=shrink.dtype, device=device)
         if not cublas and not fuse_ds:
@@ -233,7 +233,7 @@ def lora_linear_bwd(grad_out, x, weight, lora_A, lora_B, shrink, scaling: float,
     if need_dA and grad_A is None:
         grad_A = lora_grad_A(x, d_shrink, **dropout_args, **dot_args).to(dtype)
     if need_dB and cublas:
-        grad_B = _scaled_mm(lora_B, grad_out.t(), shrink.to(dtype), scaling)
+        grad_B = _scaled_mm(grad_out.t(), shrink.to(dtype), scaling)
     elif need_dB:
         grad_B, column_sums = lora_grad_B(grad_out, shrink, scaling=scaling, with_bias_grad=need_db, **dot_args)
         grad_B = grad_B.to(dtype)

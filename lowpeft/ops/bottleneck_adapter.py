@@ -69,10 +69,11 @@ def _torch_forward(h, down_weight, down_bias, up_weight, up_bias, activation, sc
 
 def _torch_backward(grad_out, h, down_weight, down_bias, up_weight, z, activation, scale, needs):
     need_dh, need_d_down_w, need_d_down_b, need_d_up_w, need_d_up_b = needs
-    z = z.to(h.dtype)
     dh = d_down_w = d_down_b = d_up_w = d_up_b = None
     if need_dh or need_d_down_w or need_d_down_b:
-        d_z = (grad_out @ up_weight) * reference.activation_derivative(z, activation) * scale
+        # act'(z) on the saved z (float32 for 16-bit inputs, exactly the forward's z), as eager autograd's activation
+        # backward computes internally: gelu_tanh's closed form overflows in float16 past |z| ≈ 700 (Inf · 0 = NaN).
+        d_z = ((grad_out @ up_weight).to(z.dtype) * reference.activation_derivative(z, activation) * scale).to(h.dtype)
         if need_dh:
             dh = torch.addmm(grad_out, d_z, down_weight)
         if need_d_down_w:
@@ -80,7 +81,7 @@ def _torch_backward(grad_out, h, down_weight, down_bias, up_weight, z, activatio
         if need_d_down_b:
             d_down_b = d_z.sum(0)
     if need_d_up_w:
-        d_up_w = (grad_out.t() @ reference.activation_forward(z, activation)) * scale
+        d_up_w = (grad_out.t() @ reference.activation_forward(z.to(h.dtype), activation)) * scale
     if need_d_up_b:
         d_up_b = grad_out.sum(0) * scale
     return dh, d_down_w, d_down_b, d_up_w, d_up_b
