@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lowpeft import reference
+from lowpeft.ops import _dispatch
 from lowpeft.ops import lora_linear
 from tests.backends_under_test import DEVICE, backend_params, examples_for
 from tests.tolerance import assert_matches_oracle, assert_non_finite_pattern_matches
@@ -252,6 +253,11 @@ _TRITON_INTERPRETED_FLOAT64 = [
                  marks=pytest.mark.skipif(DEVICE != "cpu" or os.environ.get("TRITON_INTERPRET") != "1",
                                           reason="float64 triton runs under the CPU interpreter only"))
     for strategy in ("cublas", "fused")
+] + [
+    # The cuda backend takes float64 too (its kernels are compiled for double); its dropout keep-scale was a float.
+    pytest.param("cuda", "cuda", torch.float64, "cublas", id="cuda-cuda-float64",
+                 marks=pytest.mark.skipif(DEVICE != "cuda" or _dispatch.unavailable_reason("cuda", "cuda") is not None,
+                                          reason="needs the cuda backend on a GPU"))
 ]
 
 
@@ -270,13 +276,13 @@ def test_gradcheck_float64(backend, device, dtype, strategy, monkeypatch):
 
 
 @pytest.mark.parametrize("backend,device,dtype,strategy", _TRITON_INTERPRETED_FLOAT64)
-def test_float64_triton_matches_the_torch_backend_to_float64_rounding(backend, device, dtype, strategy, monkeypatch):
+def test_float64_kernels_match_the_torch_backend_to_float64_rounding(backend, device, dtype, strategy, monkeypatch):
     # gradcheck cannot see a float32 step inside a float64 kernel when forward and backward share it (1 / (1 - p)
     # rounded to float32 gave 2e-8 relative errors): compare with the torch backend's float64 result instead.
     monkeypatch.setenv("LOWPEFT_TRITON_GEMM", strategy)
     x, weight, bias, lora_A, lora_B = _make_inputs(37, 20, 12, 3, dtype, device, layout="2d", with_bias=True, seed=6)
     leaves = [t.requires_grad_(True) for t in (x, weight, bias, lora_A, lora_B)]
-    grad_out = torch.randn(37, 12, generator=torch.Generator().manual_seed(7), dtype=dtype)
+    grad_out = torch.randn(37, 12, generator=torch.Generator().manual_seed(7), dtype=dtype).to(device)
     results = {}
     for name in (backend, "torch"):
         y = lora_linear(*leaves, 0.7, 0.3, True, backend=name, seed=torch.tensor(9))

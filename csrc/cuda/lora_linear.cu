@@ -38,13 +38,13 @@ constexpr int kColVec = 4;       // columns per thread in col_reduce_kernel
 
 struct Dropout {
   uint32_t key0, key1, threshold;
-  float keep_scale;
+  double keep_scale;  // 1 / (1 - p), cast to the accumulator type where applied (float64 inputs keep it exact)
   bool active;
 };
 
 Dropout make_dropout(double p, int64_t seed) {
   const PhiloxKey key = philox_key(seed);
-  return {key.low, key.high, dropout_threshold(p), static_cast<float>(1.0 / (1.0 - p)), p > 0.0};
+  return {key.low, key.high, dropout_threshold(p), 1.0 / (1.0 - p), p > 0.0};
 }
 
 template <int VEC, typename acc_t>
@@ -231,7 +231,7 @@ void launch_row_reduce(const at::Tensor& in, const at::Tensor& weight_rows, doub
 
 // The fixed split of T for col_reduce_kernel: about 256 blocks in all, chunks of at least 64 rows.
 int64_t reduction_chunks(int64_t rows, int64_t cols) {
-  const int64_t column_blocks = ceil_div(cols, kColThreads * kColVec);
+  const int64_t column_blocks = std::max<int64_t>(1, ceil_div(cols, kColThreads * kColVec));
   const int64_t wanted = std::max<int64_t>(1, ceil_div(256, column_blocks));
   return std::max<int64_t>(1, std::min(wanted, ceil_div(rows, 64)));
 }
@@ -245,7 +245,7 @@ at::Tensor launch_col_reduce(const at::Tensor& in, const at::Tensor& coef, const
   const int64_t chunk_rows = ceil_div(rows, chunks);
   at::Tensor partial;
   if (want_partial) partial = at::empty({chunks, rank, cols}, coef.options());
-  if (rows == 0) {
+  if (rows == 0 || cols == 0) {  // nothing to reduce (or an empty grid): zero partials, an empty dx
     if (want_partial) partial.zero_();
     return partial;
   }
