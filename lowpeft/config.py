@@ -17,6 +17,7 @@ __all__ = [
     "PromptTuningConfig",
     "BOTTLENECK_PEFT_TYPE",
     "config_from_peft_dict",
+    "adapter_dtype_name",
 ]
 
 BOTTLENECK_PEFT_TYPE = "LOWPEFT_BOTTLENECK_ADAPTER"
@@ -68,6 +69,14 @@ def _normalise_targets(name: str, value: Any, required: bool = True) -> Optional
     )
 
 
+def adapter_dtype_name(value):
+    """An adapter_dtype as its name: a torch.dtype (torch.float32) becomes "float32"; anything else is returned as it
+    came, for the caller's checks. Recognised by type so that this module does not import torch."""
+    if type(value).__name__ == "dtype" and type(value).__module__ == "torch":
+        return str(value).removeprefix("torch.")
+    return value
+
+
 @dataclass(frozen=True)
 class LoRAConfig:
     """LoRA on every targeted nn.Linear / transformers Conv1D: W x + b + scaling · B A dropout(x).
@@ -77,8 +86,8 @@ class LoRAConfig:
     output head); the same rule as PEFT. exclude_modules uses the same rule to drop matches.
     bias: "none", "all" (every bias in the model trains) or "lora_only" (the biases of targeted layers train).
     init: "default" (Kaiming-uniform A, zero B, as PEFT) or "gaussian" (A ~ N(0, 1/r)).
-    adapter_dtype: the dtype of lora_A / lora_B, by name ("float32", "bfloat16", ...); None (the default) keeps the
-    base weight's. PEFT keeps them in float32 on a 16-bit base (its autocast_adapter_dtype): "float32" does the same,
+    adapter_dtype: the dtype of lora_A / lora_B, as a torch.dtype or by name (torch.float32 or "float32", ...; kept
+    as the name); None (the default) keeps the base weight's. PEFT keeps them in float32 on a 16-bit base (its autocast_adapter_dtype): "float32" does the same,
     so small optimizer updates are not rounded away in bf16. Like backend, not part of the saved file.
     """
 
@@ -107,8 +116,9 @@ class LoRAConfig:
             raise TypeError(f"use_rslora: expected a bool, got {self.use_rslora!r}")
         _check_choice("bias", self.bias, _BIAS_MODES)
         _check_choice("init", self.init, _LORA_INITS)
+        object.__setattr__(self, "adapter_dtype", adapter_dtype_name(self.adapter_dtype))
         if self.adapter_dtype is not None and not isinstance(self.adapter_dtype, str):
-            raise TypeError(f"adapter_dtype: expected None or a dtype name such as 'float32', got "
+            raise TypeError(f"adapter_dtype: expected None, a torch.dtype or a dtype name such as 'float32', got "
                             f"{type(self.adapter_dtype).__name__} {self.adapter_dtype!r}")
         _check_choice("adapter_dtype", self.adapter_dtype, _ADAPTER_DTYPES)
         if self.task_type is not None and not isinstance(self.task_type, str):

@@ -29,6 +29,7 @@ from .config import (
     ALL_LINEAR,
     LoRAConfig,
     PromptTuningConfig,
+    adapter_dtype_name,
     adapter_peft_dict,
     config_from_peft_dict,
     lora_peft_dict,
@@ -263,6 +264,7 @@ def load_adapter(model: nn.Module, directory: Union[str, os.PathLike], adapter_n
     from safetensors.torch import load_file
 
     model_level._check_model(model)
+    adapter_dtype = adapter_dtype_name(adapter_dtype)
     source = Path(directory)
     config_path, weights_path = source / CONFIG_NAME, source / WEIGHTS_NAME
     for path in (config_path, weights_path):

@@ -277,3 +277,14 @@ def test_torch_compile_fullgraph_without_recompiling_per_token_count():
         x = torch.randn(tokens, 16, requires_grad=True)
         compiled(x).sum().backward()
     assert counters["stats"]["unique_graphs"] <= 2  # one static, then one dynamic graph for every later size
+
+
+def test_meta_tensors_give_meta_outputs_like_nn_linear():
+    # Shape inference on the meta device (model sizing, deferred init): nn.Linear returns a meta tensor, so the
+    # lowpeft layers must too (torch.is_autocast_enabled raises for "meta"; autocast does not apply there).
+    x = torch.empty(3, 16, device="meta")
+    assert torch.nn.Linear(16, 8, device="meta")(x).shape == (3, 8)
+    assert lowpeft.LoRALinear(16, 8, r=2, device="meta")(x).shape == (3, 8)
+    assert lowpeft.BottleneckAdapter(16, bottleneck=4).to("meta")(x).shape == (3, 16)
+    linear = torch.nn.Linear(16, 8, device="meta")
+    assert lowpeft.AdapterLinear.from_linear(linear, bottleneck=4)(x).shape == (3, 8)

@@ -42,7 +42,7 @@ def _peft_config(config: lowpeft.LoRAConfig):
     (dict(bias="some"), ValueError), (dict(init="xavier"), ValueError), (dict(target_modules=[]), ValueError),
     (dict(target_modules=[""]), ValueError), (dict(target_modules=["q_proj", 3]), TypeError),
     (dict(target_modules=3), TypeError), (dict(alpha=float("nan")), ValueError), (dict(dropout="0.1"), TypeError), (dict(backend="gpu"), ValueError),
-    (dict(adapter_dtype=torch.float32), TypeError), (dict(adapter_dtype="float8"), ValueError),
+    (dict(adapter_dtype=3), TypeError), (dict(adapter_dtype="float8"), ValueError),
 ])
 def test_lora_config_rejects_bad_values_naming_the_field(bad, error):
     with pytest.raises(error, match=next(iter(bad))):
@@ -281,5 +281,7 @@ def test_adapter_dtype_keeps_the_factors_in_float32_on_a_bfloat16_model(tmp_path
     loaded = lowpeft.load_adapter(tiny_llama().to(torch.bfloat16), tmp_path / "a", adapter_dtype="float32")
     assert loaded.model.layers[0].self_attn.q_proj.lora_A.dtype == torch.float32
     lowpeft.load_adapter(loaded, tmp_path / "a", adapter_dtype="float32")  # the existing adapter, the same dtype
+    lowpeft.load_adapter(loaded, tmp_path / "a", adapter_dtype=torch.float32)  # a torch.dtype names it too
+    assert lowpeft.LoRAConfig(adapter_dtype=torch.float32).adapter_dtype == "float32"
     with pytest.raises(ValueError, match="adapter_dtype: 'bfloat16' applies when load_adapter adds the adapter"):
         lowpeft.load_adapter(loaded, tmp_path / "a", adapter_dtype="bfloat16")

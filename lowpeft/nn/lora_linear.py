@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops import _dispatch
+from ..ops._torch_rules import autocast_dtype
 from ..ops.lora_linear import lora_linear
 
 __all__ = ["LoRALinear"]
@@ -196,8 +197,8 @@ class LoRALinear(nn.Module):
         if self.merged:
             return F.linear(x, weight, self.bias)
         compute_dtype = weight.dtype
-        if isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type) and weight.dtype != torch.float64:
-            compute_dtype = torch.get_autocast_dtype(x.device.type)
+        if weight.dtype != torch.float64:
+            compute_dtype = autocast_dtype(x) or compute_dtype
         lora_A, lora_B = self.lora_A, self.lora_B
         if lora_A.dtype != compute_dtype or lora_B.dtype != compute_dtype:
             lora_A, lora_B = lora_A.to(compute_dtype), lora_B.to(compute_dtype)

@@ -11,12 +11,23 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["autocast_cast", "refuse_double_backward", "DOUBLE_BACKWARD_MESSAGE"]
+__all__ = ["autocast_dtype", "autocast_cast", "refuse_double_backward", "DOUBLE_BACKWARD_MESSAGE"]
 
 DOUBLE_BACKWARD_MESSAGE = (
     "second-order gradients (a backward with create_graph=True) are not supported: the backward runs fused "
     "kernels, so they would silently miss terms; compute them with plain PyTorch layers (lowpeft.reference)"
 )
+
+
+def autocast_dtype(tensor):
+    """Autocast's dtype on `tensor`'s device where autocast is on there, else None; also None for a non-tensor and
+    for devices autocast does not know (meta tensors: torch.is_autocast_enabled raises for them)."""
+    if not isinstance(tensor, torch.Tensor):
+        return None
+    device_type = tensor.device.type
+    if not torch.amp.is_autocast_available(device_type) or not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
 
 
 def autocast_cast(tensor, dtype: torch.dtype):

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from .. import _extension, reference
 from . import _dispatch
-from ._torch_rules import autocast_cast, refuse_double_backward
+from ._torch_rules import autocast_cast, autocast_dtype, refuse_double_backward
 
 __all__ = ["bottleneck_adapter", "saved_dtype", "MAX_TRITON_BOTTLENECK", "AUTO_TRITON_MAX_BOTTLENECK",
            "AUTO_TRITON_MAX_WIDE_WORK", "adapter_auto_order"]
@@ -304,8 +304,8 @@ def bottleneck_adapter(
     up_bias: [dim] or None; activation: "gelu" (erf form), "gelu_tanh", "relu" or "silu". Gradients flow to every
     input that requires grad. The triton backend takes bottlenecks up to 256.
     """
-    if torch.is_autocast_enabled(h.device.type) if isinstance(h, Tensor) else False:
-        dtype = torch.get_autocast_dtype(h.device.type)
+    dtype = autocast_dtype(h)
+    if dtype is not None:
         h, down_weight, down_bias, up_weight, up_bias = (autocast_cast(t, dtype)
                                                          for t in (h, down_weight, down_bias, up_weight, up_bias))
     _check_inputs(h, down_weight, down_bias, up_weight, up_bias, activation, scale)

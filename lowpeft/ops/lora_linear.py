@@ -21,7 +21,7 @@ from torch import Tensor
 
 from .. import _extension, reference
 from . import _dispatch
-from ._torch_rules import autocast_cast, refuse_double_backward
+from ._torch_rules import autocast_cast, autocast_dtype, refuse_double_backward
 
 __all__ = ["lora_linear", "draw_dropout_seed"]
 
@@ -351,8 +351,8 @@ def lora_linear(
     defines. While a CUDA graph is being captured a seed must be passed (ValueError otherwise): a drawn one
     would be replayed with the graph. Gradients flow to every input that requires grad, the frozen weight and bias included.
     """
-    if torch.is_autocast_enabled(x.device.type) if isinstance(x, Tensor) else False:
-        dtype = torch.get_autocast_dtype(x.device.type)
+    dtype = autocast_dtype(x)
+    if dtype is not None:
         x, weight, bias, lora_A, lora_B = (autocast_cast(t, dtype) for t in (x, weight, bias, lora_A, lora_B))
     if not _inputs_plainly_valid(x, weight, bias, lora_A, lora_B, scaling, dropout_p):
         _check_inputs(x, weight, bias, lora_A, lora_B, scaling, dropout_p)
