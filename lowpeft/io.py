@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -165,7 +166,9 @@ def save_adapter(model: nn.Module, directory: Union[str, os.PathLike], adapter_n
                adapter_tensors(model, adapter_name).items()}
     config = _config_dict(model, adapter_name)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target if _shared(target) else target.parent))
+    # os.mkdir, not tempfile.mkdtemp: the directory gets the user's umask (0755 as a rule, as PEFT's), not 0700.
+    staged = (target if _shared(target) else target.parent) / f".{target.name}.tmp-{secrets.token_hex(8)}"
+    staged.mkdir()
     try:
         save_file(tensors, str(staged / WEIGHTS_NAME), metadata={"format": "pt"})
         with open(staged / CONFIG_NAME, "w") as handle:

@@ -308,3 +308,13 @@ def test_peft_adapter_on_lm_head_with_its_saved_base_weight_loads(tmp_path):
     ours = lowpeft.load_adapter(base(), tmp_path, backend="torch").eval()
     with torch.no_grad():
         torch.testing.assert_close(ours(input_ids=ids).logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_saved_adapter_directory_gets_the_umask_permissions(tmp_path):
+    # As os.makedirs and PEFT's save_pretrained create it (0755 under the usual umask), not tempfile's 0700, which
+    # would hide a shared adapter from other users.
+    model = lowpeft.apply(tiny_llama(), lowpeft.LoRAConfig(r=2, target_modules=["q_proj"]))
+    umask = os.umask(0)
+    os.umask(umask)
+    lowpeft.save_adapter(model, tmp_path / "adapter")
+    assert (os.stat(tmp_path / "adapter").st_mode & 0o777) == 0o777 & ~umask
