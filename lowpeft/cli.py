@@ -1,9 +1,11 @@
 # lowpeft.cli: the `lowpeft` command.
 #
 #   lowpeft [demo] [...]                 the demo (the default command): fine-tune, save, reload, merge, report
-#   lowpeft info [--json]                versions, device, and each backend: available, or why not
+#   lowpeft info [--json]                versions, device, and each backend: available, or why not (an invalid
+#                                        LOWPEFT_BACKEND: the report, a line naming it, exit status 2)
 #   lowpeft bench lora|adapter [...]     one layer, fused vs unfused, on your shapes: --tokens --in --out --rank
-#                                        --dropout (comma lists, crossed), --plot PNG; other flags go to the harness
+#                                        --dropout (comma lists, crossed), --plot PNG; other flags go to the harness,
+#                                        whose --help lists these flags too (passed in as argparse parents)
 #   lowpeft bench model [...]            LoRA training steps of a Llama built from a config, four providers
 #   lowpeft bench plot RESULTS.json --out PNG
 #
@@ -86,16 +88,26 @@ def info() -> dict:
         }
     else:
         device = {"type": "cpu", "name": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
-    with warnings.catch_warnings():
-        # resolving "auto" warns when it passes over a backend; the report below says so itself.
-        warnings.simplefilter("ignore")
-        backends = {device_type: _dispatch.backends(device_type)
-                    for device_type in (("cuda", "cpu") if device["type"] == "cuda" else ("cpu",))}
+    try:
+        global_backend, backend_error = _dispatch.get_backend(), None
+    except ValueError as exc:  # an invalid $LOWPEFT_BACKEND: reported, and the backends shown as if it were unset
+        global_backend, backend_error = None, str(exc)
+    setting = os.environ.pop("LOWPEFT_BACKEND") if backend_error else None
+    try:
+        with warnings.catch_warnings():
+            # resolving "auto" warns when it passes over a backend; the report below says so itself.
+            warnings.simplefilter("ignore")
+            backends = {device_type: _dispatch.backends(device_type)
+                        for device_type in (("cuda", "cpu") if device["type"] == "cuda" else ("cpu",))}
+    finally:
+        if setting is not None:
+            os.environ["LOWPEFT_BACKEND"] = setting
     return {
         "versions": versions,
         "device": device,
         "backends": backends,
-        "global_backend": _dispatch.get_backend(),
+        "global_backend": global_backend,
+        "global_backend_error": backend_error,
         "extension": _extension.unavailable_reason() or "lowpeft._C loaded",
         "triton_interpret": os.environ.get("TRITON_INTERPRET") == "1",
     }
@@ -109,7 +121,11 @@ def _print_info(report: dict) -> None:
     device = report["device"]
     print("device:")
     print("  " + ", ".join(f"{key} {value}" for key, value in device.items()))
-    print(f"backend setting: {report['global_backend']} (lowpeft.set_backend or LOWPEFT_BACKEND)")
+    if report["global_backend_error"]:
+        print(f"backend setting: INVALID, {report['global_backend_error']} (the backends below are shown as if "
+              "LOWPEFT_BACKEND were unset)")
+    else:
+        print(f"backend setting: {report['global_backend']} (lowpeft.set_backend or LOWPEFT_BACKEND)")
     for device_type, table in report["backends"].items():
         print(f"backends for {device_type} tensors:")
         for name, entry in table.items():
@@ -135,7 +151,21 @@ def _info_main(argv: list[str]) -> int:
         print(json.dumps(report, indent=2))
     else:
         _print_info(report)
+    if report["global_backend_error"]:
+        print(f"lowpeft: error: {report['global_backend_error']} (unset it or pick a valid one)", file=sys.stderr)
+        return 2
     return 0
+
+
+def _is_flag(item: str) -> bool:
+    """Whether a command-line item is an option rather than a value (a negative number such as -5 is a value)."""
+    if not item.startswith("-"):
+        return False
+    try:
+        float(item.split(",")[0])
+    except ValueError:
+        return True
+    return False
 
 
 def _take_option(argv: list[str], name: str) -> tuple[str | None, list[str]]:
@@ -144,7 +174,7 @@ def _take_option(argv: list[str], name: str) -> tuple[str | None, list[str]]:
     while index < len(argv):
         item = argv[index]
         if item == name:
-            if index + 1 >= len(argv) or argv[index + 1].startswith("-"):
+            if index + 1 >= len(argv) or _is_flag(argv[index + 1]):
                 raise UsageError(f"argument {name}: expected a value after {name}")
             value = argv[index + 1]
             index += 2
@@ -209,6 +239,25 @@ def _shape_flags(name: str, argv: list[str]) -> list[str]:
     return argv + ["--cases", ",".join(cases)]
 
 
+def _router_flags(name: str) -> argparse.ArgumentParser:
+    """The flags _bench_main handles before the lora / adapter harness parses the rest, as an argparse parent of
+    the harness's parser, so that `lowpeft bench lora|adapter --help` lists them with the harness's own."""
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group(f"shapes and plot (lowpeft bench {name}; comma lists are crossed)")
+    group.add_argument("--tokens", metavar="T", help="tokens per case (default 8192 when any shape flag is given)")
+    if name == "lora":
+        group.add_argument("--in", metavar="K", help="in_features (default 4096)")
+        group.add_argument("--out", metavar="N", help="out_features (default: --in)")
+        group.add_argument("--rank", metavar="r", help="LoRA rank (default 16)")
+        group.add_argument("--dropout", metavar="p", help="LoRA dropout in [0, 1) (default 0)")
+    else:
+        group.add_argument("--in", metavar="D", help="hidden width (default 4096)")
+        group.add_argument("--bottleneck", metavar="M", help="bottleneck width (default: the harness's --bottlenecks)")
+    group.add_argument("--plot", metavar="PNG", help="draw lowpeft's speedup over each other provider per shape "
+                                                     "(needs matplotlib)")
+    return parser
+
+
 def _bench_main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: lowpeft bench {" + ",".join(_BENCHES) + "} [options]\n\n" + _USAGE)
@@ -222,17 +271,21 @@ def _bench_main(argv: list[str]) -> int:
     # lora / adapter: the per-dimension flags and `--plot PNG` are handled here, the rest goes to the harness.
     rest = _shape_flags(name, rest)
     png, rest = _take_option(rest, "--plot")
+    parents = [_router_flags(name)]
     if png is None:
-        return module.main(rest) or 0
+        return module.main(rest, parents=parents) or 0
     from lowpeft.bench import plot
 
     plot.pyplot()  # a missing matplotlib is reported before the benchmark runs, not after
+    problem = plot.image_path_problem(png)
+    if problem is not None:
+        raise UsageError(f"argument --plot: {problem}")
     json_path, _ = _take_option(rest, "--json")
     with tempfile.TemporaryDirectory() as scratch:
         if json_path is None:
             json_path = os.path.join(scratch, f"{name}.json")
             rest = rest + ["--json", json_path]
-        status = module.main(rest) or 0
+        status = module.main(rest, parents=parents) or 0
         if status == 0:
             try:
                 print(f"wrote {plot.plot_speedups(json_path, png)}")

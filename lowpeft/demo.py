@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from .bench._common import device_argument
+from .bench._common import check_output_directory, device_argument
 from .ops._dispatch import CHOICES as BACKEND_CHOICES
 
 __all__ = ["main", "run_demo", "parse_args", "build_parser", "DemoResult"]
@@ -75,6 +75,7 @@ def parse_args(argv=None, prog: str = "lowpeft demo") -> argparse.Namespace:
         parser.error(f"argument --threads: expected a positive integer, got {args.threads}")
     if not args.lr > 0:
         parser.error(f"argument --lr: expected a positive number, got {args.lr}")
+    check_output_directory(parser, "output", args.output)
     device = device_argument(parser, args.device)
     args.device = args.device or device.type
     from lowpeft.ops import _dispatch
@@ -110,11 +111,11 @@ def _check(name: str, ours: torch.Tensor, reference: torch.Tensor, tolerance: fl
     return ok
 
 
-def _gpu_bench_summary() -> None:
+def _gpu_bench_summary(show_progress: bool) -> None:
     from lowpeft.bench import lora
 
     lora.main(["--cases", "4096x2048x2048:16:0,8192x4096x4096:16:0", "--modes", "forward+backward",
-               "--providers", "frozen,lowpeft,peft,eager"])
+               "--providers", "frozen,lowpeft,peft,eager"] + ([] if show_progress else ["--no-progress"]))
 
 
 def run_demo(args: argparse.Namespace) -> DemoResult:
@@ -223,7 +224,7 @@ def _run_demo(args: argparse.Namespace) -> DemoResult:
 
     if device.type == "cuda" and not args.no_bench:
         print("\n[GPU] fused LoRA layer against PEFT and eager LoRA (forward + backward):")
-        _gpu_bench_summary()
+        _gpu_bench_summary(not args.no_progress)
     seconds = time.perf_counter() - started
     print(f"\n{'all checks passed' if ok else 'SOME CHECKS FAILED'} in {seconds:.0f} s")
     return DemoResult(bool(ok), losses, loss_before, loss_after, seconds)

@@ -65,6 +65,22 @@ def test_info_json_says_why_each_unavailable_backend_is_missing(capsys):
     assert report["device"]["type"] == device_type
 
 
+@pytest.mark.parametrize("as_json", [False, True])
+def test_info_reports_an_invalid_backend_setting_and_exits_2(capsys, monkeypatch, as_json):
+    monkeypatch.setenv("LOWPEFT_BACKEND", "bogus")
+    status, out, err = run_cli(capsys, "info", *(["--json"] if as_json else []))
+    assert status == 2
+    assert "LOWPEFT_BACKEND: expected one of ('auto', 'triton', 'cuda', 'cpu', 'torch'), got 'bogus'" in err
+    if as_json:
+        report = json.loads(out)
+        assert report["global_backend"] is None and "got 'bogus'" in report["global_backend_error"]
+        assert report["backends"]["cpu"]["torch"]["available"] is True
+    else:
+        assert torch.__version__ in out and "auto    picks " in out
+        assert "backend setting: INVALID, LOWPEFT_BACKEND: expected one of" in out
+    assert os.environ["LOWPEFT_BACKEND"] == "bogus"
+
+
 def test_version_and_help(capsys):
     import lowpeft
 
@@ -127,6 +143,10 @@ def test_shape_flags_for_the_adapter_harness():
         (["--tokens", "8", "--cases", "8x8x8"], "give them or --cases/--shapes, not both"),
         (["--bottleneck", "8"], "argument --bottleneck: applies to bench adapter"),
         (["--tokens"], "argument --tokens: expected a value after --tokens"),
+        (["--tokens", "-5"], "argument --tokens: expected positive integers, got '-5'"),
+        (["--tokens", "8,-5"], "argument --tokens: expected positive integers, got '8,-5'"),
+        (["--dropout", "-0.1"], "argument --dropout: expected dropout values in [0, 1), got '-0.1'"),
+        (["--tokens", "--in", "8"], "argument --tokens: expected a value after --tokens"),
     ],
 )
 def test_bad_lora_shape_flags_are_named(capsys, argv, message):
@@ -187,6 +207,55 @@ def test_bench_adapter_on_the_cpu_times_the_cpu_backend_and_records_a_provider_t
                            "--json", str(results))
     row = json.loads(results.read_text())["rows"][0]
     assert status == 0 and "triton_ms" not in row and "cannot run" in row["triton_error"] and row["eager_ms"] > 0
+
+
+def test_bench_adapter_reports_tflops_and_peak_memory_per_provider(capsys, tmp_path):
+    results, table = tmp_path / "adapter.json", tmp_path / "adapter.csv"
+    status, _, _ = run_cli(capsys, "bench", "adapter", "--tokens", "16", "--in", "8", "--bottleneck", "4",
+                           "--dtype", "fp32", "--device", "cpu", "--providers", "floor,eager", "--no-breakdown",
+                           "--json", str(results), "--csv", str(table))
+    row = json.loads(results.read_text())["rows"][0]
+    assert status == 0
+    assert row["eager_tflops"] == pytest.approx(12 * 16 * 8 * 4 / row["eager_ms"] / 1e9)
+    assert "floor_tflops" not in row  # the floor copies and runs no GEMM
+    assert row["floor_peak_extra_mib"] is None and row["eager_peak_extra_mib"] is None  # as bench lora on the CPU
+    header = table.read_text().splitlines()[0].split(",")
+    assert {"eager_tflops", "floor_peak_extra_mib", "eager_peak_extra_mib"} <= set(header)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_bench_adapter_measures_peak_memory_on_cuda(capsys, tmp_path):
+    results = tmp_path / "adapter.json"
+    status, _, _ = run_cli(capsys, "bench", "adapter", "--tokens", "64", "--in", "64", "--bottleneck", "16",
+                           "--providers", "floor,eager", "--no-breakdown", "--json", str(results))
+    row = json.loads(results.read_text())["rows"][0]
+    assert status == 0 and row["eager_peak_extra_mib"] > 0 and row["eager_tflops"] > 0
+
+
+@pytest.mark.parametrize("harness,argv", [
+    ("lora", ["--tokens", "7", "--in", "8", "--rank", "2", "--providers", "frozen,eager", "--modes", "forward"]),
+    ("adapter", ["--tokens", "7", "--in", "8", "--bottleneck", "2", "--providers", "floor,eager", "--no-breakdown"]),
+])
+def test_bench_lora_and_adapter_show_a_progress_bar_unless_told_not_to(capsys, harness, argv):
+    common = ["bench", harness, *argv, "--dtype", "fp32", "--device", "cpu"]
+    status, _, err = run_cli(capsys, *common)
+    assert status == 0 and f"bench {harness}" in err and "2/2" in err
+    status, _, err = run_cli(capsys, *common, "--no-progress")
+    assert status == 0 and f"bench {harness}" not in err
+
+
+@pytest.mark.parametrize("harness,flags", [
+    ("lora", ["--tokens", "--in", "--out", "--rank", "--dropout", "--plot", "--dtype", "--providers", "--json",
+              "--csv", "--no-progress"]),
+    ("adapter", ["--tokens", "--in", "--bottleneck", "--plot", "--dtype", "--providers", "--json", "--csv",
+                 "--no-progress"]),
+])
+def test_bench_lora_and_adapter_help_lists_every_option(capsys, harness, flags):
+    with pytest.raises(SystemExit) as raised:
+        cli.main(["bench", harness, "--help"])
+    out = capsys.readouterr().out
+    assert raised.value.code == 0
+    assert [flag for flag in flags if f"{flag} " not in out] == []
 
 
 def test_bad_adapter_flag_is_named(capsys):
@@ -258,6 +327,20 @@ def test_bench_lora_plot_without_matplotlib_is_a_clear_error_before_the_run(caps
     assert status == 1
     assert "drawing a PNG needs matplotlib, which is not installed: pip install matplotlib" in err
     assert out == ""  # nothing was benchmarked
+
+
+@pytest.mark.parametrize("harness", ["lora", "adapter"])
+def test_bench_plot_path_is_checked_before_the_run(capsys, tmp_path, harness):
+    pytest.importorskip("matplotlib")
+    shape = ["--tokens", "7", "--in", "8", "--device", "cpu", "--plot"]
+    status, out, err = run_cli(capsys, "bench", harness, *shape, str(tmp_path / "speedup.txt"))
+    assert status == 2 and out == ""
+    assert "argument --plot: expected an image file name ending in one of" in err and ".png" in err
+    assert "got " + repr(str(tmp_path / "speedup.txt")) in err
+    missing = tmp_path / "missing-directory" / "speedup.png"
+    status, out, err = run_cli(capsys, "bench", harness, *shape, str(missing))
+    assert status == 2 and out == "" and f"argument --plot: cannot write {str(missing)!r}" in err
+    assert not missing.parent.exists()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -451,6 +534,13 @@ def test_bench_plot_bad_arguments(capsys, tmp_path):
     assert "argument results: expected an existing JSON file" in err
     err = run_cli_expecting_usage_error(capsys, "bench", "plot", str(tmp_path / "missing.json"))
     assert "the following arguments are required: --out" in err
+    text = tmp_path / "notes.txt"
+    text.write_text("not json")
+    err = run_cli_expecting_usage_error(capsys, "bench", "plot", str(text), "--out", str(tmp_path / "x.png"))
+    assert f"argument results: expected a lowpeft results JSON, got {str(text)!r}, which is not JSON" in err
+    missing = tmp_path / "missing-directory" / "x.png"
+    err = run_cli_expecting_usage_error(capsys, "bench", "plot", str(text), "--out", str(missing))
+    assert f"argument --out: cannot write {str(missing)!r}" in err and not missing.parent.exists()
 
 
 # ----------------------------------------------------------------------------------------------------

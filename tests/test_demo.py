@@ -90,6 +90,25 @@ def test_demo_bad_arguments(capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
+def test_demo_output_that_cannot_be_a_directory_is_refused_before_training(capsys, tmp_path):
+    existing = tmp_path / "a-file"
+    existing.write_text("x")
+    for output, message in [
+        (existing, f"--output: expected a directory to write into, got {str(existing)!r}, an existing file"),
+        (existing / "adapter", f"--output: cannot write into the directory {str(existing / 'adapter')!r}"),
+    ]:
+        with pytest.raises(SystemExit) as raised:
+            cli.main(["demo", "--output", str(output)])
+        captured = capsys.readouterr()
+        assert raised.value.code == 2 and message in captured.err and captured.out == ""
+
+
+def test_demo_output_check_leaves_no_directory_behind(tmp_path):
+    target = tmp_path / "new" / "adapter"
+    demo.parse_args(["--output", str(target)])
+    assert not (tmp_path / "new").exists()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_demo_on_cuda_without_a_gpu_is_a_clear_error(capsys):
     with pytest.raises(SystemExit):

@@ -1,6 +1,7 @@
 # Shared benchmark plumbing: timing (do_bench medians on CUDA, perf_counter medians on the CPU; on CUDA either
 # eager launches or replays of a CUDA graph of the step), peak memory, the environment header every result file
-# carries, JSON / CSV / markdown writers, and the --providers / --timing argument types of the harnesses.
+# carries, JSON / CSV / markdown writers, the checks of output paths, the progress bar, and the --providers / --timing
+# argument types of the harnesses.
 #
 # Trade-off: one small module used by every benchmark (lora, adapter, model, cpu) so that every committed
 # result carries the same provenance (device, versions, date) and every ratio is taken inside one run. The
@@ -17,14 +18,18 @@ import gc
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
+import sys
+import tempfile
 import time
 
 import torch
 
 __all__ = ["environment", "time_ms", "peak_memory_mib", "write_results", "markdown_table", "provider_list",
-           "timing_list", "benchmark_stream", "TIMINGS"]
+           "timing_list", "benchmark_stream", "TIMINGS", "ProgressBar",
+           "check_output_paths", "check_output_directory", "output_path_problem"]
 
 # "launch": each timed call launches its kernels from Python; "graph": each timed call replays a CUDA graph
 # captured from one call (no host time; CUDA only).
@@ -45,6 +50,66 @@ def provider_list(known):
 
 # The argparse type for --timing: a comma-separated, non-empty subset of TIMINGS (the --providers parser).
 timing_list = provider_list(TIMINGS)
+
+
+class ProgressBar:
+    """A progress bar on stderr: tqdm when it is installed, else a one-line text bar (no dependency needed)."""
+
+    def __init__(self, total: int, description: str, *, enabled: bool = True, stream=None):
+        self.total, self.description, self.enabled = total, description, enabled
+        self.stream = stream if stream is not None else sys.stderr
+        self.count, self._note, self._last_draw, self._start = 0, "", 0.0, time.perf_counter()
+        self._tqdm = None
+        if enabled:
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:
+                tqdm = None
+            if tqdm is not None:
+                self._tqdm = tqdm(total=total, desc=description, file=self.stream, dynamic_ncols=True, leave=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def advance(self, note: str = "") -> None:
+        """One step done; `note` (e.g. the loss) is shown beside the bar."""
+        self.count += 1
+        self._note = note
+        if not self.enabled:
+            return
+        if self._tqdm is not None:
+            if note:
+                self._tqdm.set_postfix_str(note, refresh=False)
+            self._tqdm.update(1)
+            return
+        now = time.perf_counter()
+        if now - self._last_draw >= 0.2 or self.count == self.total:
+            self._last_draw = now
+            self._draw(now)
+
+    def _draw(self, now: float) -> None:
+        width = 30
+        filled = width * self.count // max(self.total, 1)
+        elapsed = now - self._start
+        rate = self.count / elapsed if elapsed > 0 else 0.0
+        line = f"\r{self.description}: {self.count}/{self.total} |{'#' * filled}{'.' * (width - filled)}| {elapsed:.1f}s, {rate:.1f} it/s"
+        self.stream.write(line + (f", {self._note}" if self._note else ""))
+        self.stream.flush()
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self._tqdm is not None:
+            self._tqdm.close()
+            self._tqdm = None
+        elif self.count:
+            self._draw(time.perf_counter())
+            self.stream.write("\n")
+            self.stream.flush()
+            self.count = 0
 
 
 def benchmark_stream(device: torch.device | str, timings=("launch",)):
@@ -72,19 +137,47 @@ def _capture_cuda_graph(fn, device: torch.device):
     return graph
 
 
+def output_path_problem(path: str) -> str | None:
+    """Why a file cannot be written at path (its directory missing or unwritable, or path a directory), else
+    None; nothing is left behind by the check."""
+    existed = os.path.exists(path)
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as error:
+        return error.strerror
+    if not existed:
+        os.remove(path)
+    return None
+
+
 def check_output_paths(parser: argparse.ArgumentParser, **paths) -> None:
     """parser.error, before any work, for an output path (--name=path) whose directory cannot be written."""
     for name, path in paths.items():
-        if path is None:
-            continue
-        existed = os.path.exists(path)
-        try:
-            with open(path, "a"):
-                pass
-        except OSError as error:
-            parser.error(f"--{name}: cannot write {path!r} ({error.strerror})")
-        if not existed:
-            os.remove(path)
+        if path is not None and (problem := output_path_problem(path)) is not None:
+            parser.error(f"--{name}: cannot write {path!r} ({problem})")
+
+
+def check_output_directory(parser: argparse.ArgumentParser, name: str, path: str | None) -> None:
+    """parser.error, before any work, for an output directory (--name=path) that is a file or cannot be created
+    or written; missing directories are created by the check and removed again."""
+    if path is None:
+        return
+    if os.path.exists(path) and not os.path.isdir(path):
+        parser.error(f"--{name}: expected a directory to write into, got {path!r}, an existing file")
+    created = os.path.abspath(path)
+    while not os.path.exists(os.path.dirname(created)):
+        created = os.path.dirname(created)
+    existed = os.path.exists(path)
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        parser.error(f"--{name}: cannot write into the directory {path!r} ({error.strerror})")
+    finally:
+        if not existed and os.path.isdir(created):
+            shutil.rmtree(created)
 
 
 def device_argument(parser: argparse.ArgumentParser, text, kinds=None) -> torch.device:

@@ -1,5 +1,6 @@
 # `lowpeft bench adapter`: forward + backward of one bottleneck adapter (out = h + s·(act(h W_downᵀ + b_down) W_upᵀ
-# + b_up)) against the copy floor, an eager PyTorch adapter and torch.compile of it, as do_bench medians in one run.
+# + b_up)) against the copy floor, an eager PyTorch adapter and torch.compile of it, as do_bench medians in one run,
+# with each provider's TFLOP/s (12·T·D·M: the six GEMMs of forward + backward) and the step's peak extra memory.
 #
 # The floor is what any adapter step must at least do with [T, D] tensors: one copy of h and one copy of g (two
 # tensor.copy_ calls, each reading and writing T·D elements). Each provider is a factory in PROVIDERS taking the
@@ -7,6 +8,7 @@
 # Trade-off: the steps call torch.autograd.grad rather than backward() so that no provider pays for gradient
 # accumulation into .grad, and every step computes all five gradients (h and the four adapter parameters).
 # --timing graph adds rows timed as CUDA-graph replays of each step (the GPU's cost without host time).
+# A progress bar over cases x providers goes to stderr (--no-progress turns it off).
 from __future__ import annotations
 
 import argparse
@@ -16,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import reference
-from ._common import (benchmark_stream, check_output_paths, device_argument, environment, provider_list, time_ms,
-                      timing_list, write_results)
+from ._common import (ProgressBar, benchmark_stream, check_output_paths, device_argument, environment, peak_memory_mib,
+                      provider_list, time_ms, timing_list, write_results)
 
 __all__ = ["main", "PROVIDERS", "DEFAULT_SHAPES", "DEFAULT_BOTTLENECKS"]
 
@@ -115,30 +117,47 @@ def _kernel_breakdown(inputs, activation, scale, device):
     return fwd, bwd
 
 
+def adapter_flops(tokens, dim, bottleneck):
+    """FLOPs of one forward + backward of the adapter, counting its GEMMs only: 6 GEMMs of 2·T·D·M each (forward:
+    down and up projections; backward: dh, dW_down through the down projection and da, dW_up through the up
+    one), 12·T·D·M in all (bench lora counts its layer the same way: 2·T·K·N per GEMM)."""
+    return 12 * tokens * dim * bottleneck
+
+
 def run(shapes, bottlenecks, dtype, providers, activation="gelu", scale=1.0, device=None, breakdown=True,
-        timings=("launch",)):
+        timings=("launch",), show_progress=False):
+    """One row per shape, bottleneck and timing; show_progress draws a bar over cases x providers on stderr."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     from torch import _dynamo
 
     # One compiled graph per shape for the torch.compile provider, so no recompilation limit is hit.
     _dynamo.config.cache_size_limit = max(_dynamo.config.cache_size_limit, 8 * len(shapes) * len(bottlenecks))
-    with benchmark_stream(device, timings):
-        return _run_shapes(shapes, bottlenecks, dtype, providers, activation, scale, device, breakdown, timings)
+    total = len(shapes) * len(bottlenecks) * len(timings) * len(providers)
+    with benchmark_stream(device, timings), ProgressBar(total, "bench adapter", enabled=show_progress) as bar:
+        return _run_shapes(shapes, bottlenecks, dtype, providers, activation, scale, device, breakdown, timings, bar)
 
 
-def _run_shapes(shapes, bottlenecks, dtype, providers, activation, scale, device, breakdown, timings):
+def _run_shapes(shapes, bottlenecks, dtype, providers, activation, scale, device, breakdown, timings, bar):
     rows = []
     for tokens, dim in shapes:
         for bottleneck in bottlenecks:
             inputs = make_inputs(tokens, dim, bottleneck, dtype, device)
             steps = {name: PROVIDERS[name](inputs, activation, scale) for name in providers}
+            memory = {}
             for timing in timings:
                 row = {"shape": f"{tokens}x{dim}", "M": bottleneck, "timing": timing}
                 for name in providers:
                     try:
+                        if name not in memory:
+                            memory[name] = peak_memory_mib(steps[name], device)
                         row[f"{name}_ms"] = time_ms(steps[name], device, timing=timing)
                     except Exception as exc:  # a provider that cannot run here is a row entry, not the end of the run
                         row[f"{name}_error"] = f"{type(exc).__name__}: {exc}"[:300]
+                    else:
+                        if name != "floor":  # the floor copies, it runs no GEMM
+                            row[f"{name}_tflops"] = adapter_flops(tokens, dim, bottleneck) / row[f"{name}_ms"] / 1e9
+                        row[f"{name}_peak_extra_mib"] = memory[name]
+                    bar.advance(f"{tokens}x{dim} M={bottleneck} {timing} {name}")
                 timed = [name for name in providers if f"{name}_ms" in row]
                 if breakdown and timing == "launch" and "triton" in timed:
                     row["triton_fwd_ms"], row["triton_bwd_ms"] = _kernel_breakdown(inputs, activation, scale, device)
@@ -184,8 +203,11 @@ def _parse_shapes(text):
     return shapes
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="lowpeft bench adapter", description=__doc__ or "adapter benchmark")
+def main(argv=None, parents=()) -> int:
+    """The harness's command line; `parents` are argparse parents whose options a caller (lowpeft.cli) handles
+    itself before calling this, listed by --help."""
+    parser = argparse.ArgumentParser(prog="lowpeft bench adapter", description="bottleneck adapter benchmark",
+                                     parents=list(parents))
     parser.add_argument("--shapes", default=",".join(f"{t}x{d}" for t, d in DEFAULT_SHAPES),
                         help="comma-separated TOKENSxDIM list (default: %(default)s)")
     parser.add_argument("--bottlenecks", default=",".join(map(str, DEFAULT_BOTTLENECKS)),
@@ -203,6 +225,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="write the rows and environment as JSON here")
     parser.add_argument("--md", help="write a markdown table here")
     parser.add_argument("--csv", help="write a CSV table here")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
     try:
@@ -220,18 +243,23 @@ def main(argv=None) -> int:
     if "graph" in args.timing and device.type != "cuda":
         parser.error(f"--timing graph needs a CUDA device, got {device}")
     rows = run(shapes, bottlenecks, _DTYPES[args.dtype], providers, args.activation, device=device,
-               breakdown=not args.no_breakdown, timings=args.timing)
+               breakdown=not args.no_breakdown, timings=args.timing, show_progress=not args.no_progress)
     env = environment(device)
     env.update({"dtype": args.dtype, "activation": args.activation,
                 "timing": ("do_bench" if device.type == "cuda" else "perf_counter") + " median (ms), fwd+bwd"})
     columns = ["shape", "M", "timing"] + [f"{p}_ms" for p in providers]
+    columns += [f"{p}_tflops" for p in providers if p != "floor"]
+    columns += [f"{p}_peak_extra_mib" for p in providers]
     columns += [f"{p}_error" for p in providers if any(f"{p}_error" in row for row in rows)]
     columns += [f"{p}_x_floor" for p in providers if p != "floor" and "floor" in providers]
     columns += [f"{p}_speedup_vs_eager" for p in providers if p not in ("floor", "eager") and "eager" in providers]
     if not args.no_breakdown and "triton" in providers:
         columns += ["triton_fwd_ms", "triton_bwd_ms"]
     columns.append("meets_target")
-    notes = ("Floor: h.copy_ + g.copy_ (one read and one write of h and of g). Targets (issue 4): 8192x4096 M=64 "
+    notes = ("Floor: h.copy_ + g.copy_ (one read and one write of h and of g). <provider>_tflops: 12·T·D·M FLOPs "
+             "(the six GEMMs of forward + backward, 2·T·D·M each) / median time. <provider>_peak_extra_mib: "
+             "torch.cuda.max_memory_allocated during one forward + backward minus what was allocated before (inputs, "
+             "weights; empty on the CPU). Targets (issue 4): 8192x4096 M=64 "
              "<= 2.5x floor, 4096x1024 M=64 <= 5x floor, >= 2x faster than eager everywhere. triton_fwd_ms / "
              "triton_bwd_ms: the kernel launchers alone, without autograd and the custom op (launch timing). timing: "
              "launch = kernels launched from Python on every timed call; graph = replays of a CUDA graph captured "

@@ -10,6 +10,7 @@
 # the eager LoRA's before timing (p = 0), and a provider that fails is recorded with its error, not skipped.
 # --timing graph also times CUDA-graph replays of each step (no host time; see _common); the "backward" mode,
 # which replays a retained autograd graph recorded outside any capture, is timed with launches only.
+# A progress bar over cases x providers goes to stderr (--no-progress turns it off).
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import (benchmark_stream, check_output_paths, device_argument, environment, peak_memory_mib, provider_list,
-                      time_ms, timing_list, write_results)
+from ._common import (ProgressBar, benchmark_stream, check_output_paths, device_argument, environment, peak_memory_mib,
+                      provider_list, time_ms, timing_list, write_results)
 
 __all__ = ["main", "PROVIDERS", "DEFAULT_CASES", "TARGETS"]
 
@@ -149,6 +150,8 @@ def _make_case(tokens, width, out, rank, p, dtype, device):
 
 
 def _flops(case, mode, lora):
+    """FLOPs of the step's GEMMs: 2·T·K·N per frozen product (the forward, and dx in the backward); the LoRA path
+    2·T·r·(K+N) forward and 4·T·r·(K+N) backward (dx, dA, dB). bench adapter counts its 12·T·D·M the same way."""
     t, k, n, r = case["tokens"], case["in"], case["out"], case["r"]
     forward = 2 * t * k * n + (2 * t * r * (k + n) if lora else 0)
     backward = 2 * t * k * n + (4 * t * r * (k + n) if lora else 0)
@@ -188,14 +191,16 @@ def _max_relative_error(fn, leaves, case, reference_outputs):
     return worst
 
 
-def run(cases, providers, modes, dtype, device, progress=print, case_done=None, timings=("launch",)):
+def run(cases, providers, modes, dtype, device, progress=print, case_done=None, timings=("launch",),
+        show_progress=False):
     """Benchmark every case under each timing; case_done(rows) is called after each case (so partial results
-    can be saved)."""
-    with benchmark_stream(device, timings):
-        return _run_cases(cases, providers, modes, dtype, device, progress, case_done, timings)
+    can be saved); show_progress draws a bar over cases x providers on stderr."""
+    with benchmark_stream(device, timings), ProgressBar(len(cases) * len(providers), "bench lora",
+                                                        enabled=show_progress) as bar:
+        return _run_cases(cases, providers, modes, dtype, device, progress, case_done, timings, bar)
 
 
-def _run_cases(cases, providers, modes, dtype, device, progress, case_done, timings):
+def _run_cases(cases, providers, modes, dtype, device, progress, case_done, timings, bar):
     rows = []
     for tokens, width, out, rank, p in cases:
         case = _make_case(tokens, width, out, rank, p, dtype, device)
@@ -216,6 +221,7 @@ def _run_cases(cases, providers, modes, dtype, device, progress, case_done, timi
             except Exception as exc:  # recorded in the results, never silently dropped
                 rows.append({"shape": label, "r": rank, "p": p, "provider": name, "error": repr(exc)[:200]})
                 progress(f"{label} r={rank} p={p} {name}: FAILED {exc!r}")
+                bar.advance(f"{label} r={rank} p={p} {name} failed")
                 continue
             if name == "frozen":
                 frozen_mem = memory
@@ -241,6 +247,7 @@ def _run_cases(cases, providers, modes, dtype, device, progress, case_done, timi
                 rows.append(row)
                 progress(f"{label} r={rank} p={p} {name:8s} {mode:17s} {timing:6s} {ms:8.3f} ms  "
                          f"x{row['vs_frozen'] or float('nan'):.3f} vs frozen")
+            bar.advance(f"{label} r={rank} p={p} {name}")
         del case
         if case_done is not None:
             case_done(rows)
@@ -305,8 +312,11 @@ def _parse_cases(text):
     return cases
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="lowpeft bench lora", description="fused LoRA layer benchmark")
+def main(argv=None, parents=()) -> int:
+    """The harness's command line; `parents` are argparse parents whose options a caller (lowpeft.cli) handles
+    itself before calling this, listed by --help."""
+    parser = argparse.ArgumentParser(prog="lowpeft bench lora", description="fused LoRA layer benchmark",
+                                     parents=list(parents))
     parser.add_argument("--cases", default=None,
                         help="comma-separated TxKxN[:r[:p]] (default: DESIGN §5 shapes and the r / p sweep)")
     parser.add_argument("--shapes", default=None, help="comma-separated TxKxN; crossed with --ranks and --dropouts")
@@ -323,6 +333,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="write the rows and environment as JSON here")
     parser.add_argument("--md", help="write a markdown table here")
     parser.add_argument("--csv", help="write a CSV table here")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
     # Every ratio is taken against the frozen layer of the same run, so it runs first whether listed or not.
@@ -360,7 +371,8 @@ def main(argv=None) -> int:
 
     if "graph" in args.timing and device.type != "cuda":
         parser.error(f"--timing graph needs a CUDA device, got {device}")
-    rows = run(cases, providers, modes, dtype, device, case_done=save, timings=args.timing)
+    rows = run(cases, providers, modes, dtype, device, case_done=save, timings=args.timing,
+               show_progress=not args.no_progress)
     print(save(rows))
     return 0
 

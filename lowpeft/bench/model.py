@@ -27,7 +27,7 @@ from torch import nn
 
 from ..data import ByteTokenizer, load_text, sample_windows
 from ..ops._dispatch import CHOICES as BACKEND_CHOICES
-from ._common import check_output_paths, device_argument, environment, provider_list, write_results
+from ._common import ProgressBar, check_output_paths, device_argument, environment, provider_list, write_results
 
 __all__ = [
     "PRESETS",
@@ -75,66 +75,6 @@ PRESETS = {
     # ~1.1B parameters (TinyLlama's shape), the issue-7 acceptance preset for one H100.
     "1b": Preset(2048, 5632, 22, 32, 4, 32000, 2048, 4, "bfloat16"),
 }
-
-
-class ProgressBar:
-    """A progress bar on stderr: tqdm when it is installed, else a one-line text bar (no dependency needed)."""
-
-    def __init__(self, total: int, description: str, *, enabled: bool = True, stream=None):
-        self.total, self.description, self.enabled = total, description, enabled
-        self.stream = stream if stream is not None else sys.stderr
-        self.count, self._note, self._last_draw, self._start = 0, "", 0.0, time.perf_counter()
-        self._tqdm = None
-        if enabled:
-            try:
-                from tqdm.auto import tqdm
-            except ImportError:
-                tqdm = None
-            if tqdm is not None:
-                self._tqdm = tqdm(total=total, desc=description, file=self.stream, dynamic_ncols=True, leave=True)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.close()
-
-    def advance(self, note: str = "") -> None:
-        """One step done; `note` (e.g. the loss) is shown beside the bar."""
-        self.count += 1
-        self._note = note
-        if not self.enabled:
-            return
-        if self._tqdm is not None:
-            if note:
-                self._tqdm.set_postfix_str(note, refresh=False)
-            self._tqdm.update(1)
-            return
-        now = time.perf_counter()
-        if now - self._last_draw >= 0.2 or self.count == self.total:
-            self._last_draw = now
-            self._draw(now)
-
-    def _draw(self, now: float) -> None:
-        width = 30
-        filled = width * self.count // max(self.total, 1)
-        elapsed = now - self._start
-        rate = self.count / elapsed if elapsed > 0 else 0.0
-        line = f"\r{self.description}: {self.count}/{self.total} |{'#' * filled}{'.' * (width - filled)}| {elapsed:.1f}s, {rate:.1f} it/s"
-        self.stream.write(line + (f", {self._note}" if self._note else ""))
-        self.stream.flush()
-
-    def close(self) -> None:
-        if not self.enabled:
-            return
-        if self._tqdm is not None:
-            self._tqdm.close()
-            self._tqdm = None
-        elif self.count:
-            self._draw(time.perf_counter())
-            self.stream.write("\n")
-            self.stream.flush()
-            self.count = 0
 
 
 class EagerLoRALinear(nn.Module):

@@ -11,7 +11,9 @@ import argparse
 import json
 import os
 
-__all__ = ["TIME_KEYS", "SHAPE_KEYS", "OURS", "speedups", "pyplot", "plot_speedups", "main"]
+from ._common import output_path_problem
+
+__all__ = ["TIME_KEYS", "SHAPE_KEYS", "OURS", "speedups", "pyplot", "image_path_problem", "plot_speedups", "main"]
 
 TIME_KEYS = ("median_ms", "ms", "time_ms", "step_ms")
 # Columns that describe a measured case, in the order they appear in a case's label.
@@ -116,10 +118,30 @@ def pyplot():
     return plt
 
 
+def image_path_problem(path: str) -> str | None:
+    """Why an image cannot be drawn to path (a format matplotlib cannot write, judged by the extension: .png when
+    matplotlib is missing; or a file that cannot be written there), else None; checked before any work."""
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+
+        formats = sorted(FigureCanvasBase.get_supported_filetypes())
+    except ImportError:
+        formats = ["png"]
+    extension = os.path.splitext(path)[1].lower().lstrip(".")
+    if extension not in formats:
+        return f"expected an image file name ending in one of {', '.join('.' + f for f in formats)}, got {path!r}"
+    problem = output_path_problem(path)
+    return None if problem is None else f"cannot write {path!r} ({problem})"
+
+
 def plot_speedups(results_path: str, png_path: str, ours: str | None = None, title: str | None = None) -> str:
     """Draw speedups(...) of a results JSON as grouped bars into png_path; return png_path."""
-    with open(results_path) as handle:
-        results = json.load(handle)
+    try:
+        with open(results_path) as handle:
+            results = json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"results_path: expected a lowpeft results JSON, got {results_path!r}, which is not JSON "
+                         f"({exc})") from None
     if not isinstance(results, dict) or not isinstance(results.get("rows"), list):
         raise ValueError(f"results_path: expected a lowpeft results JSON with a 'rows' list, got {results_path!r}")
     cases, table, time_key, ours = speedups(results["rows"], ours)
@@ -159,9 +181,12 @@ def main(argv=None, prog: str = "lowpeft bench plot") -> int:
     args = parser.parse_args(argv)
     if not os.path.isfile(args.results):
         parser.error(f"argument results: expected an existing JSON file, got {args.results!r}")
+    problem = image_path_problem(args.out)
+    if problem is not None:
+        parser.error(f"argument --out: {problem}")
     try:
         path = plot_speedups(args.results, args.out, args.ours, args.title)
-    except (ValueError, json.JSONDecodeError) as exc:
-        parser.error(str(exc))
+    except ValueError as exc:
+        parser.error(f"argument results: {str(exc).removeprefix('results_path: ')}")
     print(f"wrote {path}")
     return 0
