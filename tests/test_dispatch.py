@@ -148,7 +148,8 @@ def test_the_report_warns_of_nothing_and_every_entry_has_a_reason(availability):
 def test_info_prints_the_adapter_picks_where_they_differ(capsys, availability):
     from lowpeft import cli
 
-    report = {"versions": {}, "device": {"type": "cuda"}, "global_backend": "auto", "extension": "loaded",
+    report = {"versions": {}, "device": {"type": "cuda"}, "global_backend": "auto", "global_backend_error": None,
+              "extension": "loaded",
               "backends": {"cuda": {"torch": {"available": True, "reason": None},
                                     "auto": {"available": True, "picks": "triton",
                                              "adapter_picks": _dispatch.backends("cuda")["auto"]["adapter_picks"]}}}}
