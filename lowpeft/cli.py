@@ -90,9 +90,11 @@ def info() -> dict:
         device = {"type": "cpu", "name": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
     try:
         global_backend, backend_error = _dispatch.get_backend(), None
-    except ValueError as exc:  # an invalid $LOWPEFT_BACKEND: reported, and the backends shown as if it were unset
+    except ValueError as exc:  # an invalid $LOWPEFT_BACKEND: reported
         global_backend, backend_error = None, str(exc)
-    setting = os.environ.pop("LOWPEFT_BACKEND") if backend_error else None
+    # The tables show each backend and what "auto" picks, so they are computed with $LOWPEFT_BACKEND unset: a valid
+    # setting that cannot run on one device type (cuda for cpu tensors) is a note there, not a failed report.
+    setting = os.environ.pop("LOWPEFT_BACKEND", None)
     try:
         with warnings.catch_warnings():
             # resolving "auto" warns when it passes over a backend; the report below says so itself.
@@ -128,6 +130,9 @@ def _print_info(report: dict) -> None:
         print(f"backend setting: {report['global_backend']} (lowpeft.set_backend or LOWPEFT_BACKEND)")
     for device_type, table in report["backends"].items():
         print(f"backends for {device_type} tensors:")
+        chosen = table.get(report["global_backend"])
+        if report["global_backend"] != "auto" and chosen is not None and not chosen["available"]:
+            print(f"  note: the backend setting {report['global_backend']!r} cannot run on {device_type} tensors")
         for name, entry in table.items():
             if name == "auto":
                 line = f"  {'auto':<7} picks {entry['picks']}"

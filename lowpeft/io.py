@@ -230,14 +230,16 @@ def _check_fits(expected: dict, found: dict, directory: Path) -> None:
 
 
 def _saved_base_weights(model: nn.Module, adapter_name: str, found: dict) -> dict:
-    """{PEFT key: base weight} of the adapted layers whose base weight the file holds: PEFT's save_pretrained writes
-    `<layer>.base_layer.weight` for a LoRA on an embedding-like layer (lm_head, with save_embedding_layers="auto",
-    its default), and its loader puts it back into the base layer, so lowpeft does the same."""
+    """{PEFT key: base parameter} of the adapted layers whose base weight (and bias) the file holds: PEFT's
+    save_pretrained writes `<layer>.base_layer.weight` / `.bias` for a LoRA on an embedding-like layer (lm_head, with
+    save_embedding_layers="auto", its default), and its loader puts them back into the base layer, so lowpeft does
+    the same. A bias key the layer has no bias for stays unexpected (a named error)."""
     weights = {}
     for path, layer in model_level.adapter_layers(model, adapter_name).items():
-        key = f"{_PREFIX}{path}.base_layer.weight"
-        if key in found:
-            weights[key] = layer.weight
+        for leaf in ("weight", "bias"):
+            key = f"{_PREFIX}{path}.base_layer.{leaf}"
+            if key in found and getattr(layer, leaf, None) is not None:
+                weights[key] = getattr(layer, leaf)
     return weights
 
 

@@ -81,6 +81,17 @@ def test_info_reports_an_invalid_backend_setting_and_exits_2(capsys, monkeypatch
     assert os.environ["LOWPEFT_BACKEND"] == "bogus"
 
 
+def test_info_notes_a_valid_backend_setting_that_cannot_run_on_a_device_type(capsys, monkeypatch):
+    # LOWPEFT_BACKEND=cuda is a valid setting (for GPU work) that cannot run on cpu tensors: the report still prints,
+    # with "auto"'s own picks in the tables and a note in the cpu table, and the status is 0 (it once was a traceback).
+    monkeypatch.setenv("LOWPEFT_BACKEND", "cuda")
+    status, out, _ = run_cli(capsys, "info")
+    assert status == 0
+    assert "backend setting: cuda" in out and "auto    picks " in out
+    assert "note: the backend setting 'cuda' cannot run on cpu tensors" in out
+    assert os.environ["LOWPEFT_BACKEND"] == "cuda"
+
+
 def test_version_and_help(capsys):
     import lowpeft
 

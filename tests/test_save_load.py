@@ -286,13 +286,21 @@ def test_bottleneck_adapters_round_trip_and_stock_peft_refuses_them(tmp_path):
         peft.PeftModel.from_pretrained(tiny_llama(), tmp_path / "b")
 
 
-def test_peft_adapter_on_lm_head_with_its_saved_base_weight_loads(tmp_path):
-    # PEFT's save_pretrained writes lm_head.base_layer.weight beside the LoRA factors of an lm_head target
-    # (save_embedding_layers="auto", its default) and its loader puts that weight back; lowpeft must load the file.
-    # The saved head differs from the fresh base's here, so only a loader that restores it gives PEFT's logits.
+def _tiny_phi():
+    # Phi's lm_head has a bias: PEFT then saves lm_head.base_layer.bias too.
+    config = transformers.PhiConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                    vocab_size=97)
+    return transformers.PhiForCausalLM(config)
+
+
+@pytest.mark.parametrize("family", ["llama", "phi"])
+def test_peft_adapter_on_lm_head_with_its_saved_base_weight_loads(tmp_path, family):
+    # PEFT's save_pretrained writes lm_head.base_layer.weight (and .bias) beside the LoRA factors of an lm_head target
+    # (save_embedding_layers="auto", its default) and its loader puts them back; lowpeft must load the file. The saved
+    # head differs from the fresh base's here, so only a loader that restores it gives PEFT's logits.
     def base():
         torch.manual_seed(0)
-        return tiny_llama().eval()
+        return (tiny_llama() if family == "llama" else _tiny_phi()).eval()
 
     ids = torch.randint(0, 97, (2, 9))
     theirs = peft.get_peft_model(base(), peft.LoraConfig(r=2, target_modules=["q_proj", "lm_head"]))
@@ -301,6 +309,8 @@ def test_peft_adapter_on_lm_head_with_its_saved_base_weight_loads(tmp_path):
             if "lora_B" in name:
                 param.normal_()
         theirs.base_model.model.lm_head.base_layer.weight.mul_(1.5)
+        if family == "phi":
+            theirs.base_model.model.lm_head.base_layer.bias.add_(0.5)
         expected = theirs(input_ids=ids).logits
     theirs.save_pretrained(str(tmp_path))
     assert "base_model.model.lm_head.base_layer.weight" in safetensors.torch.load_file(

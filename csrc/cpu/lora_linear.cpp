@@ -8,9 +8,11 @@
 // and the frozen GEMM accumulates onto it with beta = 1; in backward dS A is written to dx first and g W
 // accumulated onto it), and with dropout the mask on dx and the dropped input for dA come out of one pass. Only
 // with dropout does backward hold a [T, K] temporary (the dropped x) for the dA GEMM. The scaling multiplies B, not
-// S: MKL applies the torch backend's addmm_(S, Bᵀ, alpha = s) the same way (to the packed Bᵀ), so a float overflow
-// gives its Inf / NaN pattern (s·S first made Inf · B terms: NaN where it has ±Inf or a finite value), and it is an
-// [N, r] multiply instead of a [T, r] one. Backward scales after each product, as the torch backend does.
+// S (an [N, r] multiply instead of a [T, r] one), as MKL applies float32 alpha in the torch backend's
+// addmm_(S, Bᵀ, alpha = s). The price, in 16-bit, where ATen applies alpha after its float32 accumulation: s·B is
+// rounded to the input dtype, so |s·B| past that dtype's range gives Inf where y is finite (LoRA's B starts at zero
+// and stays small); s·S first overflowed where |s·S| does, which 16-bit activations of a few thousand reach at
+// s ≥ 16. Backward scales after each product, as the torch backend does.
 // 16-bit inputs are widened to float32 for the small products (S, dS, dA, dB are accumulated in float32; the
 // frozen GEMMs keep the input dtype, as nn.Linear does).
 #include <optional>

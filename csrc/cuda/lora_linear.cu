@@ -305,8 +305,10 @@ std::tuple<at::Tensor, at::Tensor> lora_linear_fwd(const at::Tensor& x, const at
     return {y, shrink};
   }
   // The rank-r operand [S | 1 | 0...], padded to a multiple of 8 columns for aligned cuBLAS operands, against
-  // [s·B | b | 0...]: the scaling multiplies B, as the torch backend's alpha does; s · S first overflows where y
-  // is finite.
+  // [s·B | b | 0...]: the scaling multiplies B (s · S first overflowed in 16-bit where |s · S| passes the dtype's
+  // range, which large activations reach; s · B, rounded to the input dtype, overflows only where |s · B| does, and
+  // LoRA's B starts at zero and stays small; cuBLAS's alpha on the product, the torch backend's order, has neither
+  // limit but would scale the bias column too).
   const int64_t low_width = round_up(rank + (bias.has_value() ? 1 : 0), 8);
   at::Tensor shrink = at::empty({rows, rank}, x.options().dtype(accumulate_dtype(dtype)));
   at::Tensor low = at::empty({rows, low_width}, x.options());

@@ -42,7 +42,8 @@ def _forward_epilogue(acc, s_acc, pid_m, pid_n, T, N, R, bias_ptr, b_ptr, s_ptr,
         bt = tl.load(b_ptr + cols_ld[None, :] * stride_bn + ranks[:, None] * stride_br,
                      mask=ranks_in[:, None], other=0.0)
         # Zero the padded rank columns: an Inf in x makes them Inf·0 = NaN, which would leak into y. The scaling
-        # multiplies B, as cuBLAS's alpha on S Bᵀ would bound it: s · S first overflows where y is finite.
+        # multiplies B's tile (rounded to its dtype: past that range where |s · B| is, LoRA's B being small), not S,
+        # whose s · S overflows in 16-bit where large activations make it so.
         s_acc = tl.where(ranks_in[None, :], s_acc, 0.0)
         acc = mma(s_acc.to(bt.dtype), (bt.to(ACC) * scaling).to(bt.dtype), acc, DOT_PRECISION, DOT_UPCAST)
     else:
