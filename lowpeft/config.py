@@ -87,8 +87,9 @@ class LoRAConfig:
     bias: "none", "all" (every bias in the model trains) or "lora_only" (the biases of targeted layers train).
     init: "default" (Kaiming-uniform A, zero B, as PEFT) or "gaussian" (A ~ N(0, 1/r)).
     adapter_dtype: the dtype of lora_A / lora_B, as a torch.dtype or by name (torch.float32 or "float32", ...; kept
-    as the name); None (the default) keeps the base weight's. PEFT keeps them in float32 on a 16-bit base (its autocast_adapter_dtype): "float32" does the same,
-    so small optimizer updates are not rounded away in bf16. Like backend, not part of the saved file.
+    as the name); None (the default) keeps the base weight's. PEFT keeps them in float32 on a 16-bit base (its
+    autocast_adapter_dtype): "float32" does the same, so small optimizer updates are not rounded away in bf16. Like
+    backend, not part of the saved file.
     """
 
     r: int = 8

@@ -262,8 +262,8 @@ def load_adapter(model: nn.Module, directory: Union[str, os.PathLike], adapter_n
     When `model` has no adapter of that name, one is added from the file's config (lowpeft.apply: it becomes
     active and trainable, everything else is frozen); when it has one, its configuration must agree with the
     file's. Every key and shape is checked first; a file that does not fit is a ValueError naming the module. A base
-    weight the file holds for an adapted layer (PEFT writes lm_head's by default) is loaded into that layer, as PEFT
-    does.
+    weight (and bias) the file holds for an adapted layer (PEFT writes lm_head's by default) is loaded into that
+    layer, as PEFT does.
     `backend` is the added layers' backend (lowpeft.set_backend's names; not part of the file); `adapter_dtype`
     the added LoRA layers' factor dtype (LoRAConfig.adapter_dtype; not part of the file either)."""
     from safetensors.torch import load_file
