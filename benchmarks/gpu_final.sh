@@ -74,8 +74,6 @@
 #   benchmarks/gpu_final.sh adapter_wide_check  build; the adapter op's GPU-only tests (benchmark sizes with wide
 #                                    float32 / float16 bottlenecks, matmul precision, auto, 64-bit offsets), the
 #                                    refused second-order gradients and non-finite weights on every backend
-#   benchmarks/gpu_final.sh adapter_pdl  build; the adapter benchmark (graph timing, floor / triton / eager) with
-#                                    programmatic dependent launch and with LOWPEFT_PDL=0; the adapter op tests
 # Every step has its own time limit so one slow step cannot starve the rest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -293,17 +291,6 @@ case "${1:-layers}" in
       --md "$OUT/adapter_h100_graphs.md" > "$OUT/adapter_h100_graphs.log" 2>&1
     echo "adapter bench exit $?"; grep "^| " "$OUT/adapter_h100_graphs.md" | cut -c1-300
     LOWPEFT_AUTOTUNE=0 LOWPEFT_HYPOTHESIS_EXAMPLES=3 timeout 260 python3 -m pytest -p no:cacheprovider -rfE -q -x \
-      tests/test_adapter_op.py > "$OUT/gpu_adapter_op_tests.log" 2>&1
-    echo "adapter op pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed|Error" "$OUT/gpu_adapter_op_tests.log" | tail -12
-    ;;
-  adapter_pdl)
-    for pdl in 1 0; do
-      LOWPEFT_PDL=$pdl timeout 170 python3 benchmarks/bench_adapter.py --bottlenecks 16,64,256 --timing graph \
-        --providers floor,triton,eager --no-breakdown --json "$OUT/adapter_pdl$pdl.json" --md "$OUT/adapter_pdl$pdl.md" \
-        > "$OUT/adapter_pdl$pdl.log" 2>&1
-      echo "adapter bench LOWPEFT_PDL=$pdl exit $?"; grep "^| " "$OUT/adapter_pdl$pdl.md" | cut -c1-200
-    done
-    LOWPEFT_AUTOTUNE=0 LOWPEFT_HYPOTHESIS_EXAMPLES=3 timeout 180 python3 -m pytest -p no:cacheprovider -rfE -q -x \
       tests/test_adapter_op.py > "$OUT/gpu_adapter_op_tests.log" 2>&1
     echo "adapter op pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed|Error" "$OUT/gpu_adapter_op_tests.log" | tail -12
     ;;

@@ -80,9 +80,9 @@ def main():
     grads = [torch.empty(n, device="cuda", dtype=torch.bfloat16) for n in (64 * 1024, 1024 * 64, 1024, 64)]
     launch_args = (partials, grads[0], grads[1], grads[2], grads[3], 4, 1024, 64, partials.shape[1])
     grid = (kernels.ceil_div(partials.shape[1], 1024),)
-    compiled = kernels._reduce_kernel[grid](*launch_args, BLOCK=1024, PDL=False)
+    compiled = kernels._reduce_kernel[grid](*launch_args, BLOCK=1024)
     print("one launch, µs (the adapter's reduce kernel, 10 arguments)")
-    jit_launch = host_us(lambda: kernels._reduce_kernel[grid](*launch_args, BLOCK=1024, PDL=False), 2000)
+    jit_launch = host_us(lambda: kernels._reduce_kernel[grid](*launch_args, BLOCK=1024), 2000)
     print(f"  {'kernel[grid](...)':<34} {jit_launch:8.1f}")
     try:
         runner = compiled[grid]

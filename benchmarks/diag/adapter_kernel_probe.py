@@ -146,7 +146,7 @@ def probe(tokens, dim, bottleneck):
         return kernels._down_kernel.fn[(triton.cdiv(tokens, bt),)](
             h, down_w, z, z, a, tokens, dim, bottleneck, tokens, h.stride(0), 1, down_w.stride(0), 1, 0, z.stride(0),
             a.stride(0), HAS_DOWN_BIAS=False, ACTIVATION=0, PRECISION="ieee", UPCAST=False, ACC=tl.float32,
-            BLOCK_M=block_m, BLOCK_T=bt, BLOCK_D=bd, PDL=False, num_warps=warps, num_stages=stages)
+            BLOCK_M=block_m, BLOCK_T=bt, BLOCK_D=bd, num_warps=warps, num_stages=stages)
 
     def cols(tile, need_dh=True, need_up=True, need_down=False):
         # The library's column kernel with the chosen sides: g side (dh, dW_up / db_up), h side (dW_down, db_down).
@@ -156,7 +156,7 @@ def probe(tokens, dim, bottleneck):
             g, h, down_w, a, dz, dh, partials, tokens, dim, bottleneck, partial_len, g.stride(0), 1, h.stride(0), 1,
             down_w.stride(0), 1, a.stride(0), dh.stride(0), 1.0, NEED_DH=need_dh, NEED_UP_GRADS=need_up,
             NEED_DOWN_W=need_down, NEED_DOWN_B=need_down, PRECISION="ieee", UPCAST=False, ACC=tl.float32,
-            BLOCK_M=block_m, BLOCK_T=bt, BLOCK_D=bd, PDL=False, num_warps=warps, num_stages=stages)
+            BLOCK_M=block_m, BLOCK_T=bt, BLOCK_D=bd, num_warps=warps, num_stages=stages)
 
     def g_cols(tile, need_dh=True, need_up=True):
         return cols(tile, need_dh, need_up)
@@ -169,14 +169,14 @@ def probe(tokens, dim, bottleneck):
             bt, bd, warps, stages = tile
             return kernel[(triton.cdiv(dim, bd), splits_for(tile))](
                 h, small, partials, tokens, dim, bottleneck, partial_len, h.stride(0), small_stride,
-                BLOCK_M=block_m, BLOCK_T=bt, BLOCK_D=bd, PDL=False, num_warps=warps, num_stages=stages)
+                BLOCK_M=block_m, BLOCK_T=bt, BLOCK_D=bd, num_warps=warps, num_stages=stages)
         return launch
 
     def g_a_t(tile):
         bt, bd, warps, stages = tile
         return _g_a_t_kernel[(triton.cdiv(dim, bd), splits_for(tile))](
             g, down_w, a_t, dz, dh, partials, tokens, dim, bottleneck, partial_len, g.stride(0), a_t.stride(0),
-            dz.stride(0), BLOCK_M=block_m, BLOCK_T=bt, BLOCK_D=bd, PDL=False, num_warps=warps, num_stages=stages)
+            dz.stride(0), BLOCK_M=block_m, BLOCK_T=bt, BLOCK_D=bd, num_warps=warps, num_stages=stages)
 
     time_variant("down (reference)", down, ROW_TILES[:4], tensor_bytes)
     time_variant("backward_rows", lambda t: rows(t, up_w, up_w.stride(0), 1), ROW_TILES, tensor_bytes)

@@ -17,7 +17,6 @@ import os
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 _SHARED_MEMORY_BUDGET = 227 * 1024  # bytes: Hopper's per-block limit; prune_gemm_configs counts the epilogue too
 
@@ -298,26 +297,6 @@ def tma_ready(*tensors) -> bool:
         if tensor.data_ptr() % 16 or (tensor.stride(0) * tensor.element_size()) % 16:
             return False
     return _tma_capable_device(tensors[0].device.index or 0)
-
-
-def programmatic_launch(device) -> bool:
-    """Whether kernels on `device` launch with programmatic dependent launch (PDL: triton's launch_pdl, Hopper and
-    later): the next kernel's programs are scheduled while this one drains, and every kernel that takes a PDL
-    constexpr waits (wait_for_previous_kernel) for the previous grid to finish and its writes to be visible before
-    touching memory, so a chain of short kernels loses less time between launches. Off under the interpreter, on
-    CPU tensors, before sm_90 and under LOWPEFT_PDL=0 (for A/B timing or a driver that mishandles it)."""
-    if interpreting() or device.type != "cuda" or os.environ.get("LOWPEFT_PDL", "1") == "0":
-        return False
-    return _tma_capable_device(device.index if device.index is not None else 0)
-
-
-@triton.jit
-def wait_for_previous_kernel(PDL: tl.constexpr):
-    # Under PDL, the first statement of a kernel: wait for the previous grid (all its memory operations
-    # visible), then let the next kernel be scheduled. Without PDL, nothing.
-    if PDL:
-        gdc_wait()
-        gdc_launch_dependents()
 
 
 @functools.lru_cache(maxsize=None)

@@ -42,7 +42,7 @@ import triton
 import triton.language as tl
 
 from ._tuning import (accumulator_dtype, accumulator_type, autotuning, ceil_div, float32_dot_precision, interpreting,
-                      launch_autotuned, next_power_of_2, programmatic_launch, wait_for_previous_kernel)
+                      launch_autotuned, next_power_of_2)
 
 __all__ = ["bottleneck_adapter_fwd", "bottleneck_adapter_bwd", "ACTIVATION_CODES", "MAX_BOTTLENECK"]
 
@@ -322,10 +322,9 @@ def _down_kernel(
     stride_h_t, stride_h_d, stride_dw_m, stride_dw_d, stride_db, stride_z_t, stride_a_t,
     HAS_DOWN_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
     PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
-    BLOCK_M: tl.constexpr, M_CHUNK: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr,
+    BLOCK_M: tl.constexpr, M_CHUNK: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     # z[rows, chunk] = h[rows] W_down[chunk]ᵀ + b_down[chunk] over all of D; a = act(z).
-    wait_for_previous_kernel(PDL)
     _, rows, row_mask, cols_m, m_mask = _row_block_program(T, M, BLOCK_M, M_CHUNK, BLOCK_T)
     z = tl.zeros([BLOCK_T, M_CHUNK], dtype=ACC)
     for d0 in range(0, D, BLOCK_D):
@@ -353,9 +352,8 @@ def _up_kernel(
     stride_h_t, stride_h_d, stride_a_t, stride_uw_d, stride_uw_m, stride_ub, stride_out_t,
     scale,
     HAS_UP_BIAS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    wait_for_previous_kernel(PDL)
     rows = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     cols_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     row_mask = rows < T
@@ -385,13 +383,12 @@ def _up_columns_kernel(
     scale,
     HAS_UP_BIAS: tl.constexpr, STORE_OUT: tl.constexpr, COLUMN_SUMS: tl.constexpr,
     PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     # A wide bottleneck's out = h + s · (a W_upᵀ + b_up) per (D chunk, T split): the chunk's [M, BLOCK_D] slice of
     # W_up loaded once, then the split's rows. The backward runs it as dh = g + dz W_down (h := g, a := dz,
     # W_up := W_downᵀ, s = 1, no bias), with COLUMN_SUMS storing the split's column sums of g (db_up's partial,
     # [splits, D] in ACC) and STORE_OUT off where dh itself is not needed.
-    wait_for_previous_kernel(PDL)
     split, row_start, row_end, cols_d, d_mask, cols_m, m_mask = _column_program(tl.program_id(0), T, D, M, BLOCK_M,
                                                                                 BLOCK_T, BLOCK_D)
     if STORE_OUT:
@@ -430,11 +427,10 @@ def _backward_rows_kernel(
     stride_g_t, stride_g_d, stride_uw_d, stride_uw_m, stride_z_t, stride_small_t,
     scale,
     ACTIVATION: tl.constexpr, DZ_SUMS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-    BLOCK_M: tl.constexpr, M_CHUNK: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr,
+    BLOCK_M: tl.constexpr, M_CHUNK: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     # da[rows, chunk] = s · g[rows] W_up[:, chunk] over all of D; dz = da ⊙ act'(z) and a = act(z), with DZ_SUMS
     # the row block's column sums of dz (db_down's partial, [T blocks, M] in z's dtype).
-    wait_for_previous_kernel(PDL)
     row_block, rows, row_mask, cols_m, m_mask = _row_block_program(T, M, BLOCK_M, M_CHUNK, BLOCK_T)
     small_mask = row_mask[:, None] & m_mask[None, :]
     z = tl.load(z_ptr + rows[:, None] * stride_z_t + cols_m[None, :], mask=small_mask, other=0.0)
@@ -546,13 +542,12 @@ def _backward_cols_kernel(
     scale,
     NEED_DH: tl.constexpr, NEED_UP_GRADS: tl.constexpr, NEED_DOWN_W: tl.constexpr, NEED_DOWN_B: tl.constexpr,
     PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-    ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     # Grid (D chunks of the g side, then D chunks of the h side; T splits), each side only where its gradients
     # are needed and its flags are set: the launcher runs both sides in one launch (they share the GPU, neither
     # waiting for the other's tail; at 4096 x 1024 each side alone fills one program per SM) or, where that
     # measured slower, one side per launch.
-    wait_for_previous_kernel(PDL)
     pid = tl.program_id(0)
     if NEED_DH or NEED_UP_GRADS:
         g_chunks = tl.cdiv(D, BLOCK_D)
@@ -573,9 +568,8 @@ def _backward_cols_kernel(
 def _reduce_kernel(
     partial_ptr, d_down_w_ptr, d_up_w_ptr, d_up_b_ptr, d_down_b_ptr,
     SPLITS, D, M, PARTIAL_LEN,
-    BLOCK: tl.constexpr, PDL: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
-    wait_for_previous_kernel(PDL)
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offsets < PARTIAL_LEN
     pointers = partial_ptr + offsets
@@ -612,12 +606,11 @@ def _column_sum(partial_ptr, out_ptr, rows_total, width, factor, block, BLOCK_R:
 def _bias_sums_kernel(
     up_partial_ptr, down_partial_ptr, d_up_b_ptr, d_down_b_ptr,
     UP_ROWS, DOWN_ROWS, D, M, up_scale,
-    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, PDL: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     # The wide-bottleneck backward's bias gradients from its column-sum partials: db_up = s · Σ rows of [UP_ROWS, D]
     # (one row per up_columns T split; the first programs), db_down = Σ rows of [DOWN_ROWS, M] (one row per
     # backward_rows row block; the rest).
-    wait_for_previous_kernel(PDL)
     pid = tl.program_id(0)
     up_programs = tl.cdiv(D, BLOCK_C)
     if pid < up_programs:
@@ -691,7 +684,6 @@ def bottleneck_adapter_fwd(h, down_weight, down_bias, up_weight, up_bias, activa
     block_m, t_bucket = _padded_bottleneck(M), _t_bucket(T)
     chunk = bottleneck_chunk(block_m)
     precision, upcast, acc = dot_precision(h.dtype), _upcast(h.dtype), accumulator_type(h.dtype)
-    pdl = programmatic_launch(h.device)
     with _device_context(h):
         _launch_row_kernel(
             _down_kernel, T, block_m, chunk, ("down", t_bucket, D, block_m, chunk, h.dtype, h.device),
@@ -699,7 +691,7 @@ def bottleneck_adapter_fwd(h, down_weight, down_bias, up_weight, up_bias, activa
              h.stride(0), h.stride(1), down_weight.stride(0), down_weight.stride(1),
              0 if down_bias is None else down_bias.stride(0), z.stride(0), a.stride(0)),
             dict(HAS_DOWN_BIAS=down_bias is not None, ACTIVATION=ACTIVATION_CODES[activation], PRECISION=precision,
-                 UPCAST=upcast, ACC=acc, PDL=pdl, launch_pdl=pdl),
+                 UPCAST=upcast, ACC=acc),
         )
         if wide_bottleneck(block_m):
             plan = up_columns_plan(block_m, h.element_size())
@@ -712,8 +704,7 @@ def bottleneck_adapter_fwd(h, down_weight, down_bias, up_weight, up_bias, activa
                 (h, a, up_weight, z if up_bias is None else up_bias, out, T, D, M, t_bucket,
                  h.stride(0), h.stride(1), a.stride(0), up_weight.stride(0), up_weight.stride(1),
                  0 if up_bias is None else up_bias.stride(0), out.stride(0), float(scale)),
-                dict(HAS_UP_BIAS=up_bias is not None, PRECISION=precision, UPCAST=upcast, ACC=acc, BLOCK_M=block_m,
-                     PDL=pdl, launch_pdl=pdl),
+                dict(HAS_UP_BIAS=up_bias is not None, PRECISION=precision, UPCAST=upcast, ACC=acc, BLOCK_M=block_m),
                 prune=prune_up_tile_configs,
             )
     return out, z
@@ -728,7 +719,6 @@ def _launch_up_columns(h, a, stride_uw_d, stride_uw_m, up_weight, up_bias, out, 
     """The wide-bottleneck up kernel: out = h + scale · (a W_upᵀ + b_up), W_up [D, M] given by its strides (out
     None: only the column sums of h, into column_sums [splits, D])."""
     T, D = h.shape
-    pdl = programmatic_launch(h.device)
     _up_columns_kernel[(ceil_div(D, plan.block_d), splits)](
         h, a, up_weight, h if up_bias is None else up_bias, h if out is None else out,
         h if column_sums is None else column_sums, T, D, a.shape[1],
@@ -737,7 +727,6 @@ def _launch_up_columns(h, a, stride_uw_d, stride_uw_m, up_weight, up_bias, out, 
         HAS_UP_BIAS=up_bias is not None, STORE_OUT=out is not None, COLUMN_SUMS=column_sums is not None,
         PRECISION=dot_precision(h.dtype), UPCAST=_upcast(h.dtype), ACC=accumulator_type(h.dtype),
         BLOCK_M=block_m, BLOCK_T=plan.block_t, BLOCK_D=plan.block_d, num_warps=plan.warps, num_stages=plan.stages,
-        PDL=pdl, launch_pdl=pdl,
     )
 
 
@@ -782,7 +771,6 @@ def _launch_backward_rows(grad_out, up_weight, z, a, dz, dz_sums, activation, sc
     T, D = grad_out.shape
     M = z.shape[1]
     chunk, t_bucket = bottleneck_chunk(block_m), _t_bucket(T)
-    pdl = programmatic_launch(grad_out.device)
     return _launch_row_kernel(
         _backward_rows_kernel, T, block_m, chunk,
         ("backward_rows", t_bucket, D, block_m, chunk, dz_sums is not None, grad_out.dtype, grad_out.device),
@@ -790,7 +778,7 @@ def _launch_backward_rows(grad_out, up_weight, z, a, dz, dz_sums, activation, sc
          grad_out.stride(0), grad_out.stride(1), up_weight.stride(0), up_weight.stride(1), z.stride(0), a.stride(0),
          float(scale)),
         dict(ACTIVATION=ACTIVATION_CODES[activation], DZ_SUMS=dz_sums is not None,
-             PRECISION=dot_precision(grad_out.dtype), UPCAST=_upcast(grad_out.dtype), PDL=pdl, launch_pdl=pdl),
+             PRECISION=dot_precision(grad_out.dtype), UPCAST=_upcast(grad_out.dtype)),
     )
 
 
@@ -803,7 +791,7 @@ def _backward_by_gemm(grad_out, h, down_weight, up_weight, z, a, dz, dh, weight_
     need_dh, need_d_down_w, need_d_down_b, need_d_up_w, need_d_up_b = needs
     T, D = h.shape
     M = down_weight.shape[0]
-    acc_dtype, pdl = accumulator_dtype(h.dtype), programmatic_launch(h.device)
+    acc_dtype = accumulator_dtype(h.dtype)
     plan = up_columns_plan(block_m, h.element_size())
     splits = _up_columns_splits(T, D, plan, h.device)
     # db_down's per-row-block sums, sized for the smallest row block a candidate config may take; db_up's per split.
@@ -827,7 +815,7 @@ def _backward_by_gemm(grad_out, h, down_weight, up_weight, z, a, dz, dh, weight_
             z if g_sums is None else g_sums, z if dz_sums is None else dz_sums, weight_grads[3], weight_grads[1],
             splits if need_d_up_b else 0,
             ceil_div(T, rows_config["BLOCK_T"]) if need_d_down_b else 0,
-            up_width, down_width, float(scale), BLOCK_R=32, BLOCK_C=block_c, PDL=pdl, launch_pdl=pdl,
+            up_width, down_width, float(scale), BLOCK_R=32, BLOCK_C=block_c,
         )
 
 
@@ -841,7 +829,6 @@ def _backward_by_columns(grad_out, h, down_weight, up_weight, z, a, dz, dh, weig
     need_up_grads = need_d_up_w or need_d_up_b
     need_weight_grads = weight_grads is not None
     precision, upcast = dot_precision(h.dtype), _upcast(h.dtype)
-    pdl = programmatic_launch(h.device)
     plan = column_block_config(block_m, D, h.element_size())
     partial_len = 2 * M * D + D + M
     # The split-T partials (float32, one [partial_len] row per split) stay no larger than h itself.
@@ -864,13 +851,13 @@ def _backward_by_columns(grad_out, h, down_weight, up_weight, z, a, dz, dh, weig
             NEED_DH=side_dh, NEED_UP_GRADS=side_up, NEED_DOWN_W=side_down_w, NEED_DOWN_B=side_down_b,
             PRECISION=precision, UPCAST=upcast, ACC=accumulator_type(h.dtype),
             BLOCK_M=block_m, BLOCK_T=plan.block_t, BLOCK_D=plan.block_d, num_warps=plan.warps,
-            num_stages=plan.stages, PDL=pdl, launch_pdl=pdl,
+            num_stages=plan.stages,
         )
     if need_weight_grads:
         block = 1024
         _reduce_kernel[(ceil_div(partial_len, block),)](
             partials, weight_grads[0], weight_grads[2], weight_grads[3], weight_grads[1], splits, D, M,
-            partial_len, BLOCK=block, PDL=pdl, launch_pdl=pdl,
+            partial_len, BLOCK=block,
         )
 
 
