@@ -74,6 +74,11 @@
 #   benchmarks/gpu_final.sh adapter_wide_check  build; the adapter op's GPU-only tests (benchmark sizes with wide
 #                                    float32 / float16 bottlenecks, matmul precision, auto, 64-bit offsets), the
 #                                    refused second-order gradients and non-finite weights on every backend
+#   benchmarks/gpu_final.sh int8     build; the int8-base tests on the GPU; the LoRA layer over a bf16 base and over
+#                                    its int8 quantization (lowpeft_int8), six DESIGN cases and p = 0.1, both timings
+#   benchmarks/gpu_final.sh int8_model  build; the LoRA layer over an int8 base at four cases (both timings); the ~1B
+#                                    Llama, frozen / lowpeft / lowpeft_int8, dropout 0, 30 steps; the int8-base and
+#                                    torch.compile tests on the GPU
 # Every step has its own time limit so one slow step cannot starve the rest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -293,6 +298,33 @@ case "${1:-layers}" in
     LOWPEFT_AUTOTUNE=0 LOWPEFT_HYPOTHESIS_EXAMPLES=3 timeout 260 python3 -m pytest -p no:cacheprovider -rfE -q -x \
       tests/test_adapter_op.py > "$OUT/gpu_adapter_op_tests.log" 2>&1
     echo "adapter op pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed|Error" "$OUT/gpu_adapter_op_tests.log" | tail -12
+    ;;
+  int8)
+    ls -d /usr/local/cuda*/include/cutlass /usr/include/cutlass 2>/dev/null; find / -xdev -name "cutlass.h" 2>/dev/null \
+      | head -3; echo "cutlass search done"
+    LOWPEFT_HYPOTHESIS_EXAMPLES=10 timeout 200 python3 -m pytest -p no:cacheprovider -rfE -q tests/test_int8_base.py \
+      > "$OUT/gpu_int8_tests.log" 2>&1
+    echo "int8 pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed|Error" "$OUT/gpu_int8_tests.log" | tail -12
+    LOWPEFT_AUTOTUNE=0 timeout 240 python3 benchmarks/bench_lora.py --cases "$CASES,8192x4096x4096:16:0.1" \
+      --modes forward+backward --timing launch,graph --providers frozen,lowpeft,lowpeft_int8,eager \
+      --json "$OUT/lora_int8_h100.json" --md "$OUT/lora_int8_h100.md" > "$OUT/lora_int8_bench.log" 2>&1
+    echo "lora bench exit $?"; grep -A18 "^| timing" "$OUT/lora_int8_h100.md" | head -20
+    grep "lowpeft_int8\|^| shape" "$OUT/lora_int8_h100.md" | grep "graph\|shape" | cut -c1-220 | head -12
+    ;;
+  int8_model)
+    LOWPEFT_AUTOTUNE=0 timeout 100 python3 benchmarks/bench_lora.py \
+      --cases 8192x4096x4096:16:0,8192x4096x11008:16:0,4096x2048x2048:16:0,2048x1024x1024:16:0 \
+      --modes forward+backward --timing launch,graph --providers frozen,lowpeft,lowpeft_int8,eager \
+      --json "$OUT/lora_int8_h100.json" --md "$OUT/lora_int8_h100.md" > "$OUT/lora_int8_bench.log" 2>&1
+    echo "lora bench exit $?"; grep -A10 "^| timing" "$OUT/lora_int8_h100.md" | head -11
+    timeout 250 python3 -m lowpeft bench model --preset 1b --steps 30 --dropout 0 --no-progress \
+      --providers frozen,lowpeft,lowpeft_int8 --json "$OUT/model_1b_int8.json" --md "$OUT/model_1b_int8.md" \
+      > "$OUT/model_1b_int8.log" 2>&1
+    echo "model bench exit $?"; grep "^| " "$OUT/model_1b_int8.md" | head -6
+    LOWPEFT_HYPOTHESIS_EXAMPLES=4 LOWPEFT_AUTOTUNE=0 timeout 200 python3 -m pytest -p no:cacheprovider -rfE -q \
+      tests/test_int8_base.py tests/test_compile_model.py tests/test_lora_op.py \
+      -k "int8 or compile or Compile or autocast" > "$OUT/gpu_int8_tests.log" 2>&1
+    echo "int8 / compile pytest exit $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/gpu_int8_tests.log" | tail -12
     ;;
   adapter_wide_check)
     LOWPEFT_HYPOTHESIS_EXAMPLES=2 timeout 330 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_adapter_op.py \

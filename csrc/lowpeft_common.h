@@ -156,6 +156,11 @@ AdapterNeeds check_adapter_backward(std::string_view op, const at::Tensor& grad_
                                     const at::Tensor& up_weight, const at::Tensor& z, std::string_view activation,
                                     double scale, const c10::List<bool>& needs);
 
+// The int8 base's dequantize op: qweight int8 [out, in], scale a floating [out] tensor on its device, dtype a
+// floating output dtype (ValueError / TypeError naming the argument otherwise).
+void check_dequantize_int8(std::string_view op, const at::Tensor& qweight, const at::Tensor& scale,
+                           at::ScalarType dtype);
+
 // The dtype of the saved intermediates (S under dropout, the adapter's pre-activation z): float32 for 16-bit inputs.
 at::ScalarType accumulate_dtype(at::ScalarType input_dtype);
 

@@ -113,6 +113,22 @@ Activation parse_activation(std::string_view op, std::string_view activation) {
                     std::string(activation), "'");
 }
 
+void check_dequantize_int8(std::string_view op, const at::Tensor& qweight, const at::Tensor& scale,
+                           at::ScalarType dtype) {
+  TORCH_CHECK_TYPE(qweight.scalar_type() == at::kChar, op, ": qweight: expected an int8 tensor, got dtype ",
+                   qweight.scalar_type());
+  TORCH_CHECK_VALUE(qweight.dim() == 2, op, ": qweight: expected a 2-D tensor [out_features, in_features], got shape ",
+                    shape_text(qweight));
+  TORCH_CHECK_TYPE(at::isFloatingType(scale.scalar_type()), op, ": weight_scale: expected a floating-point tensor, "
+                   "got dtype ", scale.scalar_type());
+  TORCH_CHECK_VALUE(scale.dim() == 1 && scale.size(0) == qweight.size(0), op, ": weight_scale: expected shape [",
+                    number_text(qweight.size(0)), "] (one scale per output row), got ", shape_text(scale));
+  TORCH_CHECK_VALUE(scale.device() == qweight.device(), op, ": weight_scale: expected a tensor on ", qweight.device(),
+                    " (qweight's device), got one on ", scale.device());
+  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16, op,
+                   ": dtype: expected float32, float64, float16 or bfloat16, got ", dtype);
+}
+
 void check_lora_forward(std::string_view op, const at::Tensor& x, const at::Tensor& weight,
                         const std::optional<at::Tensor>& bias, const at::Tensor& lora_A, const at::Tensor& lora_B,
                         double scaling, double dropout_p) {
@@ -181,6 +197,11 @@ AdapterNeeds check_adapter_backward(std::string_view op, const at::Tensor& grad_
 namespace {
 
 // Meta kernels: the checks plus the output shapes and dtypes, for FakeTensor, torch.compile and opcheck.
+at::Tensor dequantize_int8_meta(const at::Tensor& qweight, const at::Tensor& scale, at::ScalarType dtype) {
+  check_dequantize_int8("native_dequantize_int8", qweight, scale, dtype);
+  return at::empty(qweight.sizes(), qweight.options().dtype(dtype));
+}
+
 std::tuple<at::Tensor, at::Tensor> lora_linear_fwd_meta(const at::Tensor& x, const at::Tensor& weight,
                                                         const std::optional<at::Tensor>& bias,
                                                         const at::Tensor& lora_A, const at::Tensor& lora_B,
@@ -240,6 +261,7 @@ TORCH_LIBRARY_FRAGMENT(lowpeft, m) {
       "native_lora_linear_bwd(Tensor grad_out, Tensor x, Tensor weight, Tensor lora_A, Tensor lora_B, "
       "Tensor shrink, float scaling, float dropout_p, int seed, bool[] needs) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("native_dequantize_int8(Tensor qweight, Tensor scale, ScalarType dtype) -> Tensor");
   m.def(
       "native_bottleneck_adapter_fwd(Tensor h, Tensor down_weight, Tensor? down_bias, Tensor up_weight, "
       "Tensor? up_bias, str activation, float scale) -> (Tensor out, Tensor z)");
@@ -252,6 +274,7 @@ TORCH_LIBRARY_FRAGMENT(lowpeft, m) {
 TORCH_LIBRARY_IMPL(lowpeft, Meta, m) {
   m.impl("native_lora_linear_fwd", &lowpeft::lora_linear_fwd_meta);
   m.impl("native_lora_linear_bwd", &lowpeft::lora_linear_bwd_meta);
+  m.impl("native_dequantize_int8", &lowpeft::dequantize_int8_meta);
   m.impl("native_bottleneck_adapter_fwd", &lowpeft::bottleneck_adapter_fwd_meta);
   m.impl("native_bottleneck_adapter_bwd", &lowpeft::bottleneck_adapter_bwd_meta);
 }

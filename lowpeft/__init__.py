@@ -12,6 +12,8 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "LoRALinear": "lowpeft.nn.lora_linear",
+    "Int8Linear": "lowpeft.nn.int8_linear",
+    "Int8LoRALinear": "lowpeft.nn.int8_linear",
     "BottleneckAdapter": "lowpeft.nn.adapter",
     "AdapterLinear": "lowpeft.nn.adapter",
     "PromptEmbedding": "lowpeft.nn.prompt",
@@ -24,6 +26,7 @@ _EXPORTS = {
     "merge": "lowpeft.model",
     "unmerge": "lowpeft.model",
     "merge_and_unload": "lowpeft.model",
+    "quantize_base": "lowpeft.model",
     "freeze": "lowpeft.model",
     "unfreeze_last_blocks": "lowpeft.model",
     "add_adapter": "lowpeft.model",

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .config import ALL_LINEAR, AdapterConfig, LoRAConfig, PromptTuningConfig
+from .nn.int8_linear import Int8Linear, Int8LoRALinear
 from .nn.lora_linear import LoRALinear
 from .nn.prompt import PromptEmbedding, prepend_prompt
 
@@ -89,6 +90,11 @@ def is_linear_like(module: nn.Module) -> bool:
     return is_conv1d(module)
 
 
+def is_adaptable(module: nn.Module) -> bool:
+    """What LoRA adapts: a linear-like module (is_linear_like) or lowpeft's own int8 base (Int8Linear)."""
+    return is_linear_like(module) or isinstance(module, Int8Linear)
+
+
 def _skipped_linears(modules) -> list[str]:
     """'path (Class)' of the nn.Linear subclasses with a forward of their own among (name, module) pairs."""
     return [f"{name} ({type(m).__qualname__})" for name, m in modules if isinstance(m, nn.Linear)
@@ -126,7 +132,7 @@ def _original_modules(model: nn.Module, state: Optional[_ModelAdapters]) -> list
 
 
 def _some_names(modules: Sequence[tuple[str, nn.Module]], limit: int = 12) -> str:
-    linear = [name for name, module in modules if is_linear_like(module)]
+    linear = [name for name, module in modules if is_adaptable(module)]
     names = linear or [name for name, _ in modules]
     shown = ", ".join(names[:limit])
     return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
@@ -138,7 +144,7 @@ def target_paths(model: nn.Module, config: Union[LoRAConfig, AdapterConfig]) -> 
     modules = _original_modules(model, _state(model))
     if config.target_modules == ALL_LINEAR:
         head = _output_head(model)
-        chosen = [(name, m) for name, m in modules if is_linear_like(m) and m is not head]
+        chosen = [(name, m) for name, m in modules if is_adaptable(m) and m is not head]
     else:
         chosen = [(name, m) for name, m in modules if matches(config.target_modules, name)]
     if config.exclude_modules is not None:
@@ -153,7 +159,7 @@ def target_paths(model: nn.Module, config: Union[LoRAConfig, AdapterConfig]) -> 
                f"{', '.join(skipped[:6])}{', ...' if len(skipped) > 6 else ''}" if skipped else "")
         )
     for name, module in chosen:
-        if not is_linear_like(module):
+        if not is_adaptable(module):
             kind = type(module)
             raise ValueError(
                 f"target_modules: {config.target_modules!r} matched {name!r}, a {kind.__module__}.{kind.__qualname__}; "
@@ -240,6 +246,8 @@ def _lora_layer(base: nn.Module, config: LoRAConfig) -> LoRALinear:
     kwargs = dict(r=config.r, alpha=config.alpha, dropout=config.dropout, use_rslora=config.use_rslora,
                   init=config.init, backend=config.backend,
                   adapter_dtype=None if config.adapter_dtype is None else getattr(torch, config.adapter_dtype))
+    if isinstance(base, Int8Linear):
+        return Int8LoRALinear.from_int8_linear(base, **kwargs)
     if is_conv1d(base):
         return LoRALinear.from_conv1d(base, **kwargs)
     return LoRALinear.from_linear(base, **kwargs)
@@ -469,7 +477,14 @@ def merge(model: nn.Module) -> nn.Module:
     """Fold every LoRA layer's adapter into its base weight (W += s·B·A); forward then costs a plain Linear."""
     _check_model(model)
     _refuse_unmergeable(model, "merge")
-    for _, layer in _lora_layers(model):
+    layers = _lora_layers(model)
+    int8 = [name for name, layer in layers if isinstance(layer, Int8LoRALinear)]
+    if int8:
+        raise ValueError(
+            f"model: merge cannot fold an adapter into an int8 base ({len(int8)} layers, e.g. {int8[0]!r}): the update "
+            "is far smaller than an int8 step and would be rounded away; merge_and_unload replaces those layers by "
+            "float nn.Linear modules holding the dequantized weight plus the update")
+    for _, layer in layers:
         layer.merge()
     return model
 
@@ -484,21 +499,52 @@ def unmerge(model: nn.Module) -> nn.Module:
 
 def merge_and_unload(model: nn.Module) -> nn.Module:
     """Merge the active LoRA adapter and give back the model with its original module types (nn.Linear /
-    Conv1D, the very module objects it had, their weights now merged); every other adapter is dropped."""
+    Conv1D, the very module objects it had, their weights now merged); every other adapter is dropped. A layer over
+    an int8 base (lowpeft.quantize_base) becomes a float nn.Linear of the base's source dtype holding the dequantized
+    weight plus the update (an int8 weight cannot hold it); int8 layers without an adapter stay Int8Linear."""
     _check_model(model)
     _refuse_unmergeable(model, "merge_and_unload")
     state = _state(model)
     if state is not None:
+        exported = {}
         if state.enabled and state.active is not None:
-            for layer in state.adapters[state.active].layers.values():
-                layer.merge()
+            for path, layer in state.adapters[state.active].layers.items():
+                if isinstance(layer, Int8LoRALinear):
+                    exported[path] = _plain_layer(layer)
+                else:
+                    layer.merge()
         _install(model, state, None)
         _forget(model, state)
+        for path, linear in exported.items():
+            _set_child(model, path, linear)
     for name, layer in _lora_layers(model):
-        plain = layer.to_conv1d() if layer.fan_in_fan_out else layer.to_linear()
-        for new, old in zip(plain.parameters(), (layer.weight, layer.bias)):
-            new.requires_grad_(old.requires_grad)
-        _set_child(model, name, plain)
+        _set_child(model, name, _plain_layer(layer))
+    return model
+
+
+def _plain_layer(layer: LoRALinear) -> nn.Module:
+    """The nn.Linear / Conv1D computing `layer`'s current function, its parameters as trainable as the base's."""
+    plain = layer.to_conv1d() if layer.fan_in_fan_out else layer.to_linear()
+    for new, old in zip(plain.parameters(), (layer.weight, layer.bias)):
+        new.requires_grad_(old.requires_grad)
+    return plain
+
+
+def quantize_base(model: nn.Module, target_modules=ALL_LINEAR, exclude_modules=None, *,
+                  backend: str = "auto") -> nn.Module:
+    """Replace the targeted nn.Linear / Conv1D modules by frozen lowpeft.Int8Linear ones (int8 weights, one float32
+    scale per output row: half a bf16 weight's memory), in place, before lowpeft.apply; LoRA then adapts them
+    (Int8LoRALinear). target_modules / exclude_modules follow LoRAConfig's rule ("all-linear" leaves the output head
+    alone); modules already Int8Linear are kept. Biases are shared, not copied."""
+    _check_model(model)
+    if _state(model) is not None:
+        raise ValueError("model: quantize_base runs before lowpeft.apply / add_adapter (the adapters keep the "
+                         "modules they replaced); got a model that already has lowpeft adapters")
+    config = LoRAConfig(target_modules=target_modules, exclude_modules=exclude_modules, backend=backend)
+    for path in target_paths(model, config):
+        module = model.get_submodule(path)
+        if not isinstance(module, Int8Linear):
+            _set_child(model, path, Int8Linear.from_linear(module, backend=backend))
     return model
 
 

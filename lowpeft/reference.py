@@ -122,6 +122,17 @@ def lora_linear_backward(grad_out, x, weight, lora_A, lora_B, scaling, keep_mask
     return dx.reshape(x.shape), d_lora_A, d_lora_B, d_weight, d_bias
 
 
+def dequantize_int8(qweight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """The int8 base's weight Ŵ = qweight · scale[:, None], exact in float64, then rounded once to `dtype`."""
+    return (qweight.to(torch.float64) * scale.to(torch.float64)[:, None]).to(dtype)
+
+
+def int8_lora_linear(x, qweight, scale, bias, lora_A, lora_B, scaling, keep_mask=None, dropout_p=0.0):
+    """lora_linear over the int8 base: the weight is dequantize_int8(qweight, scale) in x's dtype."""
+    return lora_linear(x, dequantize_int8(qweight, scale, x.dtype), bias, lora_A, lora_B, scaling, keep_mask,
+                       dropout_p)
+
+
 def activation_forward(z: torch.Tensor, activation: str) -> torch.Tensor:
     if activation == "gelu":
         return F.gelu(z)

@@ -392,6 +392,26 @@ def test_bench_model_tiny_every_provider_same_start_and_agreeing_losses(capsys, 
     assert "| frozen |" in out
 
 
+def test_bench_model_int8_provider_trains_over_a_quantized_base(capsys, tmp_path):
+    path = tmp_path / "model.json"
+    status, _, _ = run_cli(capsys, "bench", "model", "--preset", "tiny", "--steps", "3", "--device", "cpu",
+                           "--providers", "frozen,lowpeft,lowpeft_int8", "--backend", "torch", "--no-progress",
+                           "--json", str(path))
+    assert status == 0
+    rows = {row["provider"]: row for row in json.loads(path.read_text())["rows"]}
+    int8, lowpeft = rows["lowpeft_int8"], rows["lowpeft"]
+    assert int8["backend"] == "torch" and len(int8["losses"]) == 3
+    # Same adapter start (lora_B = 0): the first loss differs from the float base's by the quantization alone.
+    assert int8["loss_first"] == pytest.approx(lowpeft["loss_first"], rel=1e-2)
+    assert int8["loss_first"] != lowpeft["loss_first"] and int8["losses"][-1] < int8["losses"][0]
+
+
+def test_bench_lora_int8_provider_reports_its_rows(capsys):
+    status, out, _ = run_cli(capsys, "bench", "lora", "--cases", "32x64x48:4:0", "--providers", "frozen,lowpeft_int8",
+                             "--modes", "forward+backward", "--device", "cpu", "--no-progress")
+    assert status == 0 and "lowpeft_int8" in out
+
+
 def test_bench_model_records_a_failing_provider_and_runs_the_others(capsys, tmp_path, monkeypatch):
     real_apply = bench_model._apply_provider
 

@@ -7,10 +7,10 @@
 // dispatcher call from Python and the backward never enters Python. The price: this file knows the order of the
 // needs flags and gradients, which registration.cpp's schemas define (and the Python torch.library op mirrors).
 #include <ATen/ATen.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "lora_ops.h"
 #include "rows.h"
 
 namespace lowpeft {
@@ -19,32 +19,13 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-using ForwardFn = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                     const std::optional<at::Tensor>&, const at::Tensor&,
-                                                     const at::Tensor&, double, double, int64_t);
-using BackwardFn = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
-    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-    double, double, int64_t, const c10::List<bool>&);
-
-const c10::TypedOperatorHandle<ForwardFn>& forward_op() {
-  static const auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("lowpeft::native_lora_linear_fwd", "").typed<ForwardFn>();
-  return op;
-}
-
-const c10::TypedOperatorHandle<BackwardFn>& backward_op() {
-  static const auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("lowpeft::native_lora_linear_bwd", "").typed<BackwardFn>();
-  return op;
-}
-
 class LoraLinearFunction : public torch::autograd::Function<LoraLinearFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
                             const std::optional<at::Tensor>& bias, const at::Tensor& lora_A, const at::Tensor& lora_B,
                             double scaling, double dropout_p, int64_t seed) {
     const at::Tensor x_rows = rows_of("native_lora_linear", "x", x);
-    auto [y, shrink] = forward_op().call(x_rows, weight, bias, lora_A, lora_B, scaling, dropout_p, seed);
+    auto [y, shrink] = lora_forward_op().call(x_rows, weight, bias, lora_A, lora_B, scaling, dropout_p, seed);
     ctx->save_for_backward({x_rows, weight, lora_A, lora_B, shrink});
     ctx->saved_data["scaling"] = scaling;
     ctx->saved_data["dropout_p"] = dropout_p;
@@ -77,7 +58,7 @@ class LoraLinearFunction : public torch::autograd::Function<LoraLinearFunction> 
     if (grad.size(1) > 1 && grad.stride(1) != 1) grad = grad.contiguous();
     const c10::List<bool> needs({need_dx, need_dA, need_dB, need_dW, need_db});
     auto [dx, d_lora_A, d_lora_B, d_weight, d_bias] =
-        backward_op().call(grad, saved[0], saved[1], saved[2], saved[3], saved[4],
+        lora_backward_op().call(grad, saved[0], saved[1], saved[2], saved[3], saved[4],
                            ctx->saved_data["scaling"].toDouble(), ctx->saved_data["dropout_p"].toDouble(),
                            ctx->saved_data["seed"].toInt(), needs);
     if (need_dx) {
@@ -100,7 +81,7 @@ at::Tensor lora_linear_forward_only(const at::Tensor& x, const at::Tensor& weigh
                                     const std::optional<at::Tensor>& bias, const at::Tensor& lora_A,
                                     const at::Tensor& lora_B, double scaling, double dropout_p, int64_t seed) {
   const at::Tensor y = std::get<0>(
-      forward_op().call(rows_of("native_lora_linear", "x", x), weight, bias, lora_A, lora_B, scaling, dropout_p, seed));
+      lora_forward_op().call(rows_of("native_lora_linear", "x", x), weight, bias, lora_A, lora_B, scaling, dropout_p, seed));
   return shaped_like(y, x.sizes(), weight.size(0));
 }
 

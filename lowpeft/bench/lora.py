@@ -101,6 +101,23 @@ def _op_provider(backend):
     return make
 
 
+def _int8_provider(case):
+    """lowpeft's LoRA over the case's weight quantized to int8 (lowpeft.quantize_base's format); its error against
+    eager includes the base's quantization error."""
+    from ..ops.dequantize_int8 import quantize_int8
+    from ..ops.int8_lora_linear import int8_lora_linear
+    from ..ops.lora_linear import draw_dropout_seed
+
+    qweight, scale = quantize_int8(case["weight"])
+
+    def fn(x):
+        seed = draw_dropout_seed() if case["p"] > 0 else None
+        return int8_lora_linear(x, qweight, scale, None, case["lora_A"], case["lora_B"], case["scaling"], case["p"],
+                                training=True, seed=seed)
+
+    return fn, [case["lora_A"], case["lora_B"]]
+
+
 def _peft_provider(case):
     import peft
 
@@ -125,6 +142,7 @@ PROVIDERS = {
     "frozen": _frozen_provider,
     "lowpeft": _op_provider("auto"),
     "lowpeft_cuda": _op_provider("cuda"),
+    "lowpeft_int8": _int8_provider,
     "peft": _peft_provider,
     "eager": _eager_provider,
     "compile": _compile_provider,
@@ -323,7 +341,7 @@ def main(argv=None, parents=()) -> int:
     parser.add_argument("--ranks", default="8,16,64,128", help="ranks crossed with --shapes")
     parser.add_argument("--dropouts", default="0,0.1", help="dropout probabilities crossed with --shapes")
     parser.add_argument("--providers", type=provider_list(PROVIDERS), default="frozen,lowpeft,peft,eager,compile",
-                        help=f"subset of {','.join(PROVIDERS)} (default: all but lowpeft_cuda)")
+                        help=f"subset of {','.join(PROVIDERS)} (default: all but lowpeft_cuda and lowpeft_int8)")
     parser.add_argument("--modes", default=",".join(MODES), help=f"subset of {','.join(MODES)}")
     parser.add_argument("--timing", type=timing_list, default="launch",
                         help="launch (kernels launched from Python each call), graph (CUDA-graph replays: the GPU "
@@ -390,7 +408,8 @@ def _notes(rows, providers):
              "$LOWPEFT_TRITON_GEMM (environment above; default "
              "'cublas': frozen GEMMs in cuBLAS with the LoRA terms folded in, Triton kernels for the masked LoRA parts; "
              "'fused': persistent TMA Triton GEMMs whose accumulators take the LoRA terms); lowpeft_cuda = the compiled "
-             "cuda backend. "
+             "cuda backend; lowpeft_int8 = the same layer over the weight quantized to int8 (lowpeft.quantize_base: "
+             "half the weight's memory; its error against eager includes the quantization error). "
                "peak_extra_mib = torch.cuda.max_memory_allocated during one forward + backward minus what was "
                "allocated before (inputs, weights). max_rel_err_vs_eager: max |ours - eager| / max |eager| over y, dx, "
                "dA, dB (p = 0 only). timing: launch = kernels launched from Python on every timed call; graph = "

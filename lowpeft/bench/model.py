@@ -1,7 +1,8 @@
 # lowpeft.bench.model: end-to-end LoRA training steps of a Llama-architecture model built from a transformers
 # LlamaConfig (no download), for four providers side by side: "frozen" (no adapter; the embeddings' output
 # requires grad so the backward runs through every layer: the floor), "lowpeft" (lowpeft.apply), "peft"
-# (peft.get_peft_model with its default settings) and "eager" (a hand-written LoRA wrapper).
+# (peft.get_peft_model with its default settings) and "eager" (a hand-written LoRA wrapper); on request a fifth,
+# "lowpeft_int8" (lowpeft.quantize_base on the block linears, then lowpeft.apply: LoRA over an int8 base).
 #
 # Every LoRA provider starts from the same base weights (rebuilt from one seed), the same lora_A / lora_B values
 # (copied in) and trains on the same batches of the shipped text, so the loss curves can be compared step by
@@ -42,7 +43,8 @@ __all__ = [
     "main",
 ]
 
-PROVIDERS = ("frozen", "lowpeft", "peft", "eager")
+PROVIDERS = ("frozen", "lowpeft", "peft", "eager", "lowpeft_int8")
+DEFAULT_PROVIDERS = ("frozen", "lowpeft", "peft", "eager")
 # With dropout > 0, lowpeft draws its masks from Philox and PEFT from torch's generator, so their losses differ
 # by the masks as well as by rounding: a second PEFT run with other masks gives that noise floor.
 OTHER_MASKS = "peft_other_masks"
@@ -144,7 +146,8 @@ def _adapter_pairs(model: nn.Module, provider: str) -> dict[tuple[int, int], tup
             continue
         if provider == "peft" and isinstance(getattr(module, "lora_A", None), nn.ModuleDict):
             pairs[key] = (module.lora_A["default"].weight, module.lora_B["default"].weight)
-        elif provider in ("lowpeft", "eager") and isinstance(getattr(module, "lora_A", None), nn.Parameter):
+        elif provider in ("lowpeft", "eager", "lowpeft_int8") and isinstance(getattr(module, "lora_A", None),
+                                                                             nn.Parameter):
             pairs[key] = (module.lora_A, module.lora_B)
     return pairs
 
@@ -159,6 +162,15 @@ def _apply_provider(model: nn.Module, provider: str, rank: int, alpha: float, dr
 
         config = lowpeft.LoRAConfig(r=rank, alpha=alpha, dropout=dropout, target_modules=list(TARGET_MODULES),
                                     backend=backend)
+        return lowpeft.apply(model, config)
+    if provider == "lowpeft_int8":
+        import lowpeft
+
+        lowpeft.quantize_base(model, target_modules=list(TARGET_MODULES), backend=backend)
+        # The adapter in the model's dtype, as the lowpeft provider's, so the two rows differ by the base alone.
+        dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+        config = lowpeft.LoRAConfig(r=rank, alpha=alpha, dropout=dropout, target_modules=list(TARGET_MODULES),
+                                    backend=backend, adapter_dtype=dtype)
         return lowpeft.apply(model, config)
     if provider == "peft":
         peft = _require("peft", "the 'peft' provider")
@@ -337,7 +349,7 @@ def run_benchmark(args: argparse.Namespace, row_done=None) -> tuple[list[dict], 
            if value is not None},
     )
     dtype = _DTYPES[preset.dtype]
-    if "lowpeft" in args.providers:
+    if {"lowpeft", "lowpeft_int8"} & set(args.providers):
         from lowpeft.ops import _dispatch
 
         backend = _dispatch.resolve(args.backend, device)
@@ -371,7 +383,7 @@ def run_benchmark(args: argparse.Namespace, row_done=None) -> tuple[list[dict], 
                   f"{'-' if row['peak_gib'] is None else format(row['peak_gib'], '.2f')} GiB, "
                   f"loss {row['loss_first']:.4f} -> {row['loss_last']:.4f}", file=sys.stderr, flush=True)
         row.update(preset=args.preset, dtype=preset.dtype, steps=args.steps, tokens_per_step=preset.batch_size * preset.seq_len)
-        if provider == "lowpeft":
+        if provider in ("lowpeft", "lowpeft_int8"):
             row["backend"] = backend
         rows.append(row)
         if row_done is not None:
@@ -437,8 +449,9 @@ def build_parser(prog: str = "lowpeft bench model") -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=None,
                         help="first steps left out of the timing (default: min(3, steps - 1))")
     parser.add_argument("--dropout", type=_dropout_list, default=[0.0], help="LoRA dropout, e.g. 0 or 0,0.05")
-    parser.add_argument("--providers", type=provider_list(PROVIDERS), default=list(PROVIDERS),
-                        help=f"comma-separated subset of {','.join(PROVIDERS)}")
+    parser.add_argument("--providers", type=provider_list(PROVIDERS), default=list(DEFAULT_PROVIDERS),
+                        help=f"comma-separated subset of {','.join(PROVIDERS)} (default: all but lowpeft_int8, "
+                             "lowpeft over the block linears quantized to int8 by lowpeft.quantize_base)")
     parser.add_argument("--rank", type=_positive_int, default=16)
     parser.add_argument("--alpha", type=float, default=16.0)
     parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
@@ -467,7 +480,7 @@ def parse_args(argv=None, prog: str = "lowpeft bench model") -> argparse.Namespa
         args.warmup = min(3, args.steps - 1)
     elif not 0 <= args.warmup < args.steps:
         parser.error(f"argument --warmup: expected an integer in [0, steps={args.steps}), got {args.warmup}")
-    if "lowpeft" in args.providers:
+    if {"lowpeft", "lowpeft_int8"} & set(args.providers):
         from lowpeft.ops import _dispatch
 
         try:

@@ -44,6 +44,19 @@ def draw_dropout_seed() -> Tensor:
     return torch.randint(0, 2**31 - 1, (), dtype=torch.int64)
 
 
+def call_seed(x: Tensor, effective_p: float, seed: Optional[Tensor]) -> Tensor:
+    """The dropout seed of one call: `seed` when given, else a drawn one (a fixed zero without dropout). Under CUDA
+    graph capture dropout needs an explicit seed (ValueError): a drawn one would be replayed with the graph."""
+    if seed is not None:
+        return seed
+    if effective_p > 0.0 and _capturing_cuda_graph(x):
+        raise ValueError(
+            "seed: dropout under CUDA graph capture needs an explicit seed, got none (one drawn on the host at "
+            "capture time would make every replay reuse one dropout mask); pass seed= to accept a fixed mask, "
+            "or capture with dropout_p=0 / training=False")
+    return draw_dropout_seed() if effective_p > 0.0 else _NO_DROPOUT_SEED
+
+
 # ----------------------------------------------------------------------------------------------------
 # torch backend: plain PyTorch in the inputs' dtype (the "eager LoRA" a user would write by hand).
 # ----------------------------------------------------------------------------------------------------
@@ -357,13 +370,7 @@ def lora_linear(
     if not _inputs_plainly_valid(x, weight, bias, lora_A, lora_B, scaling, dropout_p):
         _check_inputs(x, weight, bias, lora_A, lora_B, scaling, dropout_p)
     effective_p = float(dropout_p) if training else 0.0
-    if seed is None:
-        if effective_p > 0.0 and _capturing_cuda_graph(x):
-            raise ValueError(
-                "seed: dropout under CUDA graph capture needs an explicit seed, got none (one drawn on the host at "
-                "capture time would make every replay reuse one dropout mask); pass seed= to accept a fixed mask, "
-                "or capture with dropout_p=0 / training=False")
-        seed = draw_dropout_seed() if effective_p > 0.0 else _NO_DROPOUT_SEED
+    seed = call_seed(x, effective_p, seed)
     name = _dispatch.resolve(backend, x.device, x.dtype)
     compiling = torch.compiler.is_compiling()
     if not compiling and (name in _dispatch.COMPILED_BACKENDS
