@@ -261,6 +261,56 @@ def test_int8_linear_computes_the_dequantized_layer():
     torch.testing.assert_close(base.to_linear()(x), base(x))
 
 
+@pytest.mark.parametrize("backend,device,dtype", backend_params())
+def test_int8_linear_trains_through_without_keeping_a_float_weight(backend, device, dtype):
+    # Layers quantize_base converted that no adapter wraps (QLoRA on q / v only): their backward needs dx, and F.linear
+    # would save the dequantized weight for it; int8_linear saves the int8 one and dequantizes again.
+    base = Int8Linear.from_linear(nn.Linear(24, 20, device=device, dtype=dtype), backend=backend)
+    base.bias.requires_grad_(True)
+    x = torch.randn(2, 5, 24, device=device, dtype=dtype, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = base(x)
+    assert not [t for t in saved if t.is_floating_point() and tuple(t.shape) == (20, 24)]
+    grad = torch.randn_like(y)
+    dx, d_bias = torch.autograd.grad(y, (x, base.bias), grad)
+
+    def oracle(cast, weight_dtype):
+        weight = reference.dequantize_int8(base.weight, base.weight_scale, weight_dtype)
+        leaves = (cast(x.detach()).requires_grad_(True), cast(base.bias.detach()).requires_grad_(True))
+        return torch.autograd.grad(leaves[0] @ weight.t() + leaves[1], leaves, cast(grad))
+
+    for name, ours, same, ref in zip(("dx", "d_bias"), (dx, d_bias), oracle(lambda t: t, dtype),
+                                     oracle(lambda t: t.double(), torch.float64)):
+        assert_matches_oracle(ours, same, ref, name=f"{backend}/{dtype}/{name}")
+
+
+def test_loading_a_float_weight_into_an_int8_layer_is_refused():
+    linear = nn.Linear(8, 4)
+    float_state = linear.state_dict()
+    base = Int8Linear.from_linear(linear)
+    with pytest.raises(TypeError, match="weight: expected an int8 weight"):
+        base.load_state_dict(float_state)
+    layer = Int8LoRALinear.from_int8_linear(Int8Linear.from_linear(nn.Linear(8, 4)), r=2)
+    with pytest.raises(TypeError, match="weight: expected an int8 weight"):
+        layer.load_state_dict(dict(layer.state_dict(), weight=torch.zeros(4, 8)))
+    layer.load_state_dict(layer.state_dict())  # its own int8 state round-trips
+
+
+def test_int8_linear_bad_input_is_a_named_error():
+    from lowpeft.ops import int8_linear
+
+    qweight, scale = quantize_int8(torch.randn(4, 8))
+    with pytest.raises(ValueError, match="x: expected last dimension in_features=8"):
+        int8_linear(torch.randn(2, 7), qweight, scale)
+    with pytest.raises(TypeError, match="x: expected a floating-point tensor"):
+        int8_linear(torch.ones(2, 8, dtype=torch.int64), qweight, scale)
+    with pytest.raises(ValueError, match=r"bias: expected a tensor of shape \[4\]"):
+        int8_linear(torch.randn(2, 8), qweight, scale, torch.zeros(3))
+    with pytest.raises(TypeError, match="qweight: expected an int8"):
+        int8_linear(torch.randn(2, 8), qweight.float(), scale)
+
+
 def test_int8_linear_from_conv1d_quantizes_per_output_feature():
     transformers = pytest.importorskip("transformers")
     conv = transformers.pytorch_utils.Conv1D(12, 20)  # weight [in, out]
@@ -393,6 +443,26 @@ def test_quantize_base_apply_train_save_load_and_export():
     assert type(exported) is nn.Linear and exported.weight.dtype == torch.float32
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, trained, atol=1e-4, rtol=1e-4)
+
+
+def test_qlora_style_adapters_on_some_of_the_quantized_layers_train():
+    # quantize every linear, adapt q / v only (PEFT's QLoRA default): the other int8 layers pass gradients through.
+    model = lowpeft.quantize_base(_tiny_llama())
+    lowpeft.apply(model, lowpeft.LoRAConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj"]))
+    assert isinstance(model.model.layers[0].self_attn.k_proj, Int8Linear)
+    assert isinstance(model.model.layers[0].self_attn.q_proj, Int8LoRALinear)
+    ids = torch.randint(0, 97, (2, 12), generator=torch.Generator().manual_seed(1))
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
+    losses = []
+    for _ in range(8):
+        loss = model(ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.05
+    assert model.model.layers[0].self_attn.q_proj.lora_A.grad is None  # zero_grad(set_to_none) after the last step
 
 
 def test_quantize_base_bad_uses_are_named_errors():

@@ -10,12 +10,12 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..ops import _dispatch
 from ..ops._torch_rules import autocast_dtype
-from ..ops.dequantize_int8 import dequantize_int8, quantize_int8
+from ..ops.dequantize_int8 import check_int8_weight, dequantize_int8, quantize_int8
+from ..ops.int8_linear import int8_linear
 from ..ops.int8_lora_linear import int8_lora_linear
 from .lora_linear import LoRALinear, _reject_layer_arguments
 
@@ -26,10 +26,21 @@ def _frozen(tensor: torch.Tensor) -> nn.Parameter:
     return nn.Parameter(tensor, requires_grad=False)
 
 
+def _refuse_float_weight(module, state_dict, prefix, *args) -> None:
+    # load_state_dict copies into the existing int8 Parameter: a float checkpoint's weight would be truncated to
+    # integers, silently. Refused; quantize_int8 (or quantize_base on the float model) makes int8 weights.
+    weight = state_dict.get(prefix + "weight")
+    if isinstance(weight, torch.Tensor) and weight.dtype != torch.int8:
+        raise TypeError(f"{prefix}weight: expected an int8 weight for this int8 layer, got dtype {weight.dtype}; load "
+                        "the float checkpoint before lowpeft.quantize_base, or quantize it with "
+                        "lowpeft.ops.quantize_int8")
+
+
 class _Int8Base(nn.Module):
     """What Int8Linear and Int8LoRALinear share: `.to(dtype)` / `.half()` cast the bias (and the adapter) but keep
     weight_scale at its precision (a bf16 scale would move every row by up to 0.4 %), and `source_dtype` (the float
-    weight's dtype before quantization: to_linear's default) follows the cast as a float parameter would."""
+    weight's dtype before quantization: to_linear's default) follows the cast as a float parameter would; loading a
+    state dict with a float `weight` is a TypeError, not a silent truncation to int8."""
 
     def _apply(self, fn, recurse=True):
         probe = torch.empty(0, dtype=self.source_dtype, device=self.weight_scale.device)
@@ -51,8 +62,6 @@ class Int8Linear(_Int8Base):
     def __init__(self, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None = None, *,
                  source_dtype: torch.dtype = torch.float32, backend: str = "auto"):
         super().__init__()
-        from ..ops.dequantize_int8 import check_int8_weight
-
         check_int8_weight(weight, weight_scale)
         if bias is not None and (bias.dim() != 1 or bias.shape[0] != weight.shape[0]):
             raise ValueError(f"bias: expected shape [{weight.shape[0]}], got {tuple(bias.shape)}")
@@ -64,6 +73,7 @@ class Int8Linear(_Int8Base):
             raise TypeError(f"source_dtype: expected a floating-point torch.dtype, got {source_dtype!r}")
         self.source_dtype = source_dtype
         self.backend = _dispatch._check_name(backend)
+        self._register_load_state_dict_pre_hook(_refuse_float_weight, with_module=True)
 
     @classmethod
     def from_linear(cls, linear: nn.Module, **kwargs) -> "Int8Linear":
@@ -82,9 +92,7 @@ class Int8Linear(_Int8Base):
         return dequantize_int8(self.weight, self.weight_scale, dtype, backend=self.backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = autocast_dtype(x) or x.dtype
-        bias = None if self.bias is None else self.bias.to(dtype)
-        return F.linear(x.to(dtype), self.dequantized_weight(dtype), bias)
+        return int8_linear(x, self.weight, self.weight_scale, self.bias, backend=self.backend)
 
     @torch.no_grad()
     def to_linear(self, dtype: torch.dtype | None = None) -> nn.Linear:
@@ -126,6 +134,7 @@ class Int8LoRALinear(_Int8Base, LoRALinear):
                           r=r, alpha=alpha, dropout=dropout, **kwargs)
         layer.weight_scale = base.weight_scale
         layer.source_dtype = base.source_dtype
+        layer._register_load_state_dict_pre_hook(_refuse_float_weight, with_module=True)
         return layer
 
     def base_weight(self) -> torch.Tensor:
