@@ -304,12 +304,23 @@ def load_adapter(model: nn.Module, directory: Union[str, os.PathLike], adapter_n
         if any(getattr(layer, "merged", False) for layer in layers):
             raise ValueError(f"adapter_name: {adapter_name!r} is merged into the base weights; lowpeft.unmerge(model) "
                              "before loading into it")
+    written = []
     try:
         expected = adapter_tensors(model, adapter_name)
         if isinstance(config, LoRAConfig):
             expected.update(_saved_base_weights(model, adapter_name, found))
         _check_fits(expected, found, source)
-    except ValueError:
+        # Every tensor converted before the first write (an out-of-memory or device error writes nothing); a write
+        # that still fails puts back what earlier writes replaced.
+        staged = {key: found[key].to(device=param.device, dtype=param.dtype) for key, param in expected.items()}
+        with torch.no_grad():
+            for key, param in expected.items():
+                written.append((param, param.detach().clone()))
+                param.copy_(staged[key])
+    except BaseException:
+        with torch.no_grad():
+            for param, old in reversed(written):
+                param.copy_(old)
         if added:
             model_level.delete_adapter(model, adapter_name)
             if previous is not None:
@@ -317,7 +328,4 @@ def load_adapter(model: nn.Module, directory: Union[str, os.PathLike], adapter_n
             for param, flag in snapshot:
                 param.requires_grad_(flag)
         raise
-    with torch.no_grad():
-        for key, param in expected.items():
-            param.copy_(found[key].to(device=param.device, dtype=param.dtype))
     return model

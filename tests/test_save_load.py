@@ -150,6 +150,36 @@ def test_loading_into_a_merged_adapter_is_refused_and_changes_nothing(tmp_path):
     lowpeft.load_adapter(model, tmp_path / "a")
 
 
+@pytest.mark.parametrize("into", ["existing", "added"])
+def test_a_load_that_fails_while_writing_changes_nothing(tmp_path, monkeypatch, into):
+    # The checks passed, then a write fails part-way (an out-of-memory, a sharded parameter): the tensors written so
+    # far are put back, and an adapter the load added is removed again.
+    model = lowpeft.apply(tiny_llama(), lowpeft.LoRAConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    _randomise_trainable(model)
+    lowpeft.save_adapter(model, tmp_path / "a")
+    _randomise_trainable(model, seed=5)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    real_copy = torch.Tensor.copy_
+    calls = {"n": 0}
+
+    def failing_copy(self, source, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("simulated failure on the third write")
+        return real_copy(self, source, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "copy_", failing_copy)
+    with pytest.raises(RuntimeError, match="third write"):
+        lowpeft.load_adapter(model, tmp_path / "a", adapter_name="default" if into == "existing" else "other")
+    monkeypatch.undo()
+    assert calls["n"] > 3  # the rollback wrote back
+    after = dict(model.named_parameters())
+    assert set(after) == set(before)
+    for name, value in before.items():
+        assert torch.equal(after[name], value), name
+    assert model_level.adapter_names(model) == ["default"] and model_level.active_adapter(model) == "default"
+
+
 def test_save_is_atomic_an_interrupted_save_keeps_the_old_adapter(tmp_path, monkeypatch):
     model = lowpeft.apply(tiny_llama(), lowpeft.LoRAConfig(r=2, target_modules=["q_proj"]))
     _randomise_trainable(model, seed=1)
