@@ -51,12 +51,26 @@ def _adapter_model(model) -> nn.Module:
     return inner
 
 
-def _sharded_keys(tensors: dict) -> list:
+def _sharding(model: nn.Module, tensors: dict) -> Optional[str]:
+    """What shards the adapter across processes, or None: FSDP2 (DTensor parameters), FSDP1 (a
+    FullyShardedDataParallel module anywhere in `model`: its flat parameters leave the layers' lora_A / lora_B as views
+    of a local shard) or DeepSpeed ZeRO-3 (parameters carrying ds_id, their data partitioned away)."""
+    zero3 = sorted(key for key, tensor in tensors.items() if hasattr(tensor, "ds_id"))
+    if zero3:
+        return f"DeepSpeed ZeRO-3 partitioned parameters: {_some(zero3)}"
     if not torch.distributed.is_available():
-        return []
+        return None
+    from torch.distributed.fsdp import FullyShardedDataParallel
     from torch.distributed.tensor import DTensor
 
-    return sorted(key for key, tensor in tensors.items() if isinstance(tensor, DTensor))
+    if any(isinstance(module, FullyShardedDataParallel) for module in model.modules()):
+        return "FSDP1 (FullyShardedDataParallel) flat parameters"
+    dtensors = sorted(key for key, tensor in tensors.items() if isinstance(tensor, DTensor))
+    return f"FSDP2 DTensor parameters: {_some(dtensors)}" if dtensors else None
+
+
+def _some(keys: list) -> str:
+    return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
 
 
 class SaveAdapterCallback(TrainerCallback):
@@ -65,8 +79,8 @@ class SaveAdapterCallback(TrainerCallback):
     (default `<output_dir>/<subfolder>`) when training ends. `adapter_name` picks the adapter (default: the active
     one at each save). Only the processes that write Trainer's checkpoints write (TrainingArguments.should_save:
     the world's main process, or each node's with save_on_each_node). The model may be wrapped in DDP /
-    DataParallel or torch.compile; adapters sharded across processes (FSDP2's DTensor parameters) are refused,
-    since one process cannot gather them. Training start checks the model, so a model without lowpeft adapters
+    DataParallel or torch.compile; adapters sharded across processes (FSDP2's DTensor parameters, FSDP1's flat
+    parameters, DeepSpeed ZeRO-3's partitioned ones) are refused, since one process cannot gather them. Training start checks the model, so a model without lowpeft adapters
     fails before the first step rather than at the first checkpoint."""
 
     def __init__(self, directory: Optional[Union[str, os.PathLike]] = None, subfolder: str = "adapter",
@@ -91,11 +105,12 @@ class SaveAdapterCallback(TrainerCallback):
 
     def _model_to_save(self, model) -> nn.Module:
         inner = _adapter_model(model)
-        sharded = _sharded_keys(adapter_tensors(inner, self.adapter_name))
-        if sharded:
+        sharding = _sharding(model, adapter_tensors(inner, self.adapter_name))
+        if sharding is not None:
             raise NotImplementedError(
                 f"model: SaveAdapterCallback writes from one process and cannot gather adapter parameters sharded "
-                f"across processes (FSDP2 DTensor): {', '.join(sharded[:3])}{', ...' if len(sharded) > 3 else ''}")
+                f"across processes ({sharding}); gather the full adapter on one process and call "
+                "lowpeft.save_adapter there")
         return inner
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):

@@ -181,6 +181,27 @@ def test_save_adapter_callback_refuses_fsdp2_sharded_adapters(tmp_path, single_p
         lowpeft.SaveAdapterCallback().on_train_begin(args, transformers.TrainerState(), None, model=model)
 
 
+def test_save_adapter_callback_refuses_fsdp1_flat_parameters(tmp_path, single_process_group):
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    model = lowpeft.apply(tiny_llama(), lowpeft.LoRAConfig(r=4, target_modules=["q_proj"]))
+    wrapped = FullyShardedDataParallel(model, device_id=torch.device("cpu"), use_orig_params=True)
+    args = transformers.TrainingArguments(output_dir=str(tmp_path / "run"), report_to=[], use_cpu=True)
+    with pytest.raises(NotImplementedError, match=r"sharded across processes \(FSDP1"):
+        lowpeft.SaveAdapterCallback().on_train_begin(args, transformers.TrainerState(), None, model=wrapped)
+
+
+def test_save_adapter_callback_refuses_deepspeed_zero3_partitioned_parameters(tmp_path):
+    # ZeRO-3 marks each partitioned parameter with ds_id (its data is gathered only inside the forward).
+    model = lowpeft.apply(tiny_llama(), lowpeft.LoRAConfig(r=4, target_modules=["q_proj"]))
+    for name, param in model.named_parameters():
+        if "lora_" in name:
+            param.ds_id = 0
+    args = transformers.TrainingArguments(output_dir=str(tmp_path / "run"), report_to=[], use_cpu=True)
+    with pytest.raises(NotImplementedError, match=r"DeepSpeed ZeRO-3 partitioned parameters: .*lora_A"):
+        lowpeft.SaveAdapterCallback().on_train_begin(args, transformers.TrainerState(), None, model=model)
+
+
 def test_save_adapter_callback_writes_only_where_trainer_saves(tmp_path):
     import types
 
