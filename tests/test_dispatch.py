@@ -145,6 +145,20 @@ def test_the_report_warns_of_nothing_and_every_entry_has_a_reason(availability):
         assert _adapter_pick(128) == "triton"
 
 
+@pytest.mark.parametrize("setting,words", [("bogus", "LOWPEFT_BACKEND: expected one of"),
+                                           ("cuda", "'cuda' was requested but cannot run on cpu")])
+def test_the_report_raises_for_no_global_setting_and_says_why_auto_cannot_run(monkeypatch, setting, words):
+    # An invalid $LOWPEFT_BACKEND, or one that cannot run on the device type, makes every "auto" call fail: the
+    # report says so for "auto" (it raised before) and still reports each backend.
+    monkeypatch.setenv("LOWPEFT_BACKEND", setting)
+    report = _dispatch.backends("cpu")
+    assert report["auto"]["available"] is False and words in report["auto"]["reason"]
+    assert report["auto"]["picks"] is None and set(report["auto"]["adapter_picks"].values()) == {None}
+    assert report["torch"] == {"available": True, "reason": None}
+    monkeypatch.setenv("LOWPEFT_BACKEND", "torch")
+    assert _dispatch.backends("cpu")["auto"]["picks"] == "torch"  # a valid setting: what auto calls run
+
+
 def test_info_prints_the_adapter_picks_where_they_differ(capsys, availability):
     from lowpeft import cli
 

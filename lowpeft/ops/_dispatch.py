@@ -164,8 +164,9 @@ _resolve_for_device_type._dynamo_marked_constant = True
 def backends(device_type: str | None = None) -> dict[str, dict[str, object]]:
     """For each backend: whether it runs on the given device type (default: cuda if present, else cpu)
     and, where it does not, why; for "auto" also what it picks (for LoRA, and for adapters by bottleneck width and
-    work, tokens · dim · bottleneck).
-    A report: it warns of nothing (a missing backend is in its reason)."""
+    work, tokens · dim · bottleneck), through the global choice when one is set. A report: it warns of nothing and
+    raises for nothing (a missing backend is in its reason; a global choice that is invalid or cannot run here makes
+    "auto" unavailable, with that reason and no picks)."""
     if device_type is None:
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
     report = {}
@@ -183,15 +184,17 @@ def backends(device_type: str | None = None) -> dict[str, dict[str, object]]:
     def pick(auto_order=None):
         return _resolve_for_device_type("auto", device.type, auto_order=auto_order, warn=False)
 
-    report["auto"] = {
-        "available": True,
-        "reason": None,
-        "picks": pick(),
-        "adapter_picks": {
-            f"bottleneck <= {narrow}": pick(adapter_auto_order(device_type, narrow)),
-            f"bottleneck > {narrow}, {small_work}": pick(adapter_auto_order(device_type, wide,
-                                                                             work=AUTO_TRITON_MAX_WIDE_WORK)),
-            f"bottleneck > {narrow}, {large_work}": pick(adapter_auto_order(device_type, wide)),
-        },
+    orders = {
+        f"bottleneck <= {narrow}": adapter_auto_order(device_type, narrow),
+        f"bottleneck > {narrow}, {small_work}": adapter_auto_order(device_type, wide, work=AUTO_TRITON_MAX_WIDE_WORK),
+        f"bottleneck > {narrow}, {large_work}": adapter_auto_order(device_type, wide),
     }
+    try:
+        report["auto"] = {"available": True, "reason": None, "picks": pick(),
+                          "adapter_picks": {case: pick(order) for case, order in orders.items()}}
+    except ValueError as error:
+        # "auto" resolves through the global choice (set_backend / $LOWPEFT_BACKEND); one that is invalid or cannot
+        # run on this device type makes every auto call fail, which is what the report says instead of raising.
+        report["auto"] = {"available": False, "reason": str(error), "picks": None,
+                          "adapter_picks": {case: None for case in orders}}
     return report
