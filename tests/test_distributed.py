@@ -1,6 +1,6 @@
 # lowpeft layers under DistributedDataParallel and FSDP2 (fully_shard), two CPU processes over gloo: the
 # LoRA gradients equal one process's on the whole batch (also with float32 adapters on a bf16 base under
-# FSDP2) and the frozen base gets no gradient. Trade-off:
+# FSDP2, and over int8 bases under both) and the frozen base gets no gradient. Trade-off:
 # the CPU and gloo keep this in CI; the GPU scaling run is benchmarks/bench_distributed.py.
 import os
 import socket
@@ -19,9 +19,18 @@ BATCH = 8
 
 
 def _model(mixed_dtype=False):
-    """Two LoRA layers; with mixed_dtype a bf16 base carries float32 adapters."""
+    """Two LoRA layers; with mixed_dtype a bf16 base carries float32 adapters; with "int8" the bases are int8
+    (lowpeft.Int8Linear) under float32 adapters."""
     torch.manual_seed(0)
-    if mixed_dtype:
+    if mixed_dtype == "int8":
+        model = nn.Sequential(
+            lowpeft.Int8LoRALinear.from_int8_linear(lowpeft.Int8Linear.from_linear(nn.Linear(16, 32)), r=4, alpha=8,
+                                                    backend="torch"),
+            nn.GELU(),
+            lowpeft.Int8LoRALinear.from_int8_linear(lowpeft.Int8Linear.from_linear(nn.Linear(32, 8)), r=3, alpha=6,
+                                                    backend="torch"),
+        )
+    elif mixed_dtype:
         model = nn.Sequential(
             lowpeft.LoRALinear.from_linear(nn.Linear(16, 32, dtype=torch.bfloat16), r=4, alpha=8, backend="torch",
                                            adapter_dtype=torch.float32),
@@ -55,7 +64,8 @@ def _lora_grads(model):
 
 
 def _loss(model, x, target):
-    dtype = next(p.dtype for n, p in model.named_parameters() if n.endswith("weight"))
+    dtype = next(p.dtype for n, p in model.named_parameters() if n.endswith("weight") and p.is_floating_point()
+                 or n.endswith("lora_A"))
     return nn.functional.mse_loss(model(x.to(dtype)).float(), target)
 
 
@@ -124,7 +134,8 @@ def _free_port():
         return sock.getsockname()[1]
 
 
-@pytest.mark.parametrize("wrapper,mixed_dtype", [("ddp", False), ("fsdp2", False), ("fsdp2", True)])
+@pytest.mark.parametrize("wrapper,mixed_dtype", [("ddp", False), ("fsdp2", False), ("fsdp2", True), ("ddp", "int8"),
+                                                 ("fsdp2", "int8")])
 def test_data_parallel_gradients_match_one_process(wrapper, mixed_dtype):
     if not dist.is_available():
         pytest.skip("torch.distributed is not available in this build")
@@ -145,7 +156,7 @@ def test_data_parallel_gradients_match_one_process(wrapper, mixed_dtype):
         proc.join(timeout=60)
         assert proc.exitcode == 0
     expected = _single_process_grads(mixed_dtype)
-    tolerance = dict(rtol=2e-2, atol=2e-3) if mixed_dtype else dict(rtol=1e-5, atol=1e-6)
+    tolerance = dict(rtol=2e-2, atol=2e-3) if mixed_dtype is True else dict(rtol=1e-5, atol=1e-6)
     for rank, grads, frozen_grads in results:
         assert frozen_grads is not None, f"rank {rank} failed:\n{grads}"
         assert frozen_grads == [], f"rank {rank}: frozen parameters got gradients: {frozen_grads}"
