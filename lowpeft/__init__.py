@@ -14,6 +14,7 @@ _EXPORTS = {
     "LoRALinear": "lowpeft.nn.lora_linear",
     "Int8Linear": "lowpeft.nn.int8_linear",
     "Int8LoRALinear": "lowpeft.nn.int8_linear",
+    "Int8AdapterLinear": "lowpeft.nn.int8_linear",
     "BottleneckAdapter": "lowpeft.nn.adapter",
     "AdapterLinear": "lowpeft.nn.adapter",
     "PromptEmbedding": "lowpeft.nn.prompt",

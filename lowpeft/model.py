@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .config import ALL_LINEAR, AdapterConfig, LoRAConfig, PromptTuningConfig
-from .nn.int8_linear import Int8Linear, Int8LoRALinear
+from .nn.int8_linear import Int8AdapterLinear, Int8Linear, Int8LoRALinear
 from .nn.lora_linear import LoRALinear
 from .nn.prompt import PromptEmbedding, prepend_prompt
 
@@ -256,9 +256,13 @@ def _lora_layer(base: nn.Module, config: LoRAConfig) -> LoRALinear:
 def _bottleneck_layer(path: str, base: nn.Module, config: AdapterConfig) -> nn.Module:
     from .nn.adapter import AdapterLinear
 
+    if isinstance(base, Int8Linear):
+        return Int8AdapterLinear.from_int8_linear(base, bottleneck=config.bottleneck, activation=config.activation,
+                                                  scale=config.scale, backend=config.backend)
     if not isinstance(base, nn.Linear):
         raise ValueError(
-            f"target_modules: {path!r} is a {type(base).__name__}; bottleneck adapters attach to nn.Linear modules"
+            f"target_modules: {path!r} is a {type(base).__name__}; bottleneck adapters attach to nn.Linear modules "
+            "(and lowpeft's Int8Linear)"
         )
     return AdapterLinear.from_linear(base, bottleneck=config.bottleneck, activation=config.activation,
                                      scale=config.scale, backend=config.backend)

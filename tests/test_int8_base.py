@@ -12,7 +12,7 @@ from torch import nn
 
 import lowpeft
 from lowpeft import reference
-from lowpeft.nn.int8_linear import Int8Linear, Int8LoRALinear
+from lowpeft.nn.int8_linear import Int8AdapterLinear, Int8Linear, Int8LoRALinear
 from lowpeft.ops import dequantize_int8, int8_lora_linear, quantize_int8
 from tests.backends_under_test import DEVICE, backend_params, examples_for
 from tests.tolerance import assert_matches_oracle
@@ -475,5 +475,36 @@ def test_quantize_base_bad_uses_are_named_errors():
     assert isinstance(quantized.model.layers[1].self_attn.q_proj, Int8Linear)
     assert isinstance(quantized.model.layers[1].self_attn.k_proj, nn.Linear)
     lowpeft.quantize_base(quantized, target_modules=["q_proj"])  # already int8: kept
-    with pytest.raises(ValueError, match="bottleneck adapters attach to nn.Linear"):
-        lowpeft.apply(quantized, lowpeft.AdapterConfig(bottleneck=4, target_modules=["q_proj"]))
+    with pytest.raises(TypeError, match="base: expected a lowpeft Int8Linear"):
+        Int8AdapterLinear(nn.Linear(4, 4))
+
+
+def test_bottleneck_adapters_on_an_int8_base_train_save_and_load(tmp_path):
+    model = lowpeft.quantize_base(_tiny_llama())
+    ids = torch.randint(0, 97, (2, 12), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        int8_logits = model(ids).logits
+    config = lowpeft.AdapterConfig(bottleneck=8, target_modules=["o_proj", "down_proj"])
+    lowpeft.apply(model, config)
+    layer = model.model.layers[0].mlp.down_proj
+    assert isinstance(layer, Int8AdapterLinear) and layer.weight.dtype == torch.int8
+    with torch.no_grad():  # identity init: the adapted model starts as the int8 one
+        torch.testing.assert_close(model(ids).logits, int8_logits, rtol=0, atol=0)
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(4):
+        model(ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert not layer.weight_scale.requires_grad and layer.adapter.up_weight.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        trained = model(ids).logits
+    lowpeft.save_adapter(model, tmp_path / "adapter")
+    reloaded = lowpeft.apply(lowpeft.quantize_base(_tiny_llama()), config)
+    lowpeft.load_adapter(reloaded, tmp_path / "adapter")
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.eval()(ids).logits, trained, rtol=0, atol=0)
+    assert isinstance(layer.to_linear(), Int8Linear) and layer.to_linear().weight.data_ptr() == layer.weight.data_ptr()
+    with lowpeft.disable_adapters(model), torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, int8_logits, rtol=0, atol=0)

@@ -1,5 +1,6 @@
-# Int8Linear (a frozen nn.Linear whose weight is stored as int8 with one scale per output row) and Int8LoRALinear
-# (LoRA on top of it, computed by lowpeft.ops.int8_lora_linear): the quantized frozen base of QLoRA-style training.
+# Int8Linear (a frozen nn.Linear whose weight is stored as int8 with one scale per output row), Int8LoRALinear
+# (LoRA on top of it, computed by lowpeft.ops.int8_lora_linear) and Int8AdapterLinear (a bottleneck adapter on its
+# output): the quantized frozen base of QLoRA-style training.
 #
 # Trade-off: the base is quantized once, absmax per output row (lowpeft.ops.quantize_int8), and dequantized to
 # the input's dtype at every call (one memory pass, then the same GEMMs and fused LoRA kernels as a float base):
@@ -17,9 +18,10 @@ from ..ops._torch_rules import autocast_dtype
 from ..ops.dequantize_int8 import check_int8_weight, dequantize_int8, quantize_int8
 from ..ops.int8_linear import int8_linear
 from ..ops.int8_lora_linear import int8_lora_linear
+from .adapter import AdapterLinear, BottleneckAdapter
 from .lora_linear import LoRALinear, _reject_layer_arguments
 
-__all__ = ["Int8Linear", "Int8LoRALinear"]
+__all__ = ["Int8Linear", "Int8LoRALinear", "Int8AdapterLinear"]
 
 
 def _frozen(tensor: torch.Tensor) -> nn.Parameter:
@@ -189,3 +191,44 @@ class Int8LoRALinear(_Int8Base, LoRALinear):
             f"base=int8 per-row absmax, r={self.r}, alpha={self.alpha}, dropout={self.dropout_p}, "
             f"use_rslora={self.use_rslora}, backend={self.backend!r}"
         )
+
+
+class Int8AdapterLinear(_Int8Base, AdapterLinear):
+    """AdapterLinear over an Int8Linear's frozen int8 base (its weight, weight_scale and bias Parameters shared):
+    y = adapter(x Ŵᵀ + b), the base computed by lowpeft.ops.int8_linear (so training keeps no float copy of Ŵ). The
+    adapter's parameters default to the base's source dtype (adapter_dtype= to choose); keyword arguments as
+    AdapterLinear's. to_linear() gives the base alone back as an Int8Linear."""
+
+    def __init__(self, base: Int8Linear, bottleneck: int = 64, activation: str = "gelu", scale: float = 1.0,
+                 init: str = "identity", bias: bool = True, backend: str = "auto", *, adapter_dtype=None,
+                 freeze_base: bool = True):
+        if not isinstance(base, Int8Linear):
+            raise TypeError(f"base: expected a lowpeft Int8Linear, got {type(base).__name__}")
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.weight, self.weight_scale, self.bias = base.weight, base.weight_scale, base.bias
+        self.source_dtype, self.base_backend = base.source_dtype, base.backend
+        if freeze_base and self.bias is not None:
+            self.bias.requires_grad_(False)
+        self.adapter = BottleneckAdapter(self.out_features, bottleneck, activation, scale, init, bias, backend,
+                                         device=self.weight.device, dtype=adapter_dtype or base.source_dtype)
+        self._register_load_state_dict_pre_hook(_refuse_float_weight, with_module=True)
+
+    @classmethod
+    def from_int8_linear(cls, base: Int8Linear, bottleneck: int = 64, activation: str = "gelu",
+                         **kwargs) -> "Int8AdapterLinear":
+        """Wrap `base`, sharing its Parameters; keyword arguments as Int8AdapterLinear."""
+        return cls(base, bottleneck, activation, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.adapter(int8_linear(x, self.weight, self.weight_scale, self.bias, backend=self.base_backend))
+
+    @torch.no_grad()
+    def to_linear(self) -> Int8Linear:
+        """The wrapped int8 layer alone (the adapter dropped), sharing this layer's weight, scale and bias."""
+        return Int8Linear(self.weight, self.weight_scale, self.bias, source_dtype=self.source_dtype,
+                          backend=self.base_backend)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"base=int8 per-row absmax")
