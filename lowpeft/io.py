@@ -239,6 +239,11 @@ def _saved_base_weights(model: nn.Module, adapter_name: str, found: dict) -> dic
         for leaf in ("weight", "bias"):
             key = f"{_PREFIX}{path}.base_layer.{leaf}"
             if key in found and getattr(layer, leaf, None) is not None:
+                if not getattr(layer, leaf).is_floating_point():
+                    raise ValueError(
+                        f"directory: {key} holds a float base weight for {path!r}, whose base is int8 "
+                        "(lowpeft.quantize_base); load the adapter into the float model and quantize after, or leave "
+                        "that layer unquantized")
                 weights[key] = getattr(layer, leaf)
     return weights
 

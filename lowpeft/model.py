@@ -544,6 +544,10 @@ def quantize_base(model: nn.Module, target_modules=ALL_LINEAR, exclude_modules=N
     if _state(model) is not None:
         raise ValueError("model: quantize_base runs before lowpeft.apply / add_adapter (the adapters keep the "
                          "modules they replaced); got a model that already has lowpeft adapters")
+    if hasattr(model, "peft_config") or any(hasattr(m, "base_layer") and hasattr(m, "lora_A") for m in model.modules()):
+        raise ValueError("model: quantize_base runs on a model without adapters (its 'all-linear' would take PEFT's "
+                         "lora_A / lora_B Linears for base layers); got one with PEFT LoRA layers: quantize the base "
+                         "model, then add the adapter")
     config = LoRAConfig(target_modules=target_modules, exclude_modules=exclude_modules, backend=backend)
     for path in target_paths(model, config):
         module = model.get_submodule(path)
@@ -593,7 +597,8 @@ def freeze(model: nn.Module, trainable: Sequence[str] = ()) -> nn.Module:
     """Freeze every parameter except those matching a pattern of `trainable`. A pattern is a shell-style glob
     over full parameter names ("*.layers.3.*", "lm_head.*") or, without wildcards, a parameter name or a
     module path whose parameters all stay trainable ("model.norm", "lm_head"); a tied parameter trains when any
-    of its names matches. A pattern matching nothing is a ValueError."""
+    of its names matches. An int8 base (lowpeft.quantize_base: its weight and scales) stays frozen, as do integer
+    parameters, which cannot train. A pattern matching nothing is a ValueError."""
     _check_model(model)
     if isinstance(trainable, str) or not all(isinstance(p, str) and p for p in trainable):
         raise TypeError(f"trainable: expected a list of name patterns, got {trainable!r}")
@@ -604,13 +609,25 @@ def freeze(model: nn.Module, trainable: Sequence[str] = ()) -> nn.Module:
         hit = [p for p in trainable if _pattern_matches(p, name)]
         used.update(hit)
         chosen[param] = chosen.get(param, False) or bool(hit)
+    untrainable = _untrainable_parameters(model)
     for param, train in chosen.items():
-        param.requires_grad_(train)
+        param.requires_grad_(train and param not in untrainable)
     unused = [p for p in trainable if p not in used]
     if unused:
         names = ", ".join(n for n, _ in list(model.named_parameters())[:12])
         raise ValueError(f"trainable: patterns {unused} match no parameter of {type(model).__name__} (names: {names}, ...)")
     return model
+
+
+def _untrainable_parameters(model: nn.Module) -> set:
+    """The parameters selective fine-tuning leaves frozen: integer ones, and every int8 base's weight and scales
+    (lowpeft.quantize_base: the scales are float, but an int8 base is frozen as a whole; its ops refuse a scale that
+    requires grad)."""
+    found = {param for param in model.parameters() if not param.is_floating_point()}
+    for module in model.modules():
+        if isinstance(module, (Int8Linear, Int8LoRALinear, Int8AdapterLinear)):
+            found.update((module.weight, module.weight_scale))
+    return found
 
 
 def transformer_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
@@ -632,16 +649,17 @@ def transformer_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
 def unfreeze_last_blocks(model: nn.Module, n: int, head: bool = True) -> nn.Module:
     """Make the last `n` transformer blocks trainable, and the output head (get_output_embeddings()) with
     `head`. Nothing else changes: call freeze(model) first to train only these. Tied weights (GPT-2's head is
-    its input embedding) train together, as they are one parameter."""
+    its input embedding) train together, as they are one parameter; an int8 base stays frozen, as in freeze()."""
     _check_model(model)
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"n: expected a non-negative int, got {n!r}")
     _, blocks = transformer_blocks(model)
     if n > len(blocks):
         raise ValueError(f"n: expected at most the model's {len(blocks)} transformer blocks, got {n}")
+    untrainable = _untrainable_parameters(model)
     for block in list(blocks)[len(blocks) - n:]:
         for param in block.parameters():
-            param.requires_grad_(True)
+            param.requires_grad_(param not in untrainable)
     if head:
         head_module = _output_head(model)
         if head_module is None:
@@ -650,5 +668,5 @@ def unfreeze_last_blocks(model: nn.Module, n: int, head: bool = True) -> nn.Modu
                 "head with freeze(model, trainable=[...])"
             )
         for param in head_module.parameters():
-            param.requires_grad_(True)
+            param.requires_grad_(param not in untrainable)
     return model

@@ -120,7 +120,7 @@ def _check_against_oracle(backend, device, dtype, tokens, in_features, out_featu
     def oracle(cast, weight_dtype):
         args = [None if t is None else cast(t.detach()) for t in (x, bias, lora_A, lora_B)]
         weight = reference.dequantize_int8(qweight, scale, weight_dtype)
-        out = reference.lora_linear(args[0], weight, args[1], args[2], args[3], scaling, mask, dropout_p)
+        out = reference.int8_lora_linear(args[0], qweight, scale, args[1], args[2], args[3], scaling, mask, dropout_p)
         dx, dA, dB, _, db = reference.lora_linear_backward(cast(grad_out), args[0], weight, args[2], args[3],
                                                            scaling, mask, dropout_p)
         return [out, dx, dA, dB] + ([db] if with_bias else [])
@@ -320,6 +320,22 @@ def test_int8_linear_from_conv1d_quantizes_per_output_feature():
     torch.testing.assert_close(base(x), conv(x), atol=float(base.weight_scale.max()) * 20, rtol=0)
 
 
+@pytest.mark.parametrize("cast", ["half", "bfloat16", "to_bfloat16", "type_float16"])
+def test_casting_keeps_the_int8_weight_and_its_scales_bit_for_bit(cast):
+    # A cast that rounded the scales through 16 bits moved every row (by up to 0.4 % in bf16) and set rows of
+    # small weights to zero in float16; .type() turned the int8 weight into float16.
+    linear = nn.Linear(64, 6)
+    with torch.no_grad():
+        linear.weight[0] *= 1e-6  # a row whose scale underflows float16
+    base = Int8Linear.from_linear(linear)
+    layer = Int8LoRALinear.from_int8_linear(base, r=2)
+    weight, scale = layer.weight.clone(), layer.weight_scale.clone()
+    {"half": lambda: layer.half(), "bfloat16": lambda: layer.bfloat16(), "to_bfloat16": lambda: layer.to(torch.bfloat16),
+     "type_float16": lambda: layer.type(torch.float16)}[cast]()
+    assert torch.equal(layer.weight, weight) and torch.equal(layer.weight_scale, scale)
+    assert layer.bias.dtype != torch.float32 and layer.lora_A.dtype != torch.float32
+
+
 def test_casting_keeps_the_scale_precise_and_moves_source_dtype():
     base = Int8Linear.from_linear(nn.Linear(8, 4).to(torch.bfloat16))
     layer = Int8LoRALinear.from_int8_linear(base, r=2)
@@ -351,8 +367,7 @@ def test_int8_lora_layer_refuses_merge_and_direct_construction():
     layer = Int8LoRALinear.from_int8_linear(Int8Linear.from_linear(nn.Linear(8, 4)), r=2)
     with pytest.raises(ValueError, match="int8 step"):
         layer.merge()
-    with pytest.raises(ValueError, match="never merged"):
-        layer.unmerge()
+    layer.unmerge()  # nothing to undo, as for an unmerged float layer
     with pytest.raises(TypeError, match="from_int8_linear"):
         Int8LoRALinear(8, 4)
     with pytest.raises(TypeError, match="base: expected a lowpeft Int8Linear"):
@@ -369,6 +384,31 @@ def test_int8_lora_layer_under_autocast_computes_in_the_autocast_dtype():
     assert y.dtype == torch.bfloat16
     y.float().sum().backward()
     assert x.grad.dtype == torch.float32 and layer.lora_A.grad.dtype == torch.float32
+
+
+def test_int8_lora_layer_keeps_float64_under_autocast():
+    # Autocast leaves float64 alone (nn.Linear, LoRALinear): so does the int8 layer.
+    layer = Int8LoRALinear.from_int8_linear(Int8Linear.from_linear(nn.Linear(16, 8).double()), r=4)
+    x = torch.randn(3, 16, dtype=torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.float64
+    torch.testing.assert_close(y, layer(x), rtol=0, atol=0)
+
+
+def test_module_bad_input_is_a_named_error():
+    layer = Int8LoRALinear.from_int8_linear(Int8Linear.from_linear(nn.Linear(8, 4)), r=2)
+    with pytest.raises(TypeError, match="x: expected a torch.Tensor"):
+        layer([[1.0] * 8])
+    with pytest.raises(TypeError, match="dtype: expected a floating-point torch.dtype"):
+        layer.to_linear(torch.int8)
+    with pytest.raises(TypeError, match="dtype: expected a floating-point torch.dtype"):
+        Int8Linear.from_linear(nn.Linear(8, 4)).to_linear("float16")
+    qweight, scale = quantize_int8(torch.randn(4, 8))
+    with pytest.raises(TypeError, match="bias: expected None or a torch.Tensor"):
+        Int8Linear(qweight, scale, bias=[0.0] * 4)
+    with pytest.raises(TypeError, match="backend"):
+        Int8Linear.from_linear(nn.Linear(8, 4), backend=3)
 
 
 def test_int8_lora_layer_under_torch_compile_matches_eager():
@@ -465,12 +505,68 @@ def test_qlora_style_adapters_on_some_of_the_quantized_layers_train():
     assert model.model.layers[0].self_attn.q_proj.lora_A.grad is None  # zero_grad(set_to_none) after the last step
 
 
+def test_gpt2_exports_back_to_conv1d_and_reloads_into_gpt2():
+    transformers = pytest.importorskip("transformers")
+    from tests.tiny_models import tiny_gpt2
+
+    model = lowpeft.quantize_base(tiny_gpt2())
+    lowpeft.apply(model, lowpeft.LoRAConfig(r=4, alpha=8, target_modules=["c_attn", "attn.c_proj"]))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.1)
+    ids = torch.randint(0, 97, (1, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        adapted = model(ids).logits
+    lowpeft.merge_and_unload(model)
+    assert type(model.transformer.h[0].attn.c_proj).__name__ == "Conv1D"
+    assert isinstance(model.transformer.h[0].mlp.c_fc, Int8Linear) and model.transformer.h[0].mlp.c_fc.fan_in_fan_out
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, adapted, atol=1e-4, rtol=1e-4)
+    plain = tiny_gpt2()
+    exported = {k: v for k, v in model.state_dict().items() if "mlp.c_fc" not in k and "mlp.c_proj" not in k}
+    plain.load_state_dict(exported, strict=False)  # the exported Conv1D weights fit GPT-2's own [in, out] layout
+    torch.testing.assert_close(plain.transformer.h[0].attn.c_proj.weight,
+                               model.transformer.h[0].attn.c_proj.weight, rtol=0, atol=0)
+
+
+def test_selective_helpers_leave_int8_weights_frozen():
+    model = lowpeft.quantize_base(_tiny_llama())
+    lowpeft.freeze(model, trainable=["model.layers.1"])
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert "model.layers.1.input_layernorm.weight" in trainable
+    assert not any(n.endswith("proj.weight") or n.endswith("weight_scale") for n in trainable)
+    lowpeft.freeze(model)
+    lowpeft.unfreeze_last_blocks(model, 1)
+    assert "model.layers.1.post_attention_layernorm.weight" in {n for n, p in model.named_parameters()
+                                                                 if p.requires_grad}
+    lowpeft.unmerge(lowpeft.apply(model, lowpeft.LoRAConfig(r=2)))  # nothing merged: nothing to do
+
+
+def test_a_peft_file_with_a_float_base_weight_for_an_int8_layer_is_refused(tmp_path):
+    peft = pytest.importorskip("peft")
+    targets = ["q_proj", "lm_head"]
+    peft_model = peft.get_peft_model(_tiny_llama(), peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+    peft_model.save_pretrained(tmp_path / "peft")  # holds lm_head.base_layer.weight (save_embedding_layers="auto")
+    model = lowpeft.quantize_base(_tiny_llama(), target_modules=targets)
+    head = model.lm_head.weight.clone()
+    with pytest.raises(ValueError, match="holds a float base weight for 'lm_head', whose base is int8"):
+        lowpeft.load_adapter(model, tmp_path / "peft")
+    assert torch.equal(model.lm_head.weight, head) and lowpeft.model.adapter_names(model) == []
+
+
 def test_quantize_base_bad_uses_are_named_errors():
     model = lowpeft.apply(_tiny_llama(), lowpeft.LoRAConfig(r=2))
     with pytest.raises(ValueError, match="quantize_base runs before lowpeft.apply"):
         lowpeft.quantize_base(model)
     with pytest.raises(ValueError, match="target_modules"):
         lowpeft.quantize_base(_tiny_llama(), target_modules=["no_such_layer"])
+    peft = pytest.importorskip("peft")
+    peft_model = peft.get_peft_model(_tiny_llama(), peft.LoraConfig(r=2, target_modules=["q_proj"]))
+    with pytest.raises(ValueError, match="got one with PEFT LoRA layers"):
+        lowpeft.quantize_base(peft_model)
+    with torch.device("meta"):
+        on_meta = _tiny_llama()
+    assert lowpeft.quantize_base(on_meta).model.layers[0].mlp.up_proj.weight.is_meta
     quantized = lowpeft.quantize_base(_tiny_llama(), target_modules=["q_proj"])
     assert isinstance(quantized.model.layers[1].self_attn.q_proj, Int8Linear)
     assert isinstance(quantized.model.layers[1].self_attn.k_proj, nn.Linear)

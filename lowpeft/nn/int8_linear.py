@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from ..ops import _dispatch
-from ..ops._torch_rules import autocast_dtype
-from ..ops.dequantize_int8 import check_int8_weight, dequantize_int8, quantize_int8
+from ..ops._torch_rules import autocast_compute_dtype
+from ..ops.dequantize_int8 import check_float_dtype, check_int8_weight, dequantize_int8, quantize_int8
 from ..ops.int8_linear import int8_linear
 from ..ops.int8_lora_linear import int8_lora_linear
 from .adapter import AdapterLinear, BottleneckAdapter
@@ -39,17 +39,20 @@ def _refuse_float_weight(module, state_dict, prefix, *args) -> None:
 
 
 class _Int8Base(nn.Module):
-    """What Int8Linear and Int8LoRALinear share: `.to(dtype)` / `.half()` cast the bias (and the adapter) but keep
-    weight_scale at its precision (a bf16 scale would move every row by up to 0.4 %), and `source_dtype` (the float
-    weight's dtype before quantization: to_linear's default) follows the cast as a float parameter would; loading a
+    """What Int8Linear, Int8LoRALinear and Int8AdapterLinear share: a cast (`.to(dtype)`, `.half()`, `.type()`)
+    reaches the bias and the adapter but leaves the int8 weight and its scales as they are, values and dtypes (a
+    bf16 scale would move every row by up to 0.4 %, a float16 one underflow small rows to zero); `source_dtype` (the
+    float weight's dtype before quantization: to_linear's default) follows the cast as a float parameter would; a
     state dict with a float `weight` is a TypeError, not a silent truncation to int8."""
 
     def _apply(self, fn, recurse=True):
         probe = torch.empty(0, dtype=self.source_dtype, device=self.weight_scale.device)
-        scale_dtype = self.weight_scale.dtype
+        kept = {name: getattr(self, name).data for name in ("weight", "weight_scale")}
         module = super()._apply(fn, recurse)
-        if self.weight_scale.dtype != scale_dtype:
-            self.weight_scale.data = self.weight_scale.data.to(scale_dtype)
+        for name, original in kept.items():
+            param = getattr(self, name)
+            if param.dtype != original.dtype:
+                param.data = original.to(param.device)
         cast = fn(probe)
         if isinstance(cast, torch.Tensor) and cast.is_floating_point():
             self.source_dtype = cast.dtype
@@ -62,9 +65,11 @@ class Int8Linear(_Int8Base):
     see them); bias keeps the source layer's dtype. Ŵ is dequantized to x's dtype (autocast's under autocast)."""
 
     def __init__(self, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None = None, *,
-                 source_dtype: torch.dtype = torch.float32, backend: str = "auto"):
+                 source_dtype: torch.dtype = torch.float32, fan_in_fan_out: bool = False, backend: str = "auto"):
         super().__init__()
         check_int8_weight(weight, weight_scale)
+        if bias is not None and not isinstance(bias, torch.Tensor):
+            raise TypeError(f"bias: expected None or a torch.Tensor, got {type(bias).__name__}")
         if bias is not None and (bias.dim() != 1 or bias.shape[0] != weight.shape[0]):
             raise ValueError(f"bias: expected shape [{weight.shape[0]}], got {tuple(bias.shape)}")
         self.out_features, self.in_features = weight.shape
@@ -74,20 +79,21 @@ class Int8Linear(_Int8Base):
         if not isinstance(source_dtype, torch.dtype) or not source_dtype.is_floating_point:
             raise TypeError(f"source_dtype: expected a floating-point torch.dtype, got {source_dtype!r}")
         self.source_dtype = source_dtype
+        self.fan_in_fan_out = bool(fan_in_fan_out)
         self.backend = _dispatch._check_name(backend)
         self._register_load_state_dict_pre_hook(_refuse_float_weight, with_module=True)
 
     @classmethod
-    def from_linear(cls, linear: nn.Module, **kwargs) -> "Int8Linear":
-        """Quantize an nn.Linear's weight (or a transformers Conv1D's, stored [in, out]); the bias Parameter is
-        shared, not copied; source_dtype records the weight's dtype. Keyword arguments: backend."""
+    def from_linear(cls, linear: nn.Module, *, backend: str = "auto") -> "Int8Linear":
+        """Quantize an nn.Linear's weight (or a transformers Conv1D's, stored [in, out]: fan_in_fan_out records it,
+        for exports back to Conv1D); the bias Parameter is shared, not copied; source_dtype records the weight's
+        dtype."""
         weight = getattr(linear, "weight", None)
         conv1d = type(linear).__name__ == "Conv1D" and isinstance(weight, torch.Tensor) and weight.dim() == 2
         if not isinstance(linear, nn.Linear) and not conv1d:
             raise TypeError(f"linear: expected a torch.nn.Linear or a transformers Conv1D, got {type(linear).__name__}")
-        _reject_layer_arguments("linear", kwargs)
         qweight, scale = quantize_int8(weight.t() if conv1d else weight)
-        return cls(qweight, scale, linear.bias, source_dtype=weight.dtype, **kwargs)
+        return cls(qweight, scale, linear.bias, source_dtype=weight.dtype, fan_in_fan_out=conv1d, backend=backend)
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Ŵ as a new [out, in] tensor of `dtype`."""
@@ -100,6 +106,7 @@ class Int8Linear(_Int8Base):
     def to_linear(self, dtype: torch.dtype | None = None) -> nn.Linear:
         """A float nn.Linear of `dtype` (default source_dtype) holding Ŵ (and a copy of the bias)."""
         dtype = dtype or self.source_dtype
+        check_float_dtype("dtype", dtype)
         linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
                            device=self.weight.device, dtype=dtype)
         linear.weight.copy_(self.dequantized_weight(dtype))
@@ -116,7 +123,8 @@ class Int8LoRALinear(_Int8Base, LoRALinear):
     """LoRALinear over an Int8Linear's frozen int8 base (its weight, weight_scale and bias Parameters shared, not
     copied): y = x Ŵᵀ + b + scaling · (dropout(x) lora_Aᵀ) lora_Bᵀ, computed in x's dtype (autocast's under
     autocast). lora_A / lora_B default to float32 (adapter_dtype= to choose), as PEFT keeps them on a quantized base.
-    merge() / unmerge() raise (an int8 base cannot hold the update); to_linear() exports a merged float Linear."""
+    merge() raises (an int8 base cannot hold the update; unmerge() has nothing to undo); to_linear() exports a merged
+    float Linear (to_conv1d() a Conv1D for a base quantized from one)."""
 
     def __init__(self, *args, **kwargs):
         raise TypeError("Int8LoRALinear is built from a quantized base: Int8LoRALinear.from_int8_linear("
@@ -135,7 +143,7 @@ class Int8LoRALinear(_Int8Base, LoRALinear):
         layer = cls._wrap(base.weight, base.bias, base.in_features, base.out_features, False, freeze_base,
                           r=r, alpha=alpha, dropout=dropout, **kwargs)
         layer.weight_scale = base.weight_scale
-        layer.source_dtype = base.source_dtype
+        layer.source_dtype, layer.fan_in_fan_out = base.source_dtype, base.fan_in_fan_out
         layer._register_load_state_dict_pre_hook(_refuse_float_weight, with_module=True)
         return layer
 
@@ -147,15 +155,15 @@ class Int8LoRALinear(_Int8Base, LoRALinear):
         return torch.promote_types(self.weight_scale.dtype, torch.float32)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        compute_dtype = autocast_dtype(x) or x.dtype
-        lora_A, lora_B = self.lora_A, self.lora_B
-        if lora_A.dtype != compute_dtype or lora_B.dtype != compute_dtype:
-            lora_A, lora_B = lora_A.to(compute_dtype), lora_B.to(compute_dtype)
-        bias = self.bias
-        if bias is not None and bias.dtype != compute_dtype:
-            bias = bias.to(compute_dtype)
-        return int8_lora_linear(x.to(compute_dtype), self.weight, self.weight_scale, bias, lora_A, lora_B,
-                                self.scaling, self.dropout_p, self.training, backend=self.backend)
+        lora_A, lora_B, bias = self.lora_A, self.lora_B, self.bias
+        if isinstance(x, torch.Tensor):  # anything else: the op's named TypeError
+            compute_dtype = autocast_compute_dtype(x)
+            if lora_A.dtype != compute_dtype or lora_B.dtype != compute_dtype:
+                lora_A, lora_B = lora_A.to(compute_dtype), lora_B.to(compute_dtype)
+            if bias is not None and bias.dtype != compute_dtype:
+                bias = bias.to(compute_dtype)
+        return int8_lora_linear(x, self.weight, self.weight_scale, bias, lora_A, lora_B, self.scaling, self.dropout_p,
+                                self.training, backend=self.backend)
 
     def merge(self) -> None:
         raise ValueError(
@@ -164,7 +172,7 @@ class Int8LoRALinear(_Int8Base, LoRALinear):
             "with the adapter folded into the dequantized weight")
 
     def unmerge(self) -> None:
-        raise ValueError("unmerge: an int8 base is never merged (merge() refuses), so there is nothing to undo")
+        """Nothing to undo: an int8 base is never merged (merge() refuses)."""
 
     def _delta(self, lora_A: torch.Tensor, lora_B: torch.Tensor) -> torch.Tensor:
         wide = self._wide_dtype()
@@ -175,15 +183,13 @@ class Int8LoRALinear(_Int8Base, LoRALinear):
         """A float nn.Linear (of `dtype`, default source_dtype: the dtype the base had before quantization) computing
         Ŵ + scaling · lora_B lora_A, summed in float32 (float64 for a float64 scale) and rounded once."""
         dtype = dtype or self.source_dtype
+        check_float_dtype("dtype", dtype)
         linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
                            device=self.weight.device, dtype=dtype)
         linear.weight.copy_(self.base_weight() + self.delta_weight())
         if self.bias is not None:
             linear.bias.copy_(self.bias)
         return linear
-
-    def to_conv1d(self) -> nn.Module:
-        raise ValueError("to_conv1d: an int8 base is stored [out, in] whatever layer it came from; use to_linear()")
 
     def extra_repr(self) -> str:
         return (
@@ -207,7 +213,7 @@ class Int8AdapterLinear(_Int8Base, AdapterLinear):
         nn.Module.__init__(self)
         self.in_features, self.out_features = base.in_features, base.out_features
         self.weight, self.weight_scale, self.bias = base.weight, base.weight_scale, base.bias
-        self.source_dtype, self.base_backend = base.source_dtype, base.backend
+        self.source_dtype, self.fan_in_fan_out, self.base_backend = base.source_dtype, base.fan_in_fan_out, base.backend
         if freeze_base and self.bias is not None:
             self.bias.requires_grad_(False)
         self.adapter = BottleneckAdapter(self.out_features, bottleneck, activation, scale, init, bias, backend,
@@ -227,7 +233,7 @@ class Int8AdapterLinear(_Int8Base, AdapterLinear):
     def to_linear(self) -> Int8Linear:
         """The wrapped int8 layer alone (the adapter dropped), sharing this layer's weight, scale and bias."""
         return Int8Linear(self.weight, self.weight_scale, self.bias, source_dtype=self.source_dtype,
-                          backend=self.base_backend)
+                          fan_in_fan_out=self.fan_in_fan_out, backend=self.base_backend)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "

@@ -271,7 +271,7 @@ class LoRALinear(nn.Module):
         from transformers.pytorch_utils import Conv1D
 
         linear = self.to_linear()
-        conv = Conv1D(self.out_features, self.in_features).to(device=self.weight.device, dtype=self.weight.dtype)
+        conv = Conv1D(self.out_features, self.in_features).to(device=linear.weight.device, dtype=linear.weight.dtype)
         conv.weight.copy_(linear.weight.t())
         if linear.bias is not None:
             conv.bias.copy_(linear.bias)

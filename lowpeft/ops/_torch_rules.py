@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["autocast_dtype", "autocast_cast", "refuse_double_backward", "DOUBLE_BACKWARD_MESSAGE"]
+__all__ = ["autocast_dtype", "autocast_compute_dtype", "autocast_cast", "refuse_double_backward",
+           "DOUBLE_BACKWARD_MESSAGE"]
 
 DOUBLE_BACKWARD_MESSAGE = (
     "second-order gradients (a backward with create_graph=True) are not supported: the backward runs fused "
@@ -32,6 +33,13 @@ def autocast_dtype(tensor):
     if not torch.is_autocast_enabled(device_type):
         return None
     return torch.get_autocast_dtype(device_type)
+
+
+def autocast_compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype an op on `x` computes in: autocast's where autocast is on for x's device, else x's own; a float64
+    x keeps float64 (torch's autocast leaves float64 alone)."""
+    dtype = autocast_dtype(x)
+    return x.dtype if dtype is None or x.dtype == torch.float64 else dtype
 
 
 def autocast_cast(tensor, dtype: torch.dtype):

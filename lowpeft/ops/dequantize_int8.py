@@ -17,7 +17,7 @@ from torch import Tensor
 from .. import _extension
 from . import _dispatch
 
-__all__ = ["quantize_int8", "dequantize_int8"]
+__all__ = ["quantize_int8", "dequantize_int8", "check_int8_weight", "check_float_dtype"]
 
 INT8_LEVELS = 127
 
@@ -38,7 +38,7 @@ def quantize_int8(weight: Tensor) -> tuple[Tensor, Tensor]:
     if not weight.is_floating_point():
         raise TypeError(f"weight: expected a floating-point tensor, got dtype {weight.dtype}")
     wide = weight.detach().to(scale_dtype(weight.dtype))
-    if wide.numel() and not torch.isfinite(wide).all():
+    if wide.numel() and wide.device.type != "meta" and not torch.isfinite(wide).all():
         raise ValueError("weight: expected finite values, got NaN or Inf (they have no int8 representation)")
     absmax = wide.abs().amax(dim=1) if wide.shape[1] else wide.new_zeros(wide.shape[0])
     scale = torch.where(absmax > 0, absmax / INT8_LEVELS, torch.ones_like(absmax))
@@ -100,17 +100,22 @@ def _dequantize_int8_fake(qweight, scale, dtype, backend):
     return qweight.new_empty(qweight.shape, dtype=dtype)
 
 
-def dequantize_int8(qweight: Tensor, scale: Tensor, dtype: torch.dtype = torch.float32, *,
+def dequantize_int8(qweight: Tensor, weight_scale: Tensor, dtype: torch.dtype = torch.float32, *,
                     backend: str = "auto") -> Tensor:
-    """qweight [out, in] (int8) · scale[:, None] as a new row-major tensor of `dtype`, computed in float32
+    """qweight [out, in] (int8) · weight_scale[:, None] as a new row-major tensor of `dtype`, computed in float32
     (float64 for a float64 `dtype`) and rounded once. Not differentiable: the quantized base is frozen."""
-    check_int8_weight(qweight, scale)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"dtype: expected a floating-point torch.dtype, got {dtype!r}")
-    if scale.requires_grad:
+    check_int8_weight(qweight, weight_scale)
+    check_float_dtype("dtype", dtype)
+    if weight_scale.requires_grad:
         raise ValueError("weight_scale: expected a frozen tensor (requires_grad=False); the int8 base is not "
                          "trained, got one that requires grad")
     name = _dispatch.resolve(backend, qweight.device, dtype)
     if torch.compiler.is_compiling():
-        return torch.ops.lowpeft.dequantize_int8(qweight, scale, dtype, name)
-    return DEQUANTIZE[name](qweight, scale, dtype)
+        return torch.ops.lowpeft.dequantize_int8(qweight, weight_scale, dtype, name)
+    return DEQUANTIZE[name](qweight, weight_scale, dtype)
+
+
+def check_float_dtype(name: str, dtype) -> None:
+    """TypeError naming `name` unless dtype is a floating-point torch.dtype."""
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"{name}: expected a floating-point torch.dtype, got {dtype!r}")
