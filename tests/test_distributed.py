@@ -128,6 +128,11 @@ def _worker(rank, port, wrapper, mixed_dtype, queue):
         os._exit(0)
 
 
+def _torch_version() -> tuple[int, int]:
+    major, minor = torch.__version__.split("+")[0].split(".")[:2]
+    return int(major), int(minor)
+
+
 def _free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -145,6 +150,9 @@ def test_data_parallel_gradients_match_one_process(wrapper, mixed_dtype):
 
         if not hasattr(fsdp, "fully_shard"):
             pytest.skip("this torch has no torch.distributed.fsdp.fully_shard")
+    if wrapper == "fsdp2" and mixed_dtype == "int8" and _torch_version() < (2, 13):
+        pytest.skip("torch 2.11's fully_shard wraps every shard as nn.Parameter(requires_grad=True), which an int8 "
+                    "weight cannot be (RuntimeError, run 95); torch 2.13 keeps the flag (2.12 not tried)")
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     port = _free_port()
