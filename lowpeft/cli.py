@@ -134,7 +134,9 @@ def _print_info(report: dict) -> None:
         if report["global_backend"] != "auto" and chosen is not None and not chosen["available"]:
             print(f"  note: the backend setting {report['global_backend']!r} cannot run on {device_type} tensors")
         for name, entry in table.items():
-            if name == "auto":
+            if name == "auto" and not entry["available"]:
+                print(f"  {'auto':<7} cannot run: {entry['reason']}")
+            elif name == "auto":
                 line = f"  {'auto':<7} picks {entry['picks']}"
                 if set(entry["adapter_picks"].values()) != {entry["picks"]}:
                     by_width = ", ".join(f"{width}: {pick}" for width, pick in entry["adapter_picks"].items())

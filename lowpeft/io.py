@@ -86,6 +86,49 @@ def adapter_tensors(model: nn.Module, adapter_name: Optional[str] = None) -> dic
     return tensors
 
 
+def _expected_shapes(model: nn.Module, adapter_name: Optional[str]) -> dict:
+    """{PEFT key: shape} of the adapter's weight matrices, from the layers' own sizes (r, in / out features,
+    bottleneck, dim, virtual tokens)."""
+    config = model_level.adapter_config(model, adapter_name)
+    if isinstance(config, PromptTuningConfig):
+        prompt = model_level.adapter_prompt(model, adapter_name)
+        return {PROMPT_KEY: (prompt.num_virtual_tokens, prompt.dim)}
+    shapes = {}
+    for path, layer in model_level.adapter_layers(model, adapter_name).items():
+        if isinstance(config, LoRAConfig):
+            shapes[f"{_PREFIX}{path}.lora_A.weight"] = (layer.r, layer.in_features)
+            shapes[f"{_PREFIX}{path}.lora_B.weight"] = (layer.out_features, layer.r)
+        else:
+            prefix, adapter = (f"{path}.adapter", layer.adapter) if hasattr(layer, "adapter") else (path, layer)
+            shapes[f"{_PREFIX}{prefix}.down_weight"] = (adapter.bottleneck, adapter.dim)
+            shapes[f"{_PREFIX}{prefix}.up_weight"] = (adapter.dim, adapter.bottleneck)
+    return shapes
+
+
+def sharded_adapter_reason(model: nn.Module, adapter_name: Optional[str] = None) -> Optional[str]:
+    """Why the adapter's parameters in this process are not the whole adapter, or None: FSDP2's DTensors, DeepSpeed
+    ZeRO-3's partitioned parameters (ds_id), or weights whose shapes are not the layers' (FSDP1's flat-parameter
+    views of a local shard)."""
+    tensors = adapter_tensors(model, adapter_name)
+    zero3 = sorted(key for key, tensor in tensors.items() if hasattr(tensor, "ds_id"))
+    if zero3:
+        return f"DeepSpeed ZeRO-3 partitioned parameters: {_some(zero3)}"
+    if torch.distributed.is_available():
+        from torch.distributed.tensor import DTensor
+
+        dtensors = sorted(key for key, tensor in tensors.items() if isinstance(tensor, DTensor))
+        if dtensors:
+            return f"FSDP2 DTensor parameters: {_some(dtensors)}"
+    wrong = [f"{key} {tuple(tensors[key].shape)} (the layer's {shape})"
+             for key, shape in _expected_shapes(model, adapter_name).items()
+             if key in tensors and tuple(tensors[key].shape) != shape]
+    return f"parameters shaped as local shards (FSDP1 flat parameters?): {_some(wrong)}" if wrong else None
+
+
+def _some(items: list) -> str:
+    return ", ".join(items[:3]) + (", ..." if len(items) > 3 else "")
+
+
 def _config_dict(model: nn.Module, adapter_name: Optional[str]) -> dict:
     config = model_level.adapter_config(model, adapter_name)
     name_or_path = getattr(getattr(model, "config", None), "_name_or_path", None) or None
@@ -162,6 +205,10 @@ def save_adapter(model: nn.Module, directory: Union[str, os.PathLike], adapter_n
     target = Path(directory)
     if target.exists() and not target.is_dir():
         raise ValueError(f"directory: expected a directory path, got an existing file {str(target)!r}")
+    sharded = sharded_adapter_reason(model, adapter_name)
+    if sharded is not None:
+        raise ValueError(f"model: the adapter is sharded across processes here ({sharded}); gather the full adapter "
+                         "on one process and save it there")
     tensors = {key: param.detach().to("cpu").contiguous().clone() for key, param in
                adapter_tensors(model, adapter_name).items()}
     config = _config_dict(model, adapter_name)
@@ -296,7 +343,12 @@ def load_adapter(model: nn.Module, directory: Union[str, os.PathLike], adapter_n
     found = load_file(str(weights_path))
     added = adapter_name not in model_level.adapter_names(model)
     if added:
-        snapshot = [(param, param.requires_grad) for param in model.parameters()]
+        # Every adapter's parameters too, not only the model's: inside disable_adapters they are swapped out, and
+        # the rollback's set_adapter(previous) would otherwise leave the previous adapter trainable.
+        known = list(model.parameters()) + [param for name in model_level.adapter_names(model)
+                                            for layer in model_level.adapter_layers(model, name).values()
+                                            for param in layer.parameters()]
+        snapshot = [(param, param.requires_grad) for param in dict.fromkeys(known)]
         previous = model_level.active_adapter(model)
         model_level.apply(model, config, adapter_name)
     else:
@@ -320,7 +372,9 @@ def load_adapter(model: nn.Module, directory: Union[str, os.PathLike], adapter_n
         staged = {key: found[key].to(device=param.device, dtype=param.dtype) for key, param in expected.items()}
         with torch.no_grad():
             for key, param in expected.items():
-                written.append((param, param.detach().clone()))
+                # The backup on the CPU: on a GPU a second copy of a large base weight (PEFT's lm_head) could be the
+                # allocation that fails.
+                written.append((param, param.detach().to("cpu", copy=True)))
                 param.copy_(staged[key])
     except BaseException:
         with torch.no_grad():

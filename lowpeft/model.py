@@ -604,26 +604,34 @@ def freeze(model: nn.Module, trainable: Sequence[str] = ()) -> nn.Module:
         raise TypeError(f"trainable: expected a list of name patterns, got {trainable!r}")
     # Every name of a tied parameter counts ("lm_head.weight" tied to the embeddings): it trains if any matches.
     named = list(model.named_parameters(remove_duplicate=False))
-    used, chosen = set(), {}
+    untrainable = _untrainable_parameters(model)
+    used, trains, chosen = set(), set(), {}
     for name, param in named:
         hit = [p for p in trainable if _pattern_matches(p, name)]
         used.update(hit)
+        if param not in untrainable:
+            trains.update(hit)
         chosen[param] = chosen.get(param, False) or bool(hit)
-    untrainable = _untrainable_parameters(model)
-    for param, train in chosen.items():
-        param.requires_grad_(train and param not in untrainable)
     unused = [p for p in trainable if p not in used]
     if unused:
         names = ", ".join(n for n, _ in list(model.named_parameters())[:12])
         raise ValueError(f"trainable: patterns {unused} match no parameter of {type(model).__name__} (names: {names}, ...)")
+    frozen_only = [p for p in trainable if p not in trains]
+    if frozen_only:
+        raise ValueError(f"trainable: patterns {frozen_only} match only parameters that cannot train (an int8 base's "
+                         "weight and scales, lowpeft.quantize_base, or integer parameters); adapt those layers with "
+                         "LoRA instead")
+    for param, train in chosen.items():
+        param.requires_grad_(train and param not in untrainable)
     return model
 
 
 def _untrainable_parameters(model: nn.Module) -> set:
-    """The parameters selective fine-tuning leaves frozen: integer ones, and every int8 base's weight and scales
-    (lowpeft.quantize_base: the scales are float, but an int8 base is frozen as a whole; its ops refuse a scale that
-    requires grad)."""
-    found = {param for param in model.parameters() if not param.is_floating_point()}
+    """The parameters selective fine-tuning leaves frozen: integer ones (neither float nor complex), and every int8
+    base's weight and scales
+(lowpeft.quantize_base: the scales are float, but an int8 base is frozen as a whole; its ops refuse a scale
+    that requires grad)."""
+    found = {param for param in model.parameters() if not (param.is_floating_point() or param.is_complex())}
     for module in model.modules():
         if isinstance(module, (Int8Linear, Int8LoRALinear, Int8AdapterLinear)):
             found.update((module.weight, module.weight_scale))

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from . import model as model_level
-from .io import adapter_tensors, save_adapter
+from .io import save_adapter, sharded_adapter_reason
 
 try:
     from transformers import TrainerCallback
@@ -51,26 +51,21 @@ def _adapter_model(model) -> nn.Module:
     return inner
 
 
-def _sharding(model: nn.Module, tensors: dict) -> Optional[str]:
-    """What shards the adapter across processes, or None: FSDP2 (DTensor parameters), FSDP1 (a
-    FullyShardedDataParallel module anywhere in `model`: its flat parameters leave the layers' lora_A / lora_B as views
-    of a local shard) or DeepSpeed ZeRO-3 (parameters carrying ds_id, their data partitioned away)."""
-    zero3 = sorted(key for key, tensor in tensors.items() if hasattr(tensor, "ds_id"))
-    if zero3:
-        return f"DeepSpeed ZeRO-3 partitioned parameters: {_some(zero3)}"
-    if not torch.distributed.is_available():
-        return None
-    from torch.distributed.fsdp import FullyShardedDataParallel
-    from torch.distributed.tensor import DTensor
+def _sharding(model: nn.Module, inner: nn.Module, adapter_name: Optional[str]) -> Optional[str]:
+    """What shards the adapter across processes, or None: FSDP1 sharding a unit that holds adapter layers (NO_SHARD,
+    or FSDP1 around other parts only, leaves every process the whole adapter), or what lowpeft.io finds in the
+    parameters themselves (FSDP2 DTensors, DeepSpeed ZeRO-3, shard-shaped FSDP1 views when the callback sees the
+    model inside FSDP1's wrapper, as Trainer's callbacks do)."""
+    if torch.distributed.is_available():
+        from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
 
-    if any(isinstance(module, FullyShardedDataParallel) for module in model.modules()):
-        return "FSDP1 (FullyShardedDataParallel) flat parameters"
-    dtensors = sorted(key for key, tensor in tensors.items() if isinstance(tensor, DTensor))
-    return f"FSDP2 DTensor parameters: {_some(dtensors)}" if dtensors else None
-
-
-def _some(keys: list) -> str:
-    return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+        layers = set(model_level.adapter_layers(inner, adapter_name).values())
+        for module in model.modules():
+            if (isinstance(module, FullyShardedDataParallel)
+                    and module.sharding_strategy != ShardingStrategy.NO_SHARD
+                    and any(sub in layers for sub in module.modules())):
+                return f"FSDP1 ({module.sharding_strategy.name}) over the adapter's layers"
+    return sharded_adapter_reason(inner, adapter_name)
 
 
 class SaveAdapterCallback(TrainerCallback):
@@ -79,8 +74,9 @@ class SaveAdapterCallback(TrainerCallback):
     (default `<output_dir>/<subfolder>`) when training ends. `adapter_name` picks the adapter (default: the active
     one at each save). Only the processes that write Trainer's checkpoints write (TrainingArguments.should_save:
     the world's main process, or each node's with save_on_each_node). The model may be wrapped in DDP /
-    DataParallel or torch.compile; adapters sharded across processes (FSDP2's DTensor parameters, FSDP1's flat
-    parameters, DeepSpeed ZeRO-3's partitioned ones) are refused, since one process cannot gather them. Training start checks the model, so a model without lowpeft adapters
+    DataParallel or torch.compile; adapters sharded across processes (FSDP2's DTensor parameters, FSDP1 sharding
+    the adapter's layers, DeepSpeed ZeRO-3's partitioned parameters) are refused, since one process cannot gather
+    them; FSDP1 with NO_SHARD, or around other parts only, is not. Training start checks the model, so a model without lowpeft adapters
     fails before the first step rather than at the first checkpoint."""
 
     def __init__(self, directory: Optional[Union[str, os.PathLike]] = None, subfolder: str = "adapter",
@@ -105,7 +101,7 @@ class SaveAdapterCallback(TrainerCallback):
 
     def _model_to_save(self, model) -> nn.Module:
         inner = _adapter_model(model)
-        sharding = _sharding(model, adapter_tensors(inner, self.adapter_name))
+        sharding = _sharding(model, inner, self.adapter_name)
         if sharding is not None:
             raise NotImplementedError(
                 f"model: SaveAdapterCallback writes from one process and cannot gather adapter parameters sharded "

@@ -92,6 +92,17 @@ def test_info_notes_a_valid_backend_setting_that_cannot_run_on_a_device_type(cap
     assert os.environ["LOWPEFT_BACKEND"] == "cuda"
 
 
+def test_info_after_set_backend_that_cannot_run_says_so_for_auto(capsys, monkeypatch):
+    # set_backend's choice is not the environment variable info sets aside: "auto" resolves through it and cannot run
+    # on cpu tensors; the table says why instead of "picks None".
+    from lowpeft.ops import _dispatch
+
+    monkeypatch.setitem(_dispatch._global_backend, "name", "cuda")
+    status, out, _ = run_cli(capsys, "info")
+    assert status == 0 and "picks None" not in out
+    assert "auto    cannot run: backend: 'cuda' was requested but cannot run on cpu" in out
+
+
 def test_version_and_help(capsys):
     import lowpeft
 

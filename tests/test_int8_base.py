@@ -506,7 +506,7 @@ def test_qlora_style_adapters_on_some_of_the_quantized_layers_train():
 
 
 def test_gpt2_exports_back_to_conv1d_and_reloads_into_gpt2():
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     from tests.tiny_models import tiny_gpt2
 
     model = lowpeft.quantize_base(tiny_gpt2())
@@ -540,6 +540,14 @@ def test_selective_helpers_leave_int8_weights_frozen():
     assert "model.layers.1.post_attention_layernorm.weight" in {n for n, p in model.named_parameters()
                                                                  if p.requires_grad}
     lowpeft.unmerge(lowpeft.apply(model, lowpeft.LoRAConfig(r=2)))  # nothing merged: nothing to do
+
+
+def test_freeze_patterns_that_match_only_the_int8_base_are_an_error():
+    model = lowpeft.quantize_base(_tiny_llama())
+    before = {n: p.requires_grad for n, p in model.named_parameters()}
+    with pytest.raises(ValueError, match=r"patterns \['\*.q_proj.\*'\] match only parameters that cannot train"):
+        lowpeft.freeze(model, trainable=["*.q_proj.*", "model.norm"])
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == before  # nothing changed
 
 
 def test_a_peft_file_with_a_float_base_weight_for_an_int8_layer_is_refused(tmp_path):

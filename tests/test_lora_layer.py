@@ -288,3 +288,13 @@ def test_meta_tensors_give_meta_outputs_like_nn_linear():
     assert lowpeft.BottleneckAdapter(16, bottleneck=4).to("meta")(x).shape == (3, 16)
     linear = torch.nn.Linear(16, 8, device="meta")
     assert lowpeft.AdapterLinear.from_linear(linear, bottleneck=4)(x).shape == (3, 8)
+
+
+def test_layers_on_the_meta_device_compile_with_fullgraph():
+    # Under torch.compile the autocast check recognises meta tensors by name (torch.is_autocast_enabled raises for
+    # them, and torch 2.11's dynamo cannot trace torch.amp.is_autocast_available).
+    with torch.device("meta"):
+        layer = lowpeft.LoRALinear(16, 8, r=4, backend="torch")
+        x = torch.randn(2, 16)
+    y = torch.compile(layer, backend="aot_eager", fullgraph=True)(x)
+    assert y.is_meta and y.shape == (2, 8)

@@ -180,6 +180,23 @@ def test_a_load_that_fails_while_writing_changes_nothing(tmp_path, monkeypatch, 
     assert model_level.adapter_names(model) == ["default"] and model_level.active_adapter(model) == "default"
 
 
+def test_a_failed_load_inside_disable_adapters_leaves_the_other_adapters_frozen(tmp_path):
+    # The rollback re-activates the previous adapter; its parameters (swapped out of the model inside
+    # disable_adapters) must keep the requires_grad they had, not become trainable.
+    source = lowpeft.apply(tiny_llama(), lowpeft.LoRAConfig(r=3, target_modules=["q_proj"]))
+    lowpeft.save_adapter(source, tmp_path / "r3")
+    config = json.loads((tmp_path / "r3" / "adapter_config.json").read_text())
+    config["r"] = 2
+    (tmp_path / "r3" / "adapter_config.json").write_text(json.dumps(config))  # the weights no longer fit r = 2
+    model = lowpeft.apply(tiny_llama(), lowpeft.LoRAConfig(r=2, target_modules=["q_proj"]))
+    for param in model.parameters():
+        param.requires_grad_(False)
+    with lowpeft.disable_adapters(model), pytest.raises(ValueError, match="does not fit"):
+        lowpeft.load_adapter(model, tmp_path / "r3", adapter_name="other")
+    assert lowpeft.trainable_parameters(model)[0] == 0
+    assert model_level.adapter_names(model) == ["default"]
+
+
 def test_save_is_atomic_an_interrupted_save_keeps_the_old_adapter(tmp_path, monkeypatch):
     model = lowpeft.apply(tiny_llama(), lowpeft.LoRAConfig(r=2, target_modules=["q_proj"]))
     _randomise_trainable(model, seed=1)

@@ -4,6 +4,7 @@
 # Trade-off: counts are checked against sums computed directly from the modules involved.
 import pytest
 import torch
+from torch import nn
 
 import lowpeft
 
@@ -88,3 +89,11 @@ def test_selective_and_lora_together():
     lora = lowpeft.trainable_parameters(model)[0]
     lowpeft.unfreeze_last_blocks(model, 0, head=True)
     assert lowpeft.trainable_parameters(model)[0] == lora + model.lm_head.weight.numel()
+
+
+def test_freeze_keeps_complex_parameters_trainable():
+    model = nn.Module()
+    model.phase = nn.Parameter(torch.zeros(3, dtype=torch.complex64))
+    model.linear = nn.Linear(2, 2)
+    lowpeft.freeze(model, trainable=["*"])
+    assert model.phase.requires_grad and model.linear.weight.requires_grad

@@ -4,6 +4,7 @@
 #
 # Trade-off: a repeated short token pattern gives a loss that must fall within a few dozen steps on the CPU.
 import pytest
+import safetensors.torch
 import torch
 
 import lowpeft
@@ -181,14 +182,34 @@ def test_save_adapter_callback_refuses_fsdp2_sharded_adapters(tmp_path, single_p
         lowpeft.SaveAdapterCallback().on_train_begin(args, transformers.TrainerState(), None, model=model)
 
 
-def test_save_adapter_callback_refuses_fsdp1_flat_parameters(tmp_path, single_process_group):
+def test_save_adapter_callback_accepts_fsdp1_that_leaves_each_process_the_whole_adapter(tmp_path,
+                                                                                        single_process_group):
+    # One process: FSDP1 runs NO_SHARD, so the process holds the whole adapter and the callback may write it.
     from torch.distributed.fsdp import FullyShardedDataParallel
 
     model = lowpeft.apply(tiny_llama(), lowpeft.LoRAConfig(r=4, target_modules=["q_proj"]))
+    expected = {k: v.detach().clone() for k, v in lowpeft.io.adapter_tensors(model).items()}
     wrapped = FullyShardedDataParallel(model, device_id=torch.device("cpu"), use_orig_params=True)
     args = transformers.TrainingArguments(output_dir=str(tmp_path / "run"), report_to=[], use_cpu=True)
-    with pytest.raises(NotImplementedError, match=r"sharded across processes \(FSDP1"):
-        lowpeft.SaveAdapterCallback().on_train_begin(args, transformers.TrainerState(), None, model=wrapped)
+    callback = lowpeft.SaveAdapterCallback(directory=tmp_path / "out")
+    callback.on_train_begin(args, transformers.TrainerState(), None, model=wrapped)
+    callback.on_train_end(args, transformers.TrainerState(), None, model=wrapped)
+    saved = safetensors.torch.load_file(str(tmp_path / "out" / "adapter_model.safetensors"))
+    assert set(saved) == set(expected) and all(torch.equal(saved[k], v) for k, v in expected.items())
+
+
+def test_shard_shaped_adapter_parameters_are_refused_not_saved(tmp_path):
+    # What FSDP1 (use_orig_params) leaves in the layers when a process holds a shard: flat views of its part. A
+    # callback that sees the model inside FSDP1's wrapper (as Trainer's do) cannot tell from the modules.
+    model = lowpeft.apply(tiny_llama(), lowpeft.LoRAConfig(r=4, target_modules=["q_proj"]))
+    layer = model.model.layers[0].self_attn.q_proj
+    layer.lora_A.data = layer.lora_A.data.flatten()[: layer.lora_A.numel() // 2]
+    with pytest.raises(ValueError, match=r"sharded across processes here \(parameters shaped as local shards"):
+        lowpeft.save_adapter(model, tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+    args = transformers.TrainingArguments(output_dir=str(tmp_path / "run"), report_to=[], use_cpu=True)
+    with pytest.raises(NotImplementedError, match="shaped as local shards"):
+        lowpeft.SaveAdapterCallback().on_train_begin(args, transformers.TrainerState(), None, model=model)
 
 
 def test_save_adapter_callback_refuses_deepspeed_zero3_partitioned_parameters(tmp_path):

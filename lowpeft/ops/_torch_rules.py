@@ -23,11 +23,13 @@ DOUBLE_BACKWARD_MESSAGE = (
 def autocast_dtype(tensor):
     """Autocast's dtype on `tensor`'s device where autocast is on there, else None; also None for a non-tensor and
     for devices autocast does not know (meta tensors: torch.is_autocast_enabled raises for them). Under
-    torch.compile that availability check is skipped: torch 2.11's dynamo cannot trace it (a graph break, an error
-    with fullgraph=True), and traced tensors are on real devices."""
+    torch.compile the availability check is skipped, as torch 2.11's dynamo cannot trace it (a graph break, an error
+    with fullgraph=True): there only meta tensors are recognised, by name."""
     if not isinstance(tensor, torch.Tensor):
         return None
     device_type = tensor.device.type
+    if device_type == "meta":
+        return None
     if not torch.compiler.is_compiling() and not torch.amp.is_autocast_available(device_type):
         return None
     if not torch.is_autocast_enabled(device_type):
