@@ -76,8 +76,7 @@ class Int8Linear(_Int8Base):
         self.weight = _frozen(weight)
         self.weight_scale = _frozen(weight_scale)
         self.bias = bias if bias is None or isinstance(bias, nn.Parameter) else _frozen(bias)
-        if not isinstance(source_dtype, torch.dtype) or not source_dtype.is_floating_point:
-            raise TypeError(f"source_dtype: expected a floating-point torch.dtype, got {source_dtype!r}")
+        check_float_dtype("source_dtype", source_dtype)
         self.source_dtype = source_dtype
         self.fan_in_fan_out = bool(fan_in_fan_out)
         self.backend = _dispatch._check_name(backend)
