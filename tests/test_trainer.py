@@ -159,6 +159,29 @@ def test_save_adapter_callback_unwraps_ddp_and_torch_compile(tmp_path, single_pr
         torch.testing.assert_close(_eval_logits(reloaded, ids), _eval_logits(model, ids), rtol=0, atol=0)
 
 
+def test_trainer_trains_lora_over_an_int8_base_and_the_callback_ships_the_adapter(tmp_path):
+    # QLoRA-style: quantize_base, then apply; Trainer's optimizer sees only the adapter, its checkpoints hold the int8
+    # weights, and SaveAdapterCallback's adapter reloads into a freshly quantized model to the same logits.
+    model = lowpeft.apply(lowpeft.quantize_base(tiny_llama()), lowpeft.LoRAConfig(r=4, alpha=8, dropout=0.05))
+    losses = _Losses()
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "run"), per_device_train_batch_size=4, max_steps=6, learning_rate=2e-2,
+        logging_steps=1, save_steps=3, report_to=[], use_cpu=USE_CPU, seed=0, disable_tqdm=True)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=_Patterns(),
+                                   callbacks=[losses, lowpeft.SaveAdapterCallback()])
+    trainer.train()
+    assert losses.losses[-1] < losses.losses[0]
+    assert model.model.layers[0].self_attn.q_proj.weight.dtype == torch.int8
+    ids = _Patterns()[0]["input_ids"][None].to(model.device)
+    model.eval()
+    with torch.no_grad():
+        expected = model(ids).logits
+    reloaded = lowpeft.apply(lowpeft.quantize_base(tiny_llama()), lowpeft.LoRAConfig(r=4, alpha=8, dropout=0.05))
+    lowpeft.load_adapter(reloaded.to(model.device), tmp_path / "run" / "adapter")
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.eval()(ids).logits, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_save_adapter_callback_refuses_a_model_without_lowpeft_adapters_before_training(tmp_path):
     args = transformers.TrainingArguments(output_dir=str(tmp_path / "run"), per_device_train_batch_size=2,
                                           max_steps=2, save_steps=1, report_to=[], use_cpu=USE_CPU, disable_tqdm=True)
