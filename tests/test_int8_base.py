@@ -428,6 +428,20 @@ def test_int8_lora_layer_under_torch_compile_matches_eager():
 # ------------------------------------------------------------------------------------------------------
 # the model level
 # ------------------------------------------------------------------------------------------------------
+def _train(model, ids, *, steps, lr):
+    """`steps` AdamW steps on the trainable parameters with ids as inputs and labels (train mode); the losses."""
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = model(ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
 def _tiny_llama(seed=0):
     from tests.tiny_models import tiny_llama
 
@@ -450,15 +464,7 @@ def test_quantize_base_apply_train_save_load_and_export():
     assert isinstance(layer, Int8LoRALinear) and layer.lora_A.dtype == torch.float32
     trainable, total = lowpeft.trainable_parameters(model)
     assert trainable == sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
-    model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
-    losses = []
-    for _ in range(12):
-        loss = model(ids, labels=ids).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
+    losses = _train(model, ids, steps=12, lr=2e-2)
     assert losses[-1] < losses[0] - 0.1
     model.eval()
     with torch.no_grad():
@@ -492,15 +498,7 @@ def test_qlora_style_adapters_on_some_of_the_quantized_layers_train():
     assert isinstance(model.model.layers[0].self_attn.k_proj, Int8Linear)
     assert isinstance(model.model.layers[0].self_attn.q_proj, Int8LoRALinear)
     ids = torch.randint(0, 97, (2, 12), generator=torch.Generator().manual_seed(1))
-    model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
-    losses = []
-    for _ in range(8):
-        loss = model(ids, labels=ids).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
+    losses = _train(model, ids, steps=8, lr=2e-2)
     assert losses[-1] < losses[0] - 0.05
     assert model.model.layers[0].self_attn.q_proj.lora_A.grad is None  # zero_grad(set_to_none) after the last step
 
@@ -594,12 +592,7 @@ def test_bottleneck_adapters_on_an_int8_base_train_save_and_load(tmp_path):
     assert isinstance(layer, Int8AdapterLinear) and layer.weight.dtype == torch.int8
     with torch.no_grad():  # identity init: the adapted model starts as the int8 one
         torch.testing.assert_close(model(ids).logits, int8_logits, rtol=0, atol=0)
-    model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    for _ in range(4):
-        model(ids, labels=ids).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
+    _train(model, ids, steps=4, lr=1e-2)
     assert not layer.weight_scale.requires_grad and layer.adapter.up_weight.abs().sum() > 0
     model.eval()
     with torch.no_grad():

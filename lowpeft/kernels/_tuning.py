@@ -1,4 +1,5 @@
-# Autotune configurations and launch-size choices for lowpeft's Triton kernels.
+# Autotune configurations, launch-size choices and launch helpers (device context, TMA readiness) for lowpeft's
+# Triton kernels.
 #
 # Trade-off: a short, hand-picked config list per kernel family (tuned on one H100 SXM, bf16,
 # T = 2048..8192 tokens, K, N in 1024..11008, r in 8..128) instead of a wide sweep, so the first call at
@@ -11,6 +12,7 @@
 # Nothing here queries the GPU at import time.
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -297,6 +299,13 @@ def tma_ready(*tensors) -> bool:
         if tensor.data_ptr() % 16 or (tensor.stride(0) * tensor.element_size()) % 16:
             return False
     return _tma_capable_device(tensors[0].device.index or 0)
+
+
+def device_context(tensor: torch.Tensor):
+    """Triton launches on the current CUDA device: switch only when the tensors live on another one."""
+    if tensor.device.type == "cuda" and tensor.device.index != torch.cuda.current_device():
+        return torch.cuda.device(tensor.device)
+    return contextlib.nullcontext()
 
 
 @functools.lru_cache(maxsize=None)

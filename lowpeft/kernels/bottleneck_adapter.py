@@ -33,7 +33,6 @@
 # Bottleneck widths are padded to a power of two ≥ 16 with masks; all offsets along T are 64-bit.
 from __future__ import annotations
 
-import contextlib
 import functools
 from typing import NamedTuple
 
@@ -41,8 +40,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._tuning import (accumulator_dtype, accumulator_type, autotuning, ceil_div, float32_dot_precision, interpreting,
-                      launch_autotuned, next_power_of_2)
+from ._tuning import (accumulator_dtype, accumulator_type, autotuning, ceil_div, device_context,
+                      float32_dot_precision, interpreting, launch_autotuned, next_power_of_2)
 
 __all__ = ["bottleneck_adapter_fwd", "bottleneck_adapter_bwd", "ACTIVATION_CODES", "MAX_BOTTLENECK"]
 
@@ -662,13 +661,6 @@ def _upcast(dtype: torch.dtype) -> bool:
     return interpreting() and dtype == torch.bfloat16
 
 
-def _device_context(tensor: torch.Tensor):
-    """Triton launches on the current CUDA device: switch only when the tensors live on another one."""
-    if tensor.device.type == "cuda" and tensor.device.index != torch.cuda.current_device():
-        return torch.cuda.device(tensor.device)
-    return contextlib.nullcontext()
-
-
 def bottleneck_adapter_fwd(h, down_weight, down_bias, up_weight, up_bias, activation, scale):
     """(out [T, D] in h's dtype, z [T, M] float32 (float64 for float64 h, interpreter only)) for h [T, D] of any
     strides."""
@@ -684,7 +676,7 @@ def bottleneck_adapter_fwd(h, down_weight, down_bias, up_weight, up_bias, activa
     block_m, t_bucket = _padded_bottleneck(M), _t_bucket(T)
     chunk = bottleneck_chunk(block_m)
     precision, upcast, acc = dot_precision(h.dtype), _upcast(h.dtype), accumulator_type(h.dtype)
-    with _device_context(h):
+    with device_context(h):
         _launch_row_kernel(
             _down_kernel, T, block_m, chunk, ("down", t_bucket, D, block_m, chunk, h.dtype, h.device),
             (h, down_weight, z if down_bias is None else down_bias, z, a, T, D, M, t_bucket,
@@ -757,7 +749,7 @@ def bottleneck_adapter_bwd(grad_out, h, down_weight, down_bias, up_weight, z, ac
         return (None,) * 5
     block_m = _padded_bottleneck(M)
     a, dz = torch.empty((2, T, M), dtype=h.dtype, device=h.device).unbind(0)
-    with _device_context(h):
+    with device_context(h):
         if wide_bottleneck(block_m):
             _backward_by_gemm(grad_out, h, down_weight, up_weight, z, a, dz, dh, weight_grads, activation, scale,
                               needs, block_m)

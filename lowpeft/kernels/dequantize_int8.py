@@ -7,13 +7,11 @@
 # ~16 µs for a 4096 x 4096 weight on an H100 against ~350 µs for that layer's GEMM at 8192 tokens), and only
 # one layer's dequantized weight is alive at a time. A fused dequant-GEMM would save that pass and the transient
 # at the cost of a GEMM of its own (lowpeft's Triton GEMMs ran 4-10 % behind cuBLAS, NOTES_lora.md).
-import contextlib
-
 import torch
 import triton
 import triton.language as tl
 
-from ._tuning import accumulator_type, ceil_div, interpreting
+from ._tuning import accumulator_type, ceil_div, device_context, interpreting
 
 
 @triton.jit
@@ -40,8 +38,7 @@ def dequantize_int8_fwd(qweight: torch.Tensor, scale: torch.Tensor, dtype: torch
     if out.numel() == 0:
         return out
     block_r, block_c = (16, 32) if interpreting() else (32, 256)
-    on_other_gpu = qweight.is_cuda and qweight.device.index != torch.cuda.current_device()
-    with torch.cuda.device(qweight.device) if on_other_gpu else contextlib.nullcontext():
+    with device_context(qweight):
         _dequantize_int8_kernel[(ceil_div(rows, block_r), ceil_div(cols, block_c))](
             qweight, scale, out, rows, cols, qweight.stride(0), qweight.stride(1), scale.stride(0), out.stride(0),
             ACC=accumulator_type(dtype), BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4,

@@ -20,8 +20,8 @@ from .. import _extension
 from . import _dispatch
 from ._torch_rules import autocast_cast, autocast_dtype, refuse_double_backward
 from .dequantize_int8 import DEQUANTIZE, check_int8_weight
-from .lora_linear import (_BACKWARD, _FORWARD, _check_inputs, _inputs_plainly_valid, _native_cublas_path, call_seed,
-                          shrink_dtype)
+from .lora_linear import (_BACKWARD, _FORWARD, _check_inputs, _inputs_plainly_valid, call_seed, cublas_only_call,
+                          native_eager_call, shrink_dtype)
 
 __all__ = ["int8_lora_linear"]
 
@@ -35,7 +35,7 @@ def _lora_functions(backend: str, dropout_p: float, x: Tensor):
     """The LoRA layer's (forward, backward) functions for this call. The triton backend without dropout issues
     only cuBLAS calls, which the cuda backend's functions issue identically from C++ (one dispatcher call instead
     of the Python launcher's dozen): taken whenever the extension is built, as lora_linear does."""
-    if backend == "triton" and dropout_p == 0.0 and _native_cublas_path(x):
+    if cublas_only_call(backend, dropout_p, x):
         return _FORWARD["cuda"], _BACKWARD["cuda"]
     return _FORWARD[backend], _BACKWARD[backend]
 
@@ -213,8 +213,7 @@ def int8_lora_linear(
     seed = call_seed(x, effective_p, seed)
     name = _dispatch.resolve(backend, x.device, x.dtype)
     compiling = torch.compiler.is_compiling()
-    if not compiling and (name in _dispatch.COMPILED_BACKENDS
-                          or (name == "triton" and effective_p == 0.0 and _native_cublas_path(x))):
+    if not compiling and native_eager_call(name, effective_p, x):
         # As lora_linear: the compiled backends' eager calls (and the triton backend's cuBLAS-only no-dropout call)
         # go through lowpeft::native_int8_lora_linear, whose autograd is C++ (csrc/autograd/int8_lora_linear.cpp).
         _extension.load()

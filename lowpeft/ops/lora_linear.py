@@ -235,6 +235,18 @@ def _native_cublas_path(x: Tensor) -> bool:
     return found
 
 
+def cublas_only_call(name: str, effective_p: float, x: Tensor) -> bool:
+    """Whether this call is the triton backend's no-dropout call with the extension built: cuBLAS calls only, which
+    the cuda backend's functions issue identically from C++ (see _native_cublas_path)."""
+    return name == "triton" and effective_p == 0.0 and _native_cublas_path(x)
+
+
+def native_eager_call(name: str, effective_p: float, x: Tensor) -> bool:
+    """Whether an eager call runs through the compiled extension's op with C++ autograd: the compiled backends'
+    calls, and the triton backend's cuBLAS-only ones."""
+    return name in _dispatch.COMPILED_BACKENDS or cublas_only_call(name, effective_p, x)
+
+
 class LoRALinearFunction(torch.autograd.Function):
     """Eager-mode autograd for the same backend functions the torch.library ops call (see the header). x may
     have any leading dimensions: they are flattened here, inside the Function, so the graph gets no reshape nodes
@@ -373,8 +385,7 @@ def lora_linear(
     seed = call_seed(x, effective_p, seed)
     name = _dispatch.resolve(backend, x.device, x.dtype)
     compiling = torch.compiler.is_compiling()
-    if not compiling and (name in _dispatch.COMPILED_BACKENDS
-                          or (name == "triton" and effective_p == 0.0 and _native_cublas_path(x))):
+    if not compiling and native_eager_call(name, effective_p, x):
         # The compiled backends' eager calls go through lowpeft::native_lora_linear, whose autograd is C++
         # (csrc/autograd/lora_linear.cpp): one dispatcher call forward, no Python in the backward, and x of any
         # rank flattened there (no view nodes in the graph).
